@@ -1,0 +1,159 @@
+"""The builder: ONNX model -> optimized graph -> layers with tactics -> Engine.
+
+    engine = build_engine("model.onnx", BuilderConfig(precision="fp16"))
+
+Stages, each reported to `on_stage`: read (parse, infer shapes, check every op is
+supported), optimize (the pass pipeline), precision, lower (tactics), probe (one run at
+the first profile's opt shape, for shapes and memory).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+import kiln
+from kiln.build.config import BuilderConfig
+from kiln.build.lower import Lowering, place_constants
+from kiln.build.placement import assign_placement
+from kiln.build.precision import assign_precision, mark_model_dtypes
+from kiln.build.profiles import Profile, resolve_profile
+from kiln.engine.engine import Engine, IOSpec
+from kiln.engine.plan import FORMAT, FORMAT_VERSION
+from kiln.ir import Graph
+from kiln.kernels import Target
+from kiln.onnx import read_onnx
+from kiln.passes import PassContext, run_pipeline
+from kiln.passes.eliminate_dead import eliminate_dead
+
+Stage = Callable[[str], None]
+
+
+def build_engine(
+    model: str | os.PathLike | bytes | onnx.ModelProto | Graph,
+    config: BuilderConfig | None = None,
+    *,
+    on_stage: Stage | None = None,
+) -> Engine:
+    config = config or BuilderConfig()
+    stage = on_stage or (lambda _name: None)
+    started = time.perf_counter()
+    device = config.torch_device()
+
+    stage("read")
+    graph = model if isinstance(model, Graph) else read_onnx(model)
+    mark_model_dtypes(graph)
+    inputs = [IOSpec(v.name, v.dtype, list(v.shape) if v.shape is not None else None, v.kind)
+              for v in graph.inputs]
+    outputs = [IOSpec(v.name, v.dtype, None, v.kind) for v in graph.outputs]
+    profiles = [resolve_profile(graph.inputs, p.get("min"), p.get("opt"), p.get("max"))
+                for p in config.profiles] or [resolve_profile(graph.inputs)]
+
+    stage("optimize")
+    passes = run_pipeline(graph, PassContext(precision=config.precision, device=device.type))
+
+    stage("precision")
+    precision = assign_precision(graph, config.precision, config.layer_precisions)
+    eliminate_dead(graph, passes)  # constants that precision replaced with converted copies
+    assign_placement(graph, device.type)
+    place_constants(graph)
+
+    stage("lower")
+    lowering = Lowering(Target(device, config.precision))
+    plan_graph = lowering.graph(graph)
+    plan: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kiln_version": kiln.__version__,
+        "torch_version": torch.__version__,
+        "device": _target_description(device),
+        "build": {
+            "precision": config.precision,
+            "source": _source_name(model),
+            "producer": graph.meta.get("producer", ""),
+            "optimization_level": config.optimization_level,
+            "passes": passes.applied,
+            "precision_layers": precision,
+        },
+        "inputs": [s.to_json() for s in inputs],
+        "outputs": [s.to_json() for s in outputs],
+        "profiles": [p.to_json() for p in profiles],
+        "graph": plan_graph,
+    }
+    engine = Engine(plan, lowering.tensors)
+
+    stage("probe")
+    plan["memory"] = _probe(engine, profiles[0], config.probe_inputs, device)
+    plan["build"]["seconds"] = round(time.perf_counter() - started, 3)
+    return engine
+
+
+def _target_description(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        return {"kind": "cuda", "name": torch.cuda.get_device_name(index),
+                "capability": f"{major}.{minor}"}
+    return {"kind": "cpu", "name": platform.processor() or platform.machine() or "cpu",
+            "capability": None}
+
+
+def _source_name(model: Any) -> str | None:
+    if isinstance(model, str | os.PathLike):
+        return os.path.basename(os.fspath(model))
+    return None
+
+
+def probe_inputs(engine: Engine, profile: Profile, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs at the profile's opt shape: normal floats, zero integers, false booleans."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in engine.inputs:
+        if spec.kind != "tensor" or spec.dtype is None or spec.dtype.numpy is None:
+            continue
+        shape = profile.opt_shape(spec.name) if spec.name in profile.dims else []
+        if spec.dtype.is_float:
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype.numpy)
+        else:
+            feeds[spec.name] = np.zeros(shape, dtype=spec.dtype.numpy)
+    return feeds
+
+
+def _probe(engine: Engine, profile: Profile, given: dict[str, Any] | None,
+           device: torch.device) -> dict[str, Any]:
+    """One traced run: activation memory (planned with reuse) and every value's shape."""
+    from kiln.ops.tensors import to_torch
+    from kiln.runtime.bind import compile_plan
+    from kiln.runtime.memory import peak_live, plan_arena, trace
+
+    weights = engine.weight_bytes()
+    report: dict[str, Any] = {"weights_bytes": weights}
+    feeds = given if given is not None else probe_inputs(engine, profile)
+    if set(feeds) != set(engine.input_names):
+        report["note"] = "no probe run: some inputs cannot be generated (give real ones)"
+        return report
+    try:
+        program = compile_plan(engine.plan["graph"], engine.tensors, device)
+        with torch.inference_mode():
+            buffers, shapes = trace(program, {k: to_torch(v, device) for k, v in feeds.items()})
+    except Exception as exc:  # a probe failure must not fail the build
+        report["note"] = f"probe run at the opt shape failed: {str(exc)[:300]}"
+        return report
+    report.update({
+        "probe_shapes": {k: profile.opt_shape(k) for k in profile.dims},
+        "activations_planned_bytes": plan_arena(buffers),
+        "activations_peak_live_bytes": peak_live(buffers),
+        "activations_total_bytes": sum(b.size for b in buffers),
+    })
+    engine.plan["value_shapes"] = shapes
+    return report
+
+
+__all__ = ["build_engine", "probe_inputs"]

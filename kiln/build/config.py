@@ -1,0 +1,64 @@
+"""BuilderConfig: everything that decides how an engine is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kiln.errors import KilnError
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+
+
+@dataclass
+class BuilderConfig:
+    """Build settings, named after trtexec's flags where one exists.
+
+    precision: the lowest precision layers may use ("fp32", "fp16"); sensitive layers stay
+        in fp32 whatever it is. `io_precision` keeps the engine's inputs and outputs in
+        the model's own types unless set to "fp16" (trtexec's --inputIOFormats).
+    device: "cpu", "cuda" or "cuda:N"; "auto" takes CUDA when there is one.
+    profiles: min/opt/max shapes (dicts of name -> dims), one dict per profile.
+    layer_precisions: per layer (node name) precision overrides, e.g. {"conv1": "fp32"}.
+    """
+
+    precision: str = "fp32"
+    device: str = "auto"
+    profiles: list[dict[str, dict[str, list[int]]]] = field(default_factory=list)
+    io_precision: str = "model"
+    layer_precisions: dict[str, str] = field(default_factory=dict)
+    optimization_level: int = 3
+    probe_inputs: dict[str, Any] | None = None  # real inputs for the build's shape probe
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise KilnError(f"unknown precision {self.precision!r}",
+                            hint=f"use one of {', '.join(PRECISIONS)}")
+        for layer, precision in self.layer_precisions.items():
+            if precision not in PRECISIONS:
+                raise KilnError(f"--layerPrecisions: {layer}:{precision} is not a precision",
+                                hint=f"use one of {', '.join(PRECISIONS)}")
+        if not 0 <= self.optimization_level <= 5:
+            raise KilnError(f"--builderOptimizationLevel must be 0..5, got "
+                            f"{self.optimization_level}")
+
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise KilnError(f"unknown device {name!r}", hint="use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KilnError("--device cuda was asked for, but this machine has no CUDA device "
+                        "(or torch was built without CUDA)", hint="build with --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise KilnError(f"device {name!r} is not supported", hint="use cpu or cuda")
+    return device

@@ -1,0 +1,51 @@
+"""Build an engine from an ONNX model and save it as a .kiln file.
+
+  kiln build model.onnx -o model.kiln [--fp16] [--minShapes=x:1x3x224x224 --optShapes=...
+             --maxShapes=...] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kiln.cli.common import (
+    add_build_arguments,
+    build_with_progress,
+    config_from_args,
+    console,
+    human_bytes,
+    load_inputs,
+)
+from kiln.cli.main import command
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="the ONNX model")
+    p.add_argument("-o", "--output", "--saveEngine", dest="output",
+                   help="where to save the engine (default: the model's name with .kiln)")
+    p.add_argument("--loadInputs", help="real inputs for the build's probe run (.npz)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    add_build_arguments(p)
+
+
+@command("build", add_arguments)
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if args.loadInputs:
+        config.probe_inputs = load_inputs(args.loadInputs)
+    output = Path(args.output or Path(args.model).with_suffix(".kiln").name)
+    engine = build_with_progress(args.model, config, quiet=args.quiet)
+    engine.save(output)
+    memory = engine.memory
+    layers = engine.layers()
+    fused = sum(1 for layer in layers if len(layer.get("fused", [])) > 1)
+    console.print(
+        f"built [bold]{output}[/]: {len(layers)} layers ({fused} fused), "
+        f"{engine.precision} on {engine.device['name']}, weights "
+        f"{human_bytes(engine.weight_bytes())}, activations "
+        f"{human_bytes(memory.get('activations_planned_bytes'))}, "
+        f"{engine.plan['build']['seconds']:.2f} s")
+    if "note" in memory:
+        console.print(f"[yellow]note:[/] {memory['note']}")
+    return 0

@@ -1,0 +1,132 @@
+"""Flags and helpers shared by several commands (build flags, input loading, progress)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from kiln.build import BuilderConfig, build_engine
+from kiln.build.profiles import parse_shapes
+from kiln.engine.engine import Engine
+from kiln.errors import KilnError
+
+console = Console(stderr=True)
+
+
+def add_build_arguments(p: argparse.ArgumentParser) -> None:
+    """trtexec's build flags."""
+    g = p.add_argument_group("build (trtexec's flags)")
+    g.add_argument("--fp16", action="store_true", help="allow FP16 layers")
+    g.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--minShapes", help="min shapes, e.g. input:1x3x224x224")
+    g.add_argument("--optShapes", help="shapes to tune for, e.g. input:8x3x224x224")
+    g.add_argument("--maxShapes", help="max shapes, e.g. input:32x3x224x224")
+    g.add_argument("--shapes", help="one fixed shape per input (min = opt = max)")
+    g.add_argument("--layerPrecisions", help="per-layer precision, e.g. conv1:fp32,fc:fp16")
+    g.add_argument("--builderOptimizationLevel", type=int, default=3,
+                   help="0 (heuristics only) .. 5 (widest search); default 3")
+
+
+def config_from_args(args: argparse.Namespace) -> BuilderConfig:
+    opt = parse_shapes(args.optShapes, "--optShapes") or parse_shapes(args.shapes, "--shapes")
+    profile: dict[str, Any] = {}
+    if opt or args.minShapes or args.maxShapes:
+        mins = parse_shapes(args.minShapes, "--minShapes")
+        maxs = parse_shapes(args.maxShapes, "--maxShapes")
+        profile = {"min": mins or None, "opt": opt or None, "max": maxs or None}
+    return BuilderConfig(
+        precision="fp16" if args.fp16 else "fp32",
+        device=args.device,
+        profiles=[profile] if profile else [],
+        layer_precisions=parse_layer_precisions(args.layerPrecisions),
+        optimization_level=args.builderOptimizationLevel,
+    )
+
+
+def parse_layer_precisions(text: str | None) -> dict[str, str]:
+    result = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, precision = item.rpartition(":")
+        if not sep or not name:
+            raise KilnError(f"--layerPrecisions: {item!r} is not layer:precision",
+                            hint="write --layerPrecisions=conv1:fp32,fc:fp16")
+        result[name.strip()] = precision.strip()
+    return result
+
+
+def build_with_progress(model: str, config: BuilderConfig, quiet: bool = False) -> Engine:
+    if quiet or not sys.stderr.isatty():
+        return build_engine(model, config)
+    with console.status("building") as status:
+        return build_engine(model, config, on_stage=lambda s: status.update(f"building: {s}"))
+
+
+def load_engine_or_build(path: str, args: argparse.Namespace) -> Engine:
+    """A .kiln file is loaded; an .onnx file is built with the command's build flags."""
+    if Path(path).suffix == ".kiln" or _is_engine(path):
+        return Engine.load(path)
+    return build_with_progress(path, config_from_args(args))
+
+
+def _is_engine(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return b"kiln.plan" in head
+
+
+def load_inputs(spec: str | None, engine: Engine | None = None) -> dict[str, np.ndarray]:
+    """`--inputs` / `--loadInputs`: an .npz (keys are input names, or `input.<name>`), or
+    trtexec's `name:file.npy,other:file.npy`."""
+    if not spec:
+        return {}
+    path = Path(spec)
+    if path.suffix == ".npz" and path.is_file():
+        return _from_npz(path, engine)
+    inputs = {}
+    for item in spec.split(","):
+        name, sep, file = item.rpartition(":")
+        if not sep:
+            raise KilnError(f"cannot read inputs from {spec!r}: not an .npz file, and not "
+                            "name:file pairs", hint="pass --inputs=data.npz or x:x.npy,y:y.npy")
+        inputs[name.strip("'\"")] = _read_array(Path(file))
+    return inputs
+
+
+def _from_npz(path: Path, engine: Engine | None) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise KilnError(f"cannot read {path}: {exc}", hint="save inputs with numpy.savez") from None
+    if any(k.startswith("input.") for k in arrays):  # kiln's sample format
+        arrays = {k[len("input."):]: v for k, v in arrays.items() if k.startswith("input.")}
+    return arrays
+
+
+def _read_array(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise KilnError(f"input file not found: {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise KilnError(f"cannot read {path} as a .npy array: {exc}") from None
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

@@ -1,0 +1,105 @@
+"""Moving data between numpy, torch and kiln's DType.
+
+numpy has no bfloat16, float8 or int4: onnx hands those over as ml_dtypes arrays, which
+are reinterpreted bit for bit rather than converted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from kiln.ir import DType
+
+_TORCH = {
+    DType.FLOAT: torch.float32,
+    DType.FLOAT16: torch.float16,
+    DType.BFLOAT16: torch.bfloat16,
+    DType.DOUBLE: torch.float64,
+    DType.INT8: torch.int8,
+    DType.INT16: torch.int16,
+    DType.INT32: torch.int32,
+    DType.INT64: torch.int64,
+    DType.UINT8: torch.uint8,
+    DType.UINT16: torch.uint16,
+    DType.UINT32: torch.uint32,
+    DType.UINT64: torch.uint64,
+    DType.BOOL: torch.bool,
+    DType.COMPLEX64: torch.complex64,
+    DType.COMPLEX128: torch.complex128,
+    DType.FLOAT8E4M3FN: torch.float8_e4m3fn,
+    DType.FLOAT8E5M2: torch.float8_e5m2,
+    DType.FLOAT8E4M3FNUZ: torch.float8_e4m3fnuz,
+    DType.FLOAT8E5M2FNUZ: torch.float8_e5m2fnuz,
+}
+_FROM_TORCH = {t: d for d, t in _TORCH.items()}
+# ml_dtypes names -> torch dtypes with the same bits
+_ML_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "float8_e4m3fn": torch.float8_e4m3fn,
+    "float8_e5m2": torch.float8_e5m2,
+    "float8_e4m3fnuz": torch.float8_e4m3fnuz,
+    "float8_e5m2fnuz": torch.float8_e5m2fnuz,
+}
+_TORCH_TO_ML = {t: n for n, t in _ML_DTYPES.items()}
+_UNSIGNED_WIDE = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
+
+
+def torch_dtype(dtype: DType) -> torch.dtype:
+    try:
+        return _TORCH[dtype]
+    except KeyError:
+        raise TypeError(f"element type {dtype.name} has no torch equivalent") from None
+
+
+def kiln_dtype(dtype: torch.dtype) -> DType:
+    return _FROM_TORCH[dtype]
+
+
+def to_torch(array: Any, device: torch.device | str | None = None) -> Any:
+    """A numpy array (or scalar) as a torch tensor; strings stay numpy object arrays."""
+    if isinstance(array, torch.Tensor):
+        return array if device is None else array.to(device)
+    array = np.asarray(array)
+    if array.dtype.kind in ("U", "S", "O"):
+        return array.astype(object)
+    name = array.dtype.name
+    # own a writable C-ordered copy when needed (np.ascontiguousarray would turn 0-d into 1-d)
+    if not (array.flags.c_contiguous and array.flags.writeable):
+        array = array.copy(order="C")
+    if name in _ML_DTYPES:
+        bits = array.view(np.uint8 if array.dtype.itemsize == 1 else np.int16)
+        tensor = torch.from_numpy(bits).view(_ML_DTYPES[name])
+    elif name in ("uint16", "uint32", "uint64"):
+        signed = array.view(f"int{array.dtype.itemsize * 8}")
+        tensor = torch.from_numpy(signed).view(getattr(torch, name))
+    else:
+        tensor = torch.from_numpy(array)
+    return tensor if device is None else tensor.to(device)
+
+
+def to_numpy(value: Any) -> Any:
+    """A torch tensor as a numpy array (ml_dtypes for bfloat16/float8); lists element-wise."""
+    if isinstance(value, list):
+        return [to_numpy(v) for v in value]
+    if not isinstance(value, torch.Tensor):
+        return value
+    tensor = value.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    if tensor.dtype in _TORCH_TO_ML:
+        import ml_dtypes
+
+        width = torch.uint8 if tensor.element_size() == 1 else torch.int16
+        bits = tensor.contiguous().view(width).numpy()
+        return bits.view(getattr(ml_dtypes, _TORCH_TO_ML[tensor.dtype]))
+    if tensor.dtype in _UNSIGNED_WIDE:
+        bits = tensor.contiguous().view(_UNSIGNED_WIDE[tensor.dtype]).numpy()
+        return bits.view(str(tensor.dtype).replace("torch.", ""))
+    return tensor.contiguous().numpy()
+
+
+def is_float(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()

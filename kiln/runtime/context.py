@@ -1,0 +1,61 @@
+"""ExecutionContext: runs an engine on inputs, after checking every one of them.
+
+Inputs may be numpy arrays or torch tensors (CPU or CUDA). Outputs come back as numpy
+arrays when the inputs were numpy, else as torch tensors on the engine's device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from kiln.engine.engine import Engine
+from kiln.ops.program import StepError
+from kiln.ops.tensors import to_numpy, to_torch
+from kiln.runtime.bind import compile_plan
+from kiln.runtime.validate import check_inputs
+
+
+class ExecutionContext:
+    """One engine bound to one device; not thread-safe (make one per thread)."""
+
+    def __init__(self, engine: Engine, device: str | torch.device | None = None) -> None:
+        self.engine = engine
+        built = engine.device["kind"]
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if built == "cuda" else "cpu")
+        self.program = compile_plan(engine.plan["graph"], engine.tensors, self.device)
+        self._outputs = engine.outputs
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.engine.input_names
+
+    def run(self, inputs: Mapping[str, Any], *, as_numpy: bool | None = None) -> dict[str, Any]:
+        """Runs the engine. Every input is validated before any work starts."""
+        check_inputs(self.engine, inputs)
+        numpy_in = as_numpy if as_numpy is not None else not any(
+            isinstance(v, torch.Tensor) for v in inputs.values())
+        feeds = {name: _to_device(value, self.device) for name, value in inputs.items()}
+        with torch.inference_mode():
+            try:
+                results = self.program.run(feeds)
+            except StepError as exc:
+                raise RuntimeError(
+                    f"engine failed in layer {exc.step_path}: {exc.cause}") from exc.cause
+        outputs = dict(zip(self.program.outputs, results))
+        return {spec.name: (to_numpy(outputs[spec.name]) if numpy_in else outputs[spec.name])
+                for spec in self._outputs}
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        return value
+    return to_torch(value, device)

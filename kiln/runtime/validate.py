@@ -1,0 +1,100 @@
+"""Input checks: name, type, rank and shape (against the engine's profiles), before any work.
+
+Each error names the input, what was given and what the engine accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from kiln.engine.engine import Engine, IOSpec
+from kiln.errors import InputError
+from kiln.ir import DType
+from kiln.ops.tensors import kiln_dtype
+
+
+def _dtype_of(value: Any) -> DType | None:
+    if isinstance(value, torch.Tensor):
+        return kiln_dtype(value.dtype)
+    if isinstance(value, np.ndarray | np.generic):
+        try:
+            return DType.from_numpy(value.dtype)
+        except ValueError:
+            name = value.dtype.name
+            return DType.from_short({"bfloat16": "bf16"}.get(name, name))
+    return None
+
+
+def check_inputs(engine: Engine, inputs: Mapping[str, Any]) -> None:
+    specs = {spec.name: spec for spec in engine.inputs}
+    unknown = [name for name in inputs if name not in specs]
+    if unknown:
+        raise InputError(
+            f"unknown input(s) {', '.join(map(repr, unknown))}; the engine's inputs are "
+            f"{', '.join(_describe(s) for s in specs.values())}")
+    missing = [name for name in specs if name not in inputs]
+    if missing:
+        raise InputError(
+            f"missing input(s) {', '.join(map(repr, missing))}; the engine needs "
+            f"{', '.join(_describe(specs[n]) for n in missing)}")
+    shapes = {}
+    for name, value in inputs.items():
+        spec = specs[name]
+        if spec.kind != "tensor":
+            continue
+        shapes[name] = _check_one(spec, value)
+    _check_profiles(engine, shapes)
+
+
+def _describe(spec: IOSpec) -> str:
+    dtype = spec.dtype.short if spec.dtype else "?"
+    return f"{spec.name!r} ({dtype}, {spec.shape_text()})"
+
+
+def _check_one(spec: IOSpec, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, np.ndarray | np.generic | torch.Tensor):
+        raise InputError(f"input {spec.name!r} is a {type(value).__name__}; pass a numpy array "
+                         f"or torch tensor of {_describe(spec)}")
+    dtype = _dtype_of(value)
+    if spec.dtype is not None and dtype is not spec.dtype:
+        given = dtype.short if dtype else str(value.dtype)
+        raise InputError(
+            f"input {spec.name!r} has dtype {given}; the engine takes {spec.dtype.short}",
+            hint=f"convert it first, e.g. x.astype(np.{np.dtype(spec.dtype.numpy).name})"
+            if spec.dtype.numpy is not None and spec.dtype is not DType.STRING else None)
+    shape = tuple(int(d) for d in value.shape)
+    if spec.shape is not None:
+        if len(shape) != len(spec.shape):
+            raise InputError(
+                f"input {spec.name!r} has rank {len(shape)} (shape {_text(shape)}); the engine "
+                f"takes rank {len(spec.shape)} ({spec.shape_text()})")
+        for axis, (size, want) in enumerate(zip(shape, spec.shape)):
+            if isinstance(want, int) and size != want:
+                raise InputError(
+                    f"input {spec.name!r} has shape {_text(shape)}; axis {axis} must be {want} "
+                    f"(the engine takes {spec.shape_text()})")
+    return shape
+
+
+def _check_profiles(engine: Engine, shapes: dict[str, tuple[int, ...]]) -> None:
+    profiles = engine.profiles
+    if not profiles:
+        return
+    reasons = [p.accepts(shapes) for p in profiles]
+    if any(r is None for r in reasons):
+        return
+    ranges = "; ".join(
+        f"profile {i}: " + ", ".join(
+            f"{n} {'x'.join(d.text() for d in dims)}" for n, dims in p.dims.items())
+        for i, p in enumerate(profiles))
+    raise InputError(f"input shapes are outside every optimization profile ({reasons[0]}); "
+                     f"the engine accepts {ranges}",
+                     hint="rebuild with --minShapes/--optShapes/--maxShapes that cover them")
+
+
+def _text(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) or "scalar"
