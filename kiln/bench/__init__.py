@@ -1,0 +1,1 @@
+"""Benchmarking: trtexec-style timing, peers, accuracy comparison, reports."""
