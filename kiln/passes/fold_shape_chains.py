@@ -11,8 +11,9 @@ Each element of a small integer tensor is tracked as a known int, a run-time dim
 (`DimRef`: dim k of some value) or unknown, through Shape, Size, Gather, Slice,
 (Un)Squeeze, Concat, Cast and Identity. Then:
 
-- a Shape, Size, Gather or Slice whose elements are all known ints becomes a constant, and
-  `fold_constants` folds what follows (Unsqueeze, Concat, Cast ...);
+- a Shape, Size, Gather or Slice whose elements are all known ints (and, for Gather and
+  Slice, whose data is not) becomes a constant, and `fold_constants` folds what follows
+  (Unsqueeze, Concat, Cast ...);
 - in a Reshape target, an element that is dim i of the Reshape's own input (at position i)
   becomes 0, which ONNX reads as "copy that dim"; when exactly one element is still
   unknown and all others are literal sizes >= 1, it becomes -1 (inferred from the element
@@ -241,6 +242,10 @@ def _fold_origin(graph: Graph, node: Node, facts: ShapeFacts) -> bool:
     found = facts.of(value)
     if value is None or found is None or found.ints is None:
         return False
+    if node.op_type in ("Gather", "Slice"):
+        data = facts.of(node.inputs[0])
+        if data is not None and data.ints is not None:
+            return False  # folds with its (known) data: fold only where knowledge starts
     graph.replace_all_uses(value, graph.constant(found.array(), name=value.name + "_folded"))
     if not any(v is not None and (v.consumers or v in graph.outputs) for v in node.outputs):
         graph.remove_node(node)
@@ -259,6 +264,8 @@ def _static_reshape_target(graph: Graph, node: Node, facts: ShapeFacts) -> bool:
     found = facts.of(target)
     if data is None or target is None or target.is_const or found is None or found.scalar:
         return False
+    if found.ints is not None:
+        return False  # the shape ops it comes from fold, then fold_constants does the rest
     copy_allowed = not node.attrs.get("allowzero", 0) and data.rank is not None
     elems: list[int | None] = []
     for i, e in enumerate(found.elems):
@@ -283,7 +290,7 @@ def _static_expand_target(graph: Graph, node: Node, facts: ShapeFacts) -> bool:
     found = facts.of(target)
     if x is None or target is None or target.is_const or found is None or found.scalar:
         return False
-    if x.rank is None:
+    if x.rank is None or found.ints is not None:
         return False
     elems: list[int] = []
     offset = x.rank - len(found.elems)  # x's axis for target element k is k + offset

@@ -28,7 +28,7 @@ def is_noop(node: Node) -> bool:
 @register_pass("simplify", priority=10)
 def remove_identity(graph: Graph, ctx: PassContext) -> bool:
     """Reconnects the consumers of a no-op node to its input."""
-    changed = False
+    removed = 0
     for g in list(graph.walk_graphs()):
         for node in list(g.nodes):
             if not is_noop(node):
@@ -45,5 +45,6 @@ def remove_identity(graph: Graph, ctx: PassContext) -> bool:
             else:
                 if not result.consumers and result not in g.outputs:
                     g.remove_node(node)
-                    changed = True
-    return changed
+                    removed += 1
+    ctx.count("remove_identity", removed)
+    return removed > 0
