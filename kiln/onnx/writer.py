@@ -61,11 +61,15 @@ class _GraphWriter:
             if v is not None and id(v) not in outputs
             and (info := _value_info(v, io=False, main=False)) is not None
         ]
+        nodes = [self.node(n) for n in graph.nodes]
+        output_infos = [_value_info(v, io=True, main=main) for v in graph.outputs]
+        if not main:
+            nodes += _pass_outer_outputs(graph, output_infos)
         return helper.make_graph(
-            nodes=[self.node(n) for n in graph.nodes],
+            nodes=nodes,
             name=graph.name,
             inputs=[_value_info(v, io=True, main=main) for v in graph.inputs],
-            outputs=[_value_info(v, io=True, main=main) for v in graph.outputs],
+            outputs=output_infos,
             initializer=[_tensor(v.const, name) for name, v in graph.initializers.items()],
             value_info=value_info,
         )
@@ -120,6 +124,29 @@ class _GraphWriter:
         elif attr_type == AttributeProto.FLOATS:
             value = [float(v) for v in value]
         return helper.make_attribute(key, value, attr_type=attr_type)
+
+
+def _pass_outer_outputs(graph: Graph, infos: list) -> list[onnx.NodeProto]:
+    """Identity nodes for body outputs that are values of an enclosing graph.
+
+    kiln's IR lets a body return an outer value as it is (removing an Identity can leave
+    that), but ONNX Runtime requires a node in between; the output gets a new name.
+    """
+    own = {id(v) for v in graph.values()}
+    taken = {v.name for g in graph.root().walk_graphs() for v in g.values()}
+    nodes = []
+    for index, value in enumerate(graph.outputs):
+        if id(value) in own:
+            continue
+        name, k = f"{value.name}_{graph.name}_out", 0
+        while name in taken:
+            k += 1
+            name = f"{value.name}_{graph.name}_out{k}"
+        taken.add(name)
+        nodes.append(helper.make_node("Identity", [value.name], [name],
+                                      name=f"{graph.name}_pass_{name}"))
+        infos[index].name = name
+    return nodes
 
 
 def _schema_attr_type(schema: onnx.defs.OpSchema | None, key: str) -> int | None:
