@@ -75,12 +75,25 @@ class DimEquality:
                         self._union(a, b)
 
     def same(self, a: DimRef, b: DimRef) -> bool:
-        return a == b or self._find(a) == self._find(b)
+        """Whether the two dims are proven equal, or both static and of one size."""
+        if a == b or self._find(a) == self._find(b):
+            return True
+        size = self.static(a)
+        return size is not None and size == self.static(b)
 
     def static(self, ref: DimRef) -> int | None:
         """The dim's size when it, or a dim proven equal to it, is static."""
         sizes = self._sizes[self._find(ref)]
         return next(iter(sizes)) if len(sizes) == 1 else None  # two: inference contradicts
+
+    def classes(self) -> list[list[DimRef]]:
+        """Every group of two or more dims proven equal (for tests and debugging)."""
+        groups: dict[tuple[int, int], list[DimRef]] = {}
+        values = {id(v): v for v in self._alive}
+        for key in list(self._parent):
+            ref = DimRef(values[key[0]], key[1])
+            groups.setdefault(self._find(ref), []).append(ref)
+        return [g for g in groups.values() if len(g) > 1]
 
     def _union(self, a: DimRef, b: DimRef) -> None:
         ra, rb = self._find(a), self._find(b)
@@ -161,9 +174,9 @@ def equal_dims(node: Node, eq: DimEquality) -> Iterator[tuple[DimRef, DimRef]]:
         yield from _concat(node, y, rank)
     elif op == "Split":
         split_axis = _axis(node.attrs.get("axis", 0), rank)
-        for out in node.outputs:
+        for out in node.outputs if split_axis is not None else ():
             if out is not None:
-                    yield from ((DimRef(out, k), DimRef(x, k)) for k in range(rank)
+                yield from ((DimRef(out, k), DimRef(x, k)) for k in range(rank)
                             if k != split_axis)
     elif op == "Slice":
         yield from _slice(node, y, x, rank)

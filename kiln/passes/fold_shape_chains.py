@@ -252,6 +252,12 @@ def _fold_origin(graph: Graph, node: Node, facts: ShapeFacts) -> bool:
     return True
 
 
+def _operands(node: Node) -> tuple[Value | None, Value | None]:
+    """A Reshape's or Expand's data and target shape."""
+    inputs = node.inputs
+    return (inputs[0] if inputs else None), (inputs[1] if len(inputs) > 1 else None)
+
+
 def _set_target(graph: Graph, node: Node, elems: list[int]) -> bool:
     target = node.inputs[1]
     node.set_input(1, graph.constant(np.array(elems, dtype=np.int64),
@@ -260,7 +266,7 @@ def _set_target(graph: Graph, node: Node, elems: list[int]) -> bool:
 
 
 def _static_reshape_target(graph: Graph, node: Node, facts: ShapeFacts) -> bool:
-    data, target = node.inputs[0], node.inputs[1]
+    data, target = _operands(node)
     found = facts.of(target)
     if data is None or target is None or target.is_const or found is None or found.scalar:
         return False
@@ -286,7 +292,7 @@ def _static_reshape_target(graph: Graph, node: Node, facts: ShapeFacts) -> bool:
 
 
 def _static_expand_target(graph: Graph, node: Node, facts: ShapeFacts) -> bool:
-    x, target = node.inputs[0], node.inputs[1]
+    x, target = _operands(node)
     found = facts.of(target)
     if x is None or target is None or target.is_const or found is None or found.scalar:
         return False

@@ -117,3 +117,19 @@ def test_a_node_that_fails_is_left_for_run_time_with_a_note():
     assert ctx.rewrites.get("fold_constants", 0) == 0
     assert ops(graph) == ["Reshape", "Add"]
     assert len(ctx.log) == 1 and "(Reshape) not folded" in ctx.log[0]
+
+
+def test_bfloat16_results_fold_into_typed_constants():
+    graph, before = copy_graph(HEADER + """
+    g (float[N,3] x) => (float[N,3] y) {
+      k = Constant <value = float[3] {1.0, 0.333333, 1000.7}> ()
+      kb = Cast <to = 16> (k)
+      back = Cast <to = 1> (kb)
+      y = Mul(x, back)
+    }""")
+    ctx = apply(graph, fold_constants, eliminate_dead)
+    assert ctx.rewrites["fold_constants"] == 2
+    assert ops(graph) == ["Mul"]
+    # rounded through bfloat16 (8 bits of mantissa), as the model says
+    assert graph.nodes[0].inputs[1].const.tolist() == [1.0, 0.333984375, 1000.0]
+    assert_same_results(before, graph, _feeds(before, [{"N": 2}]))
