@@ -171,3 +171,11 @@ def test_non_float_weight_and_mismatched_parameters_are_refused():
     weight.const = weight.const.astype(np.float32)
     bn.inputs[1].const = bn.inputs[1].const[:3]
     assert "do not all match the Conv's 6 output channels" in fusion_blocker(conv, bn, graph)
+
+
+def test_conv_transpose_weight_not_divisible_by_group_is_refused():
+    graph = read_onnx(_bn_model(conv="ConvTranspose", group=2))
+    conv, bn = graph.nodes
+    assert fusion_blocker(conv, bn, graph) is None
+    conv.attrs["group"] = 3  # 4 input channels do not split into 3 groups
+    assert "does not match its group attribute" in fusion_blocker(conv, bn, graph)
