@@ -32,6 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kiln.build import BuilderConfig, build_engine
 from kiln.runtime import ExecutionContext
+from kiln.runtime.profile import profile_layers
+
+PROFILE = False
 
 THROUGHPUT_BATCH = {"resnet50": 64, "bert": 32, "vit": 64, "tiny_cnn": 8, "tiny_bert": 8}
 
@@ -67,7 +70,7 @@ def make_model(name: str) -> tuple[torch.nn.Module, callable, list[str], dict]:
     if name == "bert":
         from transformers import BertConfig, BertModel
 
-        model = BertModel(BertConfig(), add_pooling_layer=False)
+        model = _Encoder(BertModel(BertConfig(), add_pooling_layer=False))
         return model, _bert_inputs(30522, 128), ["input_ids", "attention_mask"], {
             "input_ids": {0: "batch"}, "attention_mask": {0: "batch"}}
     if name == "tiny_cnn":
@@ -77,6 +80,17 @@ def make_model(name: str) -> tuple[torch.nn.Module, callable, list[str], dict]:
         return _TinyBert(), _bert_inputs(100, 16), ["input_ids", "attention_mask"], {
             "input_ids": {0: "batch"}, "attention_mask": {0: "batch"}}
     raise SystemExit(f"unknown model {name!r}")
+
+
+class _Encoder(torch.nn.Module):
+    """A Hugging Face encoder called with keywords, returning its last hidden state."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
 def _bert_inputs(vocab: int, seq: int):
@@ -161,6 +175,8 @@ def host_time(fn, warmup: int = 3, runs: int = 20) -> float:
 def measure(fn, device: str) -> tuple[float, float]:
     """(median ms, peak MiB allocated during the runs)."""
     if device == "cuda":
+        for _ in range(3):  # first runs capture graphs and autotune: not steady state
+            fn()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -183,6 +199,14 @@ def torch_peers(model: torch.nn.Module, inputs: tuple, device: str, wanted: set[
             ms, mb = measure(lambda: module(*args), device)
             case.results["eager_fp16"], case.memory_mb["eager_fp16"] = ms, mb
             outputs["eager_fp16"] = _first_tensor(module(*args))
+        if "eager_cl" in wanted and device == "cuda" and args[0].dim() == 4:
+            cl = module.to(memory_format=torch.channels_last)
+            cl_args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+            with torch.backends.cudnn.flags(enabled=True, benchmark=True):
+                graph_fn = _cuda_graphed(cl, cl_args)
+                ms, mb = measure(graph_fn, device)
+            case.results["eager_fp16_nhwc_cudagraph"] = ms
+            module = module.to(memory_format=torch.contiguous_format)
         if "cudagraph" in wanted and device == "cuda":
             graph_fn = _cuda_graphed(module, args)
             ms, mb = measure(graph_fn, device)
@@ -246,12 +270,28 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
         if planned is not None:
             case.memory_mb[f"{label}_activations_planned"] = planned / 2**20
         outputs[label] = next(iter(context.run(feeds).values()))
+        if PROFILE:
+            _print_profile(label, case, profile_layers(context, feeds))
         if context.graphs is not None and context.graphs.failures:
             case.notes.append(f"{label}: CUDA graph capture failed: "
                               f"{next(iter(context.graphs.failures.values()))[:200]}")
         del context, engine
         gc.collect()
     return outputs
+
+
+def _print_profile(label: str, case: Case, layers: list) -> None:
+    """Time per op kind and tactic, then the slowest layers (eager, no CUDA graph)."""
+    total = sum(t.ms for t in layers)
+    by_kind: dict[tuple[str, str], list[float]] = {}
+    for t in layers:
+        by_kind.setdefault((t.op, t.tactic), []).append(t.ms)
+    print(f"  profile {case.model} b{case.batch} {label}: {total:.3f} ms in {len(layers)} layers")
+    for (op, tactic), times in sorted(by_kind.items(), key=lambda kv: -sum(kv[1]))[:12]:
+        print(f"    {op:18s} {tactic:18s} x{len(times):3d} {sum(times):8.3f} ms "
+              f"{100 * sum(times) / total:5.1f}%")
+    for t in sorted(layers, key=lambda t: -t.ms)[:6]:
+        print(f"    slowest {t.name[:40]:40s} {t.op:12s} {t.tactic:16s} {t.ms:.3f} ms")
 
 
 def reference_fp32(model: torch.nn.Module, inputs: tuple, device: str) -> torch.Tensor:
@@ -320,7 +360,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for results.json")
     parser.add_argument("--timing-cache", default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny models (works on CPU)")
+    parser.add_argument("--profile", action="store_true", help="print per-layer profiles")
     args = parser.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     device = "cuda" if torch.cuda.is_available() else "cpu"
     models = ["tiny_cnn", "tiny_bert"] if args.smoke else args.models.split(",")
     peers = set(args.peers.split(","))

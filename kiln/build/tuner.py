@@ -9,6 +9,7 @@ so a rebuild with a warm cache times nothing.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,7 +110,8 @@ def _measure(tactic: Any, spec: LayerSpec, target: Target, args: list[Any]) -> f
         fn = tactic.bind(spec, prepared, target.device)
         call_args = [None if i in tactic.replaces_inputs and i in spec.constant_inputs else a
                      for i, a in enumerate(args)]
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a kernel declining these inputs says why
             return _time(lambda: fn(*call_args), target.device)
     except Exception:  # a tactic that cannot run this shape is simply not chosen
         return None

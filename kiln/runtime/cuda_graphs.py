@@ -9,6 +9,7 @@ values) is remembered as such for that shape and runs eagerly.
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,7 +68,8 @@ class GraphRunner:
                     self.program.run(static)
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. "graph is empty" for host-only engines
                 outputs = self.program.run(static)
             if not all(isinstance(o, torch.Tensor) for o in outputs):
                 raise TypeError("the engine returns non-tensor outputs")

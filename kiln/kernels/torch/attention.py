@@ -50,6 +50,8 @@ class _Sdpa(Tactic):
 
         def run(q, k, v, mask=None):
             q, k, v = (to_bhsd(t, lay) for t, lay in zip((q, k, v), layouts))
+            if k.stride(-1) != 1:  # a key the model stored transposed: kernels need D last
+                k = k.contiguous()
             if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
                 mask = mask.to(q.dtype)
             with sdpa_kernel(backend) if backend is not None else nullcontext():
