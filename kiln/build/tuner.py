@@ -110,6 +110,10 @@ def _measure(tactic: Any, spec: LayerSpec, target: Target, args: list[Any]) -> f
         fn = tactic.bind(spec, prepared, target.device)
         call_args = [None if i in tactic.replaces_inputs and i in spec.constant_inputs else a
                      for i, a in enumerate(args)]
+        if tactic.channels_last:  # time it on what its NHWC neighbours will hand it
+            call_args = [a.contiguous(memory_format=torch.channels_last)
+                         if isinstance(a, torch.Tensor) and a.dim() == 4 else a
+                         for a in call_args]
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a kernel declining these inputs says why
             return _time(lambda: fn(*call_args), target.device)

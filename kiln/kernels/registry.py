@@ -58,6 +58,7 @@ class Tactic:
     ops: ClassVar[tuple[tuple[str, str], ...]] = ()  # (domain, op) pairs; () means any op
     priority: ClassVar[int] = 50  # without timing (optimization level 0), lowest wins
     min_level: ClassVar[int] = 0  # offered from this --builderOptimizationLevel on
+    channels_last: ClassVar[bool] = False  # takes 4-D activations in NHWC memory order
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
         return True
@@ -95,8 +96,10 @@ def candidates(layer: LayerSpec, target: Target, level: int = 5) -> list[Tactic]
     first (specific tactics by priority, then the generic reference)."""
     specific = sorted((t for t in _TACTICS.values() if t.ops and layer.key in t.ops),
                       key=lambda t: (t.priority, t.name))
-    found = specific + [t for t in _TACTICS.values() if not t.ops]
-    return [t for t in found if t.min_level <= level and t.supports(layer, target)]
+    usable = [t for t in specific if t.min_level <= level and t.supports(layer, target)]
+    if usable:  # the generic reference is the fallback, not a competitor
+        return usable
+    return [t for t in _TACTICS.values() if not t.ops and t.supports(layer, target)]
 
 
 def tactic_names() -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from kiln.ops.program import Program
+from kiln.runtime.bind import captured_host_buffers
 
 Key = tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
 
@@ -27,6 +28,7 @@ class Captured:
     graph: torch.cuda.CUDAGraph
     inputs: dict[str, torch.Tensor]
     outputs: list[torch.Tensor]
+    pinned: list[torch.Tensor]  # host buffers the graph copies from
 
 
 class GraphRunner:
@@ -68,16 +70,20 @@ class GraphRunner:
                     self.program.run(static)
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
+            buffers = captured_host_buffers()
+            buffers.clear()
             with torch.cuda.graph(graph), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. "graph is empty" for host-only engines
                 outputs = self.program.run(static)
+            pinned = list(buffers)
+            buffers.clear()
             if not all(isinstance(o, torch.Tensor) for o in outputs):
                 raise TypeError("the engine returns non-tensor outputs")
         except Exception as exc:
             torch.cuda.synchronize(self.device)
             self.failures[key] = f"{type(exc).__name__}: {exc}"
             return None
-        captured = Captured(graph, static, outputs)
+        captured = Captured(graph, static, outputs, pinned)
         self.graphs[key] = captured
         while len(self.graphs) > self.capacity:
             self.graphs.popitem(last=False)

@@ -25,7 +25,6 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 class _Conv(Tactic):
     ops = (("kiln", "FusedConv"),)
     replaces_inputs = (1, 2)
-    channels_last = False
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
         weight = layer.constant_inputs.get(1)
@@ -72,8 +71,17 @@ class _Conv(Tactic):
 
 @register_tactic
 class ConvNCHW(_Conv):
+    """Plain NCHW: for 1-D/3-D convolutions, and a candidate on the CPU. On CUDA a 4-D
+    convolution always runs channels-last: tensor cores want it, and timing one layer
+    in NCHW against its NHWC neighbours would ignore the reorders it forces on them."""
+
     name = "conv-nchw"
     priority = 20
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        weight = layer.constant_inputs.get(1)
+        return super().supports(layer, target) and (
+            target.device.type == "cpu" or weight.ndim != 4)
 
 
 @register_tactic
