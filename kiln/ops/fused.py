@@ -104,3 +104,10 @@ def attention(q, k, v, mask=None, *, scale: float | None = None, q_layout: str =
 @register("Gelu", 1, domain=KILN_DOMAIN)
 def gelu(x: torch.Tensor, *, approximate: str = "none") -> torch.Tensor:
     return F.gelu(x, approximate=approximate)
+
+
+@register("Elementwise", 1, domain=KILN_DOMAIN)
+def elementwise(*inputs: torch.Tensor, program: list) -> torch.Tensor:
+    from kiln.ops.elementwise_program import run_program
+
+    return run_program(program, list(inputs))

@@ -178,3 +178,50 @@ def test_gemm_epilogue_not_fused_into_nonconstant_weights():
               "b": rng.standard_normal((4, 5)).astype(np.float32)}]
     counts = optimized_counts_and_check(model, feeds)
     assert counts.get("FusedGemm", 0) == 0 and counts["MatMul"] == 1
+
+
+class Pointwise(nn.Module):
+    """Element-wise chains no other fusion takes: quick-GELU, a Mish, a scaled residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(16))
+
+    def forward(self, x, y):
+        quick = x * torch.sigmoid(1.702 * x) + self.bias
+        mish = y * torch.tanh(F.softplus(y))
+        return (quick - mish) * 0.5, torch.exp(-x.abs())
+
+
+def test_elementwise_chains_become_one_node_each(monkeypatch):
+    torch.manual_seed(0)
+    args = (torch.randn(2, 3, 16), torch.randn(2, 3, 16))
+    model = export(Pointwise(), args, ["x", "y"], {"x": {0: "b"}, "y": {0: "b"}}, 17)
+    rng = np.random.default_rng(6)
+    feeds = [{n: rng.standard_normal((b, 3, 16)).astype(np.float32) for n in "xy"}
+             for b in (2, 5)]
+    counts = optimized_counts_and_check(model, feeds, atol=1e-5)
+    assert counts["Elementwise"] == 2
+    assert sum(counts.values()) == 2  # nothing else is left
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("TRITON_INTERPRET"),
+                    reason="Triton's interpreter is off (set by tests/conftest.py on CPUs)")
+def test_elementwise_engine_with_triton_tactic_matches_ort(monkeypatch):
+    pytest.importorskip("triton")
+    from kiln.build import BuilderConfig, build_engine
+    from kiln.runtime import ExecutionContext
+
+    monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")
+    torch.manual_seed(1)
+    args = (torch.randn(2, 3, 16), torch.randn(2, 3, 16))
+    model = export(Pointwise(), args, ["x", "y"], {}, 17)
+    engine = build_engine(model, BuilderConfig(device="cpu", optimization_level=0))
+    tactics = {layer["tactic"] for layer in engine.layers()}
+    assert tactics == {"triton-elementwise"}
+    rng = np.random.default_rng(7)
+    feeds = {n: rng.standard_normal((2, 3, 16)).astype(np.float32) for n in "xy"}
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = list(ExecutionContext(engine).run(feeds).values())
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
