@@ -18,7 +18,7 @@ import pytest
 from kiln.ir import Graph
 from kiln.onnx import read_onnx, write_onnx
 from kiln.ops.interpreter import run_graph
-from kiln.passes import PassContext
+from kiln.passes import PassContext, passes, run_pipeline
 
 MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 Feeds = dict[str, np.ndarray]
@@ -83,6 +83,17 @@ def apply(graph: Graph, *passes: Callable[[Graph, PassContext], bool]) -> PassCo
     for fn in passes:
         fn(graph, ctx)
     graph.toposort()
+    graph.lint()
+    return ctx
+
+
+def onnx_level_pipeline(graph: Graph) -> PassContext:
+    """The pipeline minus the fusions into kiln's own ops (which ONNX Runtime cannot run).
+
+    fuse_conv_bn stays: its result is a plain Conv.
+    """
+    fusions = {p.name for p in passes("fuse") if p.name != "fuse_conv_bn"}
+    ctx = run_pipeline(graph, disabled=fusions)
     graph.lint()
     return ctx
 

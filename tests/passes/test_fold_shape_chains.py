@@ -5,11 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kiln.passes import run_pipeline
 from kiln.passes.eliminate_dead import eliminate_dead
 from kiln.passes.fold_constants import fold_constants
 from kiln.passes.fold_shape_chains import fold_shape_chains
-from tests.graph_support import apply, assert_same_results, copy_graph, ops, random_feeds
+from tests.graph_support import (
+    apply,
+    assert_same_results,
+    copy_graph,
+    onnx_level_pipeline,
+    ops,
+    random_feeds,
+)
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>\n'
 
@@ -55,7 +61,7 @@ def test_dynamic_batch_becomes_a_copied_dim():
       y = Reshape(x, t)
     }"""
     graph, before = copy_graph(text)
-    ctx = run_pipeline(graph)
+    ctx = onnx_level_pipeline(graph)
     assert ctx.rewrites["fold_shape_chains"] == 1
     assert ops(graph) == ["Reshape"]
     assert _target(graph) == [0, 12]  # 0: copy the input's (dynamic) dim 0
@@ -72,7 +78,7 @@ def test_static_dim_of_a_dynamic_shape_is_gathered_as_a_constant():
       y = Div(x, cf)
     }"""
     graph, before = copy_graph(text)
-    ctx = run_pipeline(graph)
+    ctx = onnx_level_pipeline(graph)
     assert ctx.rewrites["fold_shape_chains"] == 1
     assert ops(graph) == ["Div"]
     assert graph.nodes[0].inputs[1].const.tolist() == 3.0
@@ -111,7 +117,7 @@ def test_size_and_shape_with_start_of_static_tensors():
       tail = Shape <start = 1> (x)
     }"""
     graph, before = copy_graph(text)
-    ctx = run_pipeline(graph)
+    ctx = onnx_level_pipeline(graph)
     assert ctx.rewrites["fold_shape_chains"] == 2
     assert sorted(ops(graph)) == ["Mul"]
     assert graph.outputs[1].const.tolist() == [3, 4]
@@ -134,7 +140,7 @@ def test_dims_proven_equal_through_operators_are_copied():
       y = Reshape(z, t)
     }"""
     graph, before = copy_graph(text)
-    ctx = run_pipeline(graph)
+    ctx = onnx_level_pipeline(graph)
     assert ctx.rewrites["fold_shape_chains"] == 1
     assert _target(graph) == [0, 3, 1]
     assert_same_results(before, graph, _feeds(before, [{"N": 1}, {"N": 6}]))
@@ -153,7 +159,7 @@ def test_one_unknown_size_among_literal_sizes_becomes_minus_one():
       y = Reshape(x, t)
     }"""
     graph, before = copy_graph(text)
-    ctx = run_pipeline(graph)
+    ctx = onnx_level_pipeline(graph)
     assert ctx.rewrites["fold_shape_chains"] == 1
     assert _target(graph) == [-1, 3]
     assert ops(graph) == ["Reshape"]
@@ -168,7 +174,7 @@ def test_expand_to_its_own_shape_disappears():
       y = Relu(e)
     }"""
     graph, before = copy_graph(text)
-    ctx = run_pipeline(graph)
+    ctx = onnx_level_pipeline(graph)
     assert ctx.rewrites["fold_shape_chains"] == 1  # target [1, 1, 1] ...
     assert ctx.rewrites["simplify_reshapes"] == 1  # ... which leaves x as it is
     assert ops(graph) == ["Relu"]
@@ -195,7 +201,7 @@ def test_chains_inside_if_branches_fold():
       >
     }"""
     graph, before = copy_graph(text)
-    ctx = run_pipeline(graph)
+    ctx = onnx_level_pipeline(graph)
     assert ctx.rewrites["fold_shape_chains"] == 1
     assert _target(graph) == [0, 2, 2]
     feeds = [dict(random_feeds(before, {"N": n}, n), c=np.array(flag))
