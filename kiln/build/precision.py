@@ -48,6 +48,7 @@ def assign_precision(graph: Graph, precision: str,
     """
     overrides = dict(overrides or {})
     _check_overrides(graph, overrides)
+    mark_model_dtypes(graph)  # values the passes made have not been seen yet
     run = _Run(allow_fp16=precision == "fp16", overrides=overrides)
     if not run.allow_fp16 and not overrides:
         return run.counts

@@ -4,12 +4,14 @@ Rules, in order (the first that applies decides):
 
 1. `--layerPrecisions` overrides (node name -> fp32/fp16) win.
 2. Metadata ops (Shape, Size, Cast) read their input in whatever type it has: no cast.
-3. Compute layers (Conv, ConvTranspose, MatMul, Gemm, Einsum, fused kiln layers) run
-   in fp16: they are where the time goes, and torch accumulates their products in fp32
-   on the CPU (as cuBLAS/cuDNN do by default) so fp16 costs one rounding of the result.
+3. Compute layers (Conv, ConvTranspose, MatMul, Gemm, Einsum; kiln's FusedConv,
+   FusedGemm and Attention) run in fp16: they are where the time goes, and torch
+   accumulates their products in fp32 on the CPU (as cuBLAS/cuDNN do by default), so
+   fp16 costs one rounding of the result.
 4. Sensitive and unknown ops run in fp32: Softmax, normalizations that compute
-   statistics, reductions (sums overflow fp16 at 65504), Exp/Log/Pow, trigonometry,
-   recurrent cells, and every op whose output type an attribute fixes.
+   statistics (kiln's fused LayerNorm too), reductions (sums overflow fp16 at 65504),
+   Exp/Log/Pow and squares (x * x, also inside a fused element-wise program),
+   trigonometry, recurrent cells, and every op whose output type an attribute fixes.
 5. Element-wise and data-movement ops follow their inputs with type promotion, as
    torch's autocast does for binary ops: any fp32 non-constant input makes the op fp32
    (fp16 + fp32 -> fp32), so values that are fp32 for a reason (graph inputs, outputs of
@@ -25,6 +27,8 @@ Rules, in order (the first that applies decides):
 
 Inputs read on the host (shapes, axes, Resize scales) and the affine parameters of
 BatchNormalization (fp32 for fp16 data, as cuDNN takes them) keep the model's type.
+A pass that creates a new kind of node may class it with `node.meta["precision_class"]`
+("fp16", "follow", "fp32" or "any"); `meta["fp16_ok"] = False` keeps a kiln node fp32.
 """
 
 from __future__ import annotations
@@ -53,6 +57,13 @@ FOLLOW_OPS = frozenset({
     # averages accumulate in fp32 in torch and cannot exceed their inputs' range
     "AveragePool", "GlobalAveragePool",
 })
+# kiln's fused layers (kiln/ops/fused.py), by what they replace: FusedConv/FusedGemm/
+# Attention are convolutions and matrix products; LayerNorm computes statistics (as
+# LayerNormalization does, fp32); Gelu and Elementwise are element-wise chains. Unknown
+# kiln ops are compute layers unless their pass set meta["fp16_ok"] = False.
+KILN_CLASSES = {"FusedConv": "fp16", "FusedGemm": "fp16", "Attention": "fp16",
+                "LayerNorm": "fp32", "Gelu": "follow", "Elementwise": "follow"}
+SENSITIVE_ELEMENTWISE = frozenset({"Exp", "Log", "Pow", "Square", "Cube", "Softplus"})
 # Float inputs that keep the model's type whatever the layer computes in.
 PARAMETER_INPUTS = {"BatchNormalization": frozenset({1, 2, 3, 4})}
 
@@ -64,8 +75,11 @@ FP16_RELATIVE = 2.0 ** -10
 
 def op_class(node: Node) -> str:
     """"fp16" (compute), "follow", "fp32" (sensitive or unknown) or "any" (metadata)."""
+    declared = node.meta.get("precision_class")
+    if declared is not None:  # a pass that makes a new kind of node may say
+        return declared
     if node.domain == "kiln":
-        return "fp16" if node.meta.get("fp16_ok", True) else "fp32"
+        return _kiln_class(node)
     if node.domain not in ("", "ai.onnx") or any(True for _ in node.subgraphs()):
         return "fp32"
     if node.op_type in COMPUTE_OPS:
@@ -77,6 +91,24 @@ def op_class(node: Node) -> str:
     if node.op_type in FOLLOW_OPS:
         return "follow"
     return "fp32"
+
+
+def _kiln_class(node: Node) -> str:
+    """kiln's fused layers are classed as the ops they replace."""
+    cls = KILN_CLASSES.get(node.op_type, "fp16")
+    if node.op_type == "Elementwise" and _program_is_sensitive(node.attrs.get("program", [])):
+        return "fp32"
+    return cls if node.meta.get("fp16_ok", True) else "fp32"
+
+
+def _program_is_sensitive(program: list) -> bool:
+    """An element-wise program computes in fp32 inside, but its result is stored in the
+    node's type: a power, exponential or logarithm may not fit fp16 there."""
+    for op, args, *_ in program:
+        if op in SENSITIVE_ELEMENTWISE or (op == "Mul" and len(args) == 2 and args[0] == args[1]
+                                           and isinstance(args[0], str)):
+            return True
+    return False
 
 
 def is_square(node: Node) -> bool:

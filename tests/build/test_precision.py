@@ -11,9 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from kiln.build import BuilderConfig, build_engine
 from kiln.build.precision import assign_precision, mark_model_dtypes
-from kiln.build.precision_policy import fits_fp16
+from kiln.build.precision_policy import fits_fp16, op_class
 from kiln.errors import KilnError
-from kiln.ir import DType, Graph, Node
+from kiln.ir import DType, Graph, Node, Value
 from kiln.onnx import read_onnx
 from kiln.runtime import ExecutionContext
 
@@ -377,3 +377,54 @@ def test_bad_overrides_are_clear_errors(overrides: dict, message: str) -> None:
     assert info.value.hint  # says how to fix it
     if "conv_x" in overrides:
         assert "conv_a" in info.value.hint  # close names are suggested
+
+
+def test_values_made_by_fusion_passes_follow_like_the_originals() -> None:
+    """After the fuse phase (FusedConv, Elementwise ...), the layers between two
+    convolutions stay fp16: the only reformats are at the engine's input and output."""
+    rng = np.random.default_rng(RNG_SEED)
+    model = _model(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("PRelu", ["c", "slope"], ["p"], name="prelu"),
+         helper.make_node("MaxPool", ["p"], ["m"], name="pool", kernel_shape=[2, 2],
+                          strides=[2, 2]),
+         helper.make_node("Sigmoid", ["m"], ["s"], name="sig"),
+         helper.make_node("Mul", ["m", "s"], ["silu"], name="silu"),
+         helper.make_node("Conv", ["silu", "w2"], ["y"], name="conv2")],
+        [_in("x", ["N", 3, "H", "W"])], [_out("y")],
+        [("w", _weights(rng, 4, 3, 3, 3)), ("slope", np.full((4, 1, 1), 0.2, np.float32)),
+         ("w2", _weights(rng, 2, 4, 1, 1))])
+    config = BuilderConfig(precision="fp16", device="cpu")
+    engine = build_engine(model, config)
+    layers = engine.plan["graph"]["layers"]
+    reformats = [layer for layer in layers if layer["precision"] == "reformat"]
+    assert len(reformats) == 2, [layer["name"] for layer in reformats]
+    assert all(layer["precision"] in ("fp16", "reformat") for layer in layers)
+    for shape in [(1, 3, 6, 6), (2, 3, 8, 4)]:
+        got, ref = _run_both(model, {"x": rng.standard_normal(shape).astype(np.float32)}, config)
+        np.testing.assert_allclose(got["y"], ref["y"], atol=5e-3, rtol=5e-3)
+
+
+@pytest.mark.parametrize("program, fp16_ok, expected", [
+    ([["Mul", ["i0", "i1"], []], ["Sigmoid", ["t0"], []]], True, "follow"),
+    ([["Mul", ["i0", "i0"], []]], True, "fp32"),  # a square
+    ([["Sub", ["i0", "i1"], []], ["Mul", ["t0", "t0"], []]], True, "fp32"),
+    ([["Exp", ["i0"], []]], True, "fp32"),
+    ([["Add", ["i0", "i1"], []]], False, "fp32"),  # the fusing pass said so
+])
+def test_fused_elementwise_programs_are_classed_by_what_they_compute(
+        program: list, fp16_ok: bool, expected: str) -> None:
+    inputs = [Value("a", DType.FLOAT, (2,)), Value("b", DType.FLOAT, (2,))]
+    node = Node("Elementwise", inputs, [Value("y", DType.FLOAT, (2,))], {"program": program},
+                domain="kiln", name="ew")
+    node.meta["fp16_ok"] = fp16_ok
+    assert op_class(node) == expected
+
+
+@pytest.mark.parametrize("op, expected", [
+    ("FusedConv", "fp16"), ("FusedGemm", "fp16"), ("Attention", "fp16"),
+    ("LayerNorm", "fp32"), ("Gelu", "follow")])
+def test_fused_layers_are_classed_as_the_ops_they_replace(op: str, expected: str) -> None:
+    node = Node(op, [Value("a", DType.FLOAT, (2,))], [Value("y", DType.FLOAT, (2,))],
+                domain="kiln", name="n")
+    assert op_class(node) == expected

@@ -8,21 +8,23 @@ output's own scale. The bounds below are about 2-4x what the engines show on the
 samples (the measured column), so they catch a policy that loses precision
 without failing on another CPU or torch version:
 
-  model            output                                 bound              measured
-  mtcnn-*          face probabilities                     1e-2               3.7e-3
-  mtcnn-*          box offsets, landmarks (window units)  5e-3 (0.25 px/48)  1.3e-3
-  ppocr-cls-v2     orientation probabilities              1e-2               2.8e-4
-  magika-v3.3      214 class probabilities                1e-2               2.3e-4
-  attacut-c        boundary logits                        2e-3 x max|logit|  4.6e-4 x
-  khmersm          emissions                              3e-3 x max|ref|    6.4e-4 x
-  fsmn-vad         frame class probabilities              1e-2               2.5e-3
-  fsmn-vad         FSMN caches (streamed state)           5e-3 x max|ref|    2.4e-3 x
-  nudenet-yolov8n  box cx, cy, w, h (px of 320-384)       2 px               1.0 px (a)
-  nudenet-yolov8n  class scores                           1e-2               1.8e-3
-  silero-vad       speech probability (and the stream)    1e-2               4.7e-3
-  silero-vad       LSTM state                             1e-2 x max(1, |ref|) 5.4e-3 x
+  model            output                                  bound               measured
+  mtcnn-*          face probabilities                      1e-2                3.7e-3
+  mtcnn-*          box offsets, landmarks (window units)   5e-3 (0.25 px/48)   1.3e-3
+  ppocr-cls-v2     orientation probabilities               1e-2                1.4e-4
+  magika-v3.3      214 class probabilities                 1e-2                5.4e-4
+  attacut-c        boundary logits                         2e-3 x max|ref|     4.1e-4 x
+  khmersm          emissions                               3e-3 x max|ref|     4.6e-4 x
+  fsmn-vad         frame class probabilities               1e-2                2.6e-3
+  fsmn-vad         FSMN caches (streamed state)            5e-3 x max|ref|     1.7e-3 x
+  nudenet-yolov8n  boxes of anchors scoring >= 1% (px)     1 px                0.33 px
+  nudenet-yolov8n  boxes of all anchors (a)                3 px                1.24 px
+  nudenet-yolov8n  class scores                            1e-2                1.8e-3
+  silero-vad       speech probability (and the stream)     1e-2                4.8e-3
+  silero-vad       LSTM state                              1e-2 x max(1,|ref|) 5.4e-3 x
 
-(a) on background anchors; 0.36 px at most on boxes that score above 1%.
+(a) background anchors predict a flat distance distribution, whose expectation (the
+DFL decode) moves most; no detection comes from them.
 
 Task results must agree: the same top class (magika, ppocr), the same threshold labels
 per position (attacut, khmersm), the same speech decisions at 0.5 (fsmn-vad, silero),
@@ -73,8 +75,9 @@ TOLERANCES: dict[str, dict[str, Tol]] = {
     "fsmn-vad": {"logits": Tol(PROB), **{f"out_cache{i}": Tol(of_scale=5e-3) for i in range(4)}},
     "silero-vad": {"output": Tol(PROB), "stateN": Tol(of_scale=1e-2, floor_scale_at_one=True)},
 }
-NUDENET_BOX_PX = 2.0
+NUDENET_BOX_PX, NUDENET_ANY_BOX_PX, NUDENET_CANDIDATE = 1.0, 3.0, 0.01
 YOLO_SCORE, YOLO_NMS_IOU, YOLO_MATCH_IOU = 0.25, 0.45, 0.9
+COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "FusedConv", "FusedGemm", "Attention")
 MTCNN_THRESHOLDS = {"mtcnn-pnet": 0.6, "mtcnn-rnet": 0.7, "mtcnn-onet": 0.7}
 
 
@@ -163,9 +166,13 @@ def test_silero_stream_replay_fp16() -> None:
 def test_nudenet_same_detections(item) -> None:
     _, got, expected = _outputs(item)
     out, ref = got["output0"][0], expected["output0"][0]
-    box_err = np.abs(out[:4] - ref[:4]).max()
+    box_err = np.abs(out[:4] - ref[:4])
+    candidates = ref[4:].max(axis=0) >= NUDENET_CANDIDATE
+    assert box_err.max() <= NUDENET_ANY_BOX_PX, f"boxes off by {box_err.max():.3g} px"
+    if candidates.any():
+        worst = box_err[:, candidates].max()
+        assert worst <= NUDENET_BOX_PX, f"boxes of candidates off by {worst:.3g} px"
     score_err = np.abs(out[4:] - ref[4:]).max()
-    assert box_err <= NUDENET_BOX_PX, f"box coordinates off by {box_err:.3g} px"
     assert score_err <= PROB, f"class scores off by {score_err:.3g}"
     # every detection of one side is found by the other, decoded with the threshold
     # lowered by the score tolerance (a detection right at the threshold may flip)
@@ -177,11 +184,11 @@ def test_nudenet_same_detections(item) -> None:
 
 
 def test_compute_layers_stay_fp16() -> None:
-    """The policy keeps every Conv/MatMul/Gemm of these models in fp16."""
+    """The policy keeps every convolution and matrix product of these models in fp16."""
     for model in zoo.manifest():
         plan = zoo.context(model, "fp16").engine.plan
         layers = list(_layers(plan["graph"]))
-        compute = [layer for layer in layers if layer["op"] in ("Conv", "MatMul", "Gemm")]
+        compute = [layer for layer in layers if layer["op"] in COMPUTE_OPS]
         assert compute, model
         fp32 = [layer["name"] for layer in compute if layer["precision"] != "fp16"]
         assert not fp32, f"{model}: compute layers left in fp32: {fp32}"

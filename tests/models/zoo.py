@@ -59,7 +59,10 @@ def load_sample(entry: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str,
 def context(model: str, precision: str) -> ExecutionContext:
     """An engine for `model` (built once per test process) on the CPU."""
     probe, _ = load_sample(samples(model)[0][1])  # real inputs: the probe runs real shapes
-    config = BuilderConfig(precision=precision, device="cpu", probe_inputs=probe)
+    # level 0 picks tactics by heuristics: these tests check numerics, and timing every
+    # candidate tactic of ten models on a CPU takes minutes
+    config = BuilderConfig(precision=precision, device="cpu", probe_inputs=probe,
+                           optimization_level=0)
     return ExecutionContext(build_engine(MODELS / model / "model.onnx", config))
 
 
