@@ -14,7 +14,7 @@ from kiln.ops.registry import register
 
 
 @register("Optional", 15)
-def optional(value: Any = None, *, type: Any = None) -> Any:  # noqa: A002 (ONNX's name)
+def optional(value: Any = None, *, type: Any = None) -> Any:
     return value
 
 

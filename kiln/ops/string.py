@@ -6,6 +6,7 @@ Python's string functions, and numeric results come back as torch tensors.
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -94,7 +95,7 @@ def _ngram_table(pool: list[Any], ngram_counts: list[int], ngram_indexes: list[i
     table: dict[tuple[Any, ...], int] = {}
     ngram_id = 0
     bounds = list(ngram_counts) + [len(pool)]
-    for n, (start, end) in enumerate(zip(bounds, bounds[1:]), start=1):
+    for n, (start, end) in enumerate(itertools.pairwise(bounds), start=1):
         for offset in range(start, end, n):
             if min_n <= n <= max_n:
                 table[tuple(pool[offset:offset + n])] = ngram_indexes[ngram_id]
