@@ -116,8 +116,10 @@ def identity(x):
 def dropout(x: torch.Tensor, ratio: torch.Tensor | None = None,
             training_mode: torch.Tensor | None = None, *, num_outputs: int = 1,
             seed: float | None = None, **_: object):
-    rate = float(ratio.reshape(-1)[0].item()) if ratio is not None else 0.5
-    if training_mode is None or not bool(training_mode.reshape(-1)[0].item()) or rate == 0:
+    # opset < 12 has no training_mode input (and `ratio` is an attribute): always inference
+    training = training_mode is not None and bool(training_mode.reshape(-1)[0].item())
+    rate = float(ratio.reshape(-1)[0].item()) if training and ratio is not None else 0.5
+    if not training or rate == 0:
         # inference: Dropout is the identity, its mask all true
         mask = torch.ones_like(x, dtype=torch.bool)
         return x if num_outputs == 1 else (x, mask)
