@@ -40,15 +40,28 @@ def string_split(x: np.ndarray, *, delimiter: str | None = None, maxsplit: int |
                  device: torch.device | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """Splits each string; pads with "" to the longest split, counts the parts."""
     flat = strings(x, "StringSplit").reshape(-1)
-    # an empty or absent delimiter splits on runs of whitespace, as str.split() does
-    sep = delimiter or None
-    parts = [str(s).split(sep, -1 if maxsplit is None else maxsplit) for s in flat]
+    parts = [_split(str(s), delimiter or None, maxsplit) for s in flat]
     width = max((len(p) for p in parts), default=0)
     out = np.full((len(parts), width), "", dtype=object)
     for row, pieces in enumerate(parts):
         out[row, :len(pieces)] = pieces
     counts = np.array([len(p) for p in parts], dtype=np.int64).reshape(x.shape)
     return out.reshape(*x.shape, width), _host_tensor(counts, device)
+
+
+def _split(text: str, delimiter: str | None, maxsplit: int | None) -> list[str]:
+    """One string's parts, as ONNX Runtime splits them: an empty string has none, and
+    without a delimiter, runs of spaces separate and the ends are trimmed first."""
+    if delimiter is None:
+        text = text.strip(" ")
+    if not text:
+        return []
+    if delimiter is None:
+        return [text] if maxsplit == 0 else _SPACES.split(text, maxsplit=maxsplit or 0)
+    return text.split(delimiter, -1 if maxsplit is None else maxsplit)
+
+
+_SPACES = re.compile(" +")
 
 
 @register("RegexFullMatch", 20)
@@ -97,8 +110,11 @@ def _ngram_table(pool: list[Any], ngram_counts: list[int], ngram_indexes: list[i
     bounds = list(ngram_counts) + [len(pool)]
     for n, (start, end) in enumerate(itertools.pairwise(bounds), start=1):
         for offset in range(start, end, n):
+            gram = tuple(pool[offset:offset + n])
+            if gram in table:
+                raise ValueError(f"TfIdfVectorizer: the n-gram {gram} appears twice in the pool")
             if min_n <= n <= max_n:
-                table[tuple(pool[offset:offset + n])] = ngram_indexes[ngram_id]
+                table[gram] = ngram_indexes[ngram_id]
             ngram_id += 1
     return table
 
@@ -146,5 +162,8 @@ def tfidf_vectorizer(x: Any, *, mode: str, min_gram_length: int, max_gram_length
     if mode == "IDF":
         counts = (counts > 0).astype(np.float32)
     if mode != "TF" and weights:
-        counts = counts * np.asarray(weights, dtype=np.float32)
+        # weights[i] belongs to the i-th pool n-gram, which counts into column ngram_indexes[i]
+        per_column = np.zeros(width, dtype=np.float32)
+        per_column[np.asarray(ngram_indexes)] = np.asarray(weights, dtype=np.float32)
+        counts = counts * per_column
     return _host_tensor(counts if items.ndim == 2 else counts[0], device)
