@@ -95,9 +95,8 @@ def test_tfidf_vectorizer(mode: str, min_n: int, max_n: int, skip: int, strings:
     bigrams = rng.choice(vocabulary ** 2, 5, replace=False)
     trigrams = rng.choice(vocabulary ** 3, 3, replace=False)
     pool = np.concatenate([rng.choice(vocabulary, 4, replace=False),
-                           np.stack([bigrams // vocabulary, bigrams % vocabulary], 1).ravel(),
-                           np.stack([trigrams // vocabulary ** 2, trigrams // vocabulary % vocabulary,
-                                     trigrams % vocabulary], 1).ravel()])
+                           np.stack(np.unravel_index(bigrams, (vocabulary,) * 2), 1).ravel(),
+                           np.stack(np.unravel_index(trigrams, (vocabulary,) * 3), 1).ravel()])
     counts = [0, 4, 14]
     indexes = rng.permutation(12)
     weights = rng.uniform(0.5, 2.0, 12).round(3).tolist()
