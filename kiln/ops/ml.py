@@ -21,12 +21,14 @@ def _as_numpy(x: Any) -> np.ndarray:
 
 
 def _encode(x: Any, keys: list[Any], values: np.ndarray, default: Any,
-            device: torch.device | None) -> Any:
-    """Maps each element of x through keys -> values; unknown keys get `default`."""
+            device: torch.device | None, match_nan: bool = False) -> Any:
+    """Maps each element of x through keys -> values; unknown keys get `default`.
+
+    With `match_nan` (opset 4), a NaN key matches NaN inputs."""
     array = _as_numpy(x)
     table = dict(zip((_key(k) for k in keys), values.tolist()))
     nan_value = next((v for k, v in zip(keys, values.tolist())
-                      if isinstance(k, float) and np.isnan(k)), default)
+                      if match_nan and _is_nan(k)), default)
     flat = [table.get(_key(v), nan_value if _is_nan(v) else default) for v in array.reshape(-1)]
     out = np.array(flat, dtype=values.dtype).reshape(array.shape)
     return out if out.dtype == object else to_torch(out, device)
@@ -54,17 +56,25 @@ def label_encoder_1(x: Any, *, classes_strings: list[str] | None = None,
 
 
 @register("LabelEncoder", 2, domain=ML)
-def label_encoder(x: Any, *, keys_floats: list[float] | None = None,
-                  keys_int64s: list[int] | None = None, keys_strings: list[str] | None = None,
-                  keys_tensor: np.ndarray | None = None,
-                  values_floats: list[float] | None = None,
-                  values_int64s: list[int] | None = None,
-                  values_strings: list[str] | None = None,
-                  values_tensor: np.ndarray | None = None,
-                  default_float: float = -0.0, default_int64: int = -1,
-                  default_string: str = "_Unused", default_tensor: np.ndarray | None = None,
-                  device: torch.device | None = None) -> Any:
-    """Opset 2+: keys_* -> values_* (opset 4 adds the *_tensor forms of any type)."""
+def label_encoder_2(x: Any, *, device: torch.device | None = None, **attrs: Any) -> Any:
+    """Opset 2: keys_* -> values_*; a NaN key matches nothing (NaN != NaN)."""
+    return _encode(x, *_table(**attrs), device)
+
+
+@register("LabelEncoder", 4, domain=ML)
+def label_encoder(x: Any, *, device: torch.device | None = None, **attrs: Any) -> Any:
+    """Opset 4 adds keys_/values_/default_tensor of any type, and a NaN key matches NaN."""
+    return _encode(x, *_table(**attrs), device, match_nan=True)
+
+
+def _table(*, keys_floats: list[float] | None = None, keys_int64s: list[int] | None = None,
+           keys_strings: list[str] | None = None, keys_tensor: np.ndarray | None = None,
+           values_floats: list[float] | None = None, values_int64s: list[int] | None = None,
+           values_strings: list[str] | None = None, values_tensor: np.ndarray | None = None,
+           default_float: float = -0.0, default_int64: int = -1,
+           default_string: str = "_Unused", default_tensor: np.ndarray | None = None,
+           ) -> tuple[list[Any], np.ndarray, Any]:
+    """LabelEncoder's (keys, values, default) from whichever attributes the node sets."""
     keys = _first(keys_tensor, keys_floats, keys_int64s, keys_strings, what="keys")
     if values_tensor is not None:
         values = np.asarray(values_tensor).reshape(-1)
@@ -80,7 +90,7 @@ def label_encoder(x: Any, *, keys_floats: list[float] | None = None,
         raise ValueError("LabelEncoder has no values_* attribute")
     if len(keys) != len(values):
         raise ValueError(f"LabelEncoder has {len(keys)} keys but {len(values)} values")
-    return _encode(x, keys, values, default, device)
+    return keys, values, default
 
 
 def _first(*candidates: Any, what: str) -> list[Any]:
@@ -129,15 +139,16 @@ def scaler(x: torch.Tensor, *, offset: list[float] | None = None,
 def normalizer(x: torch.Tensor, *, norm: str = "MAX") -> torch.Tensor:
     x = x.to(torch.float32) if not x.is_floating_point() else x
     rows = x.reshape(1, -1) if x.dim() == 1 else x
-    if norm == "MAX":
-        size = rows.abs().amax(dim=1, keepdim=True)
+    if norm == "MAX":  # the largest value, sign included, as ONNX Runtime divides by
+        size = rows.amax(dim=1, keepdim=True)
     elif norm == "L1":
         size = rows.abs().sum(dim=1, keepdim=True)
     elif norm == "L2":
         size = rows.square().sum(dim=1, keepdim=True).sqrt()
     else:
         raise ValueError(f"Normalizer: norm must be MAX, L1 or L2, got {norm!r}")
-    return (rows / size.clamp(min=1e-30)).reshape(x.shape)
+    # an all-zero row stays zero
+    return (rows / torch.where(size == 0, torch.ones_like(size), size)).reshape(x.shape)
 
 
 def _linear(x: torch.Tensor, coefficients: list[float], intercepts: list[float] | None,
@@ -174,10 +185,11 @@ def linear_classifier(x: torch.Tensor, *, coefficients: list[float],
     scores = _linear(x, coefficients, intercepts, len(coefficients) // max(features, 1))
     name = common.post_transform_name(post_transform)
     if scores.shape[1] == 1 and len(labels) == 2:
-        # binary: one score for the second class, the first is its negation
-        scores = torch.cat([-scores, scores], dim=1)
-        if name == "NONE":
-            return common.labels_output(labels, (scores[:, 1] > 0).to(torch.int64), device), \
-                scores.to(torch.float32)
+        # binary, as ONNX Runtime does it: one score s for the second class, which wins when
+        # s > 0; the scores are [1 - p, p] with p = s, or sigmoid(s) under LOGISTIC
+        positive = scores[:, 0]
+        p = torch.sigmoid(positive) if name == "LOGISTIC" else positive
+        label = common.labels_output(labels, (positive > 0).to(torch.int64), device)
+        return label, torch.stack([1 - p, p], dim=1).to(torch.float32)
     scores = common.post_transform(scores, name)
     return common.labels_output(labels, scores.argmax(dim=1), device), scores.to(torch.float32)

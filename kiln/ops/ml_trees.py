@@ -213,18 +213,33 @@ def tree_ensemble_classifier(x: torch.Tensor, *, class_ids: list[int], class_nod
                                  max(n_classes, max(class_ids, default=0) + 1))
     x = _check_features(x, forest, "TreeEnsembleClassifier")
     base = _floats(base_values, base_values_as_tensor)
-    scores = forest.aggregate(x, "SUM", base)
     name = common.post_transform_name(post_transform)
-    if n_classes == 2 and len(set(class_ids)) == 1:
-        # binary: the trees score one class, the other is its complement
-        positive = scores[:, class_ids[0]]
-        if name in ("NONE", "PROBIT"):
-            scores = torch.stack([1 - positive, positive], dim=1)
-        else:
-            scores = torch.stack([-positive, positive], dim=1)
-    scores = common.post_transform(scores[:, :n_classes], name)
-    return common.labels_output(labels, scores.argmax(dim=1), device), scores.to(torch.float32).to(
-        x.device)
+    used = sorted(set(class_ids))
+    if n_classes == 2 and len(used) == 1:
+        score = forest.aggregate(x, "SUM", None)[:, used[0]]
+        if base is not None and len(base):
+            score = score + float(base[used[0]] if len(base) > used[0] else base[0])
+        label, scores = _binary_scores(score, used[0], bool((weights >= 0).all()), name)
+        return common.labels_output(labels, label, device), scores.to(torch.float32).to(x.device)
+    scores = forest.aggregate(x, "SUM", base)[:, :n_classes]
+    label = common.labels_output(labels, scores.argmax(dim=1), device)
+    return label, common.post_transform(scores, name).to(torch.float32).to(x.device)
+
+
+def _binary_scores(score: torch.Tensor, class_id: int, all_positive: bool, name: str
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two-class trees that score one class, as ONNX Runtime reads them: the second label
+    wins when the score passes 0.5 (all weights >= 0: a probability) or 0 (mixed signs)."""
+    label = (score > (0.5 if all_positive else 0.0)).to(torch.int64)
+    if class_id == 1:  # the scored class is the second one; the first scores 0
+        pair = torch.stack([torch.zeros_like(score), score], dim=1)
+        return label, common.post_transform(pair, name)
+    p = torch.sigmoid(score) if name == "LOGISTIC" else score
+    if all_positive:
+        return label, torch.stack([1 - p, p], dim=1)
+    if name == "LOGISTIC":
+        return label, torch.stack([torch.sigmoid(-score), p], dim=1)
+    return label, torch.stack([-score, score], dim=1)
 
 
 @register("TreeEnsemble", 5, domain=ML)
