@@ -41,8 +41,8 @@ class Forest:
     members: dict[int, np.ndarray] = field(default_factory=dict)  # MEMBER node -> its set
 
     def leaves(self, x: torch.Tensor) -> torch.Tensor:
-        """The leaf each sample reaches in each tree: [N, trees]."""
-        x = x.to(torch.float64)
+        """The leaf each sample reaches in each tree: [N, trees] (walked on the host)."""
+        x = x.detach().to("cpu", torch.float64)
         n = x.shape[0]
         feature = torch.from_numpy(self.feature)
         mode = torch.from_numpy(self.mode)
@@ -283,7 +283,8 @@ def tree_ensemble(x: torch.Tensor, *, nodes_featureids: list[int], nodes_splits:
     if not 0 <= aggregate_function < len(AGGREGATES):
         raise ValueError(f"aggregate_function must be 0..3, got {aggregate_function}")
     scores = forest.aggregate(x, AGGREGATES[aggregate_function], None)
-    return common.post_transform(scores, common.post_transform_name(post_transform)).to(x.dtype)
+    scores = common.post_transform(scores, common.post_transform_name(post_transform))
+    return scores.to(x.device, x.dtype)
 
 
 def _membership_sets(modes: np.ndarray, membership: Any) -> dict[int, np.ndarray]:
