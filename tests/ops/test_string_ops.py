@@ -122,3 +122,27 @@ def test_tfidf_vectorizer_refuses_a_duplicate_ngram() -> None:
     proto = model([node], [tensor("x", TensorProto.INT64, (4,))], [tensor("y", TensorProto.FLOAT)])
     with pytest.raises(RuntimeError, match=r"tfidf.*n-gram \(3,\) appears twice"):
         run_kiln(proto, {"x": np.array([3, 1, 3, 2], np.int64)})
+
+
+NUMBERS = {
+    TensorProto.FLOAT: np.array([0.1, -2.5, 1e10, 1.5e-7, np.nan, np.inf, -np.inf, 3.0,
+                                 123456789.0, 0.0, -0.0], np.float32),
+    TensorProto.DOUBLE: np.array([0.1, -2.5, 1e300, 1.5e-7, np.nan, 3.0, 1 / 3], np.float64),
+    TensorProto.FLOAT16: np.array([0.1, 65504, np.nan, -1.5], np.float16),
+    TensorProto.INT32: np.array([0, -7, 2**31 - 1], np.int32),
+    TensorProto.INT64: np.array([0, -7, 2**40], np.int64),
+    TensorProto.UINT8: np.array([0, 255], np.uint8),
+    TensorProto.BOOL: np.array([True, False]),
+}
+
+
+@pytest.mark.parametrize("elem", list(NUMBERS), ids=TensorProto.DataType.Name)
+def test_cast_to_string_and_back(elem: int) -> None:
+    values = NUMBERS[elem]
+    random = np.random.default_rng(elem).standard_normal(5) * 1000
+    if values.dtype.kind == "f":
+        values = np.concatenate([values, random.astype(values.dtype)])
+    nodes = [helper.make_node("Cast", ["x"], ["s"], to=S),
+             helper.make_node("Cast", ["s"], ["y"], to=elem)]
+    proto = model(nodes, [tensor("x", elem, values.shape)], [tensor("s", S), tensor("y", elem)])
+    compare_with_ort(proto, {"x": values})
