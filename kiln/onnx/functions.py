@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import onnx
+import onnx.inliner  # a submodule `import onnx` does not load
 from onnx import defs, helper
 
 _EXPAND_DOMAIN = "kiln.expand"

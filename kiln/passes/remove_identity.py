@@ -18,6 +18,8 @@ def is_noop(node: Node) -> bool:
     if node.op_type == "Identity":
         return True
     if node.op_type == "Dropout":
+        if not _inference_dropout(node):
+            return False
         return len([v for v in node.outputs if v is not None and v.consumers]) <= 1 and (
             len(node.outputs) == 1 or node.outputs[1] is None or not node.outputs[1].consumers)
     if node.op_type == "Cast":
@@ -48,3 +50,11 @@ def remove_identity(graph: Graph, ctx: PassContext) -> bool:
                     removed += 1
     ctx.count("remove_identity", removed)
     return removed > 0
+
+
+def _inference_dropout(node: Node) -> bool:
+    """True unless training_mode may be set (then Dropout draws a random mask)."""
+    training = node.inputs[2] if len(node.inputs) > 2 else None
+    if training is None:
+        return True
+    return training.is_const and not bool(training.const.reshape(-1)[0])
