@@ -57,7 +57,9 @@ def build_engine(
                 for p in config.profiles] or [resolve_profile(graph.inputs)]
 
     stage("optimize")
-    passes = run_pipeline(graph, PassContext(precision=config.precision, device=device.type))
+    passes = PassContext(precision=config.precision, device=device.type)
+    if config.optimize:
+        run_pipeline(graph, passes)
 
     stage("precision")
     precision = assign_precision(graph, config.precision, config.layer_precisions)
@@ -79,6 +81,7 @@ def build_engine(
             "source": _source_name(model),
             "producer": graph.meta.get("producer", ""),
             "optimization_level": config.optimization_level,
+            "optimize": config.optimize,
             "passes": passes.applied,
             "precision_layers": precision,
         },

@@ -22,6 +22,8 @@ class BuilderConfig:
     device: "cpu", "cuda" or "cuda:N"; "auto" takes CUDA when there is one.
     profiles: min/opt/max shapes (dicts of name -> dims), one dict per profile.
     layer_precisions: per layer (node name) precision overrides, e.g. {"conv1": "fp32"}.
+    optimize: False skips the pass pipeline (no folding, no fusion): the model runs node
+        by node as written, the "framework as is" baseline `kiln bench` compares against.
     """
 
     precision: str = "fp32"
@@ -30,6 +32,7 @@ class BuilderConfig:
     io_precision: str = "model"
     layer_precisions: dict[str, str] = field(default_factory=dict)
     optimization_level: int = 3
+    optimize: bool = True
     probe_inputs: dict[str, Any] | None = None  # real inputs for the build's shape probe
     verbose: bool = False
 
