@@ -10,6 +10,10 @@ in [0, 1]; booleans random) and then what the graph says about each input:
   ones and then zeros along its last axis, never all zeros, as real padding masks do;
   other booleans are random.
 
+Dynamic dims come from --shapes; an input not named there takes the sizes of the named
+dims it shares with one that is (`input_ids: [N, T]` sizes `attention_mask: [N, T]`), and
+kiln's profile defaults for the rest.
+
 Files: an .npz keyed by input name (or kiln's sample format, `input.<name>`), or trtexec's
 `name:file` pairs where a file is .npy or raw binary in the input's type and shape.
 """
@@ -22,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from kiln.build.profiles import resolve_profile
+from kiln.build.profiles import DEFAULT_OPT_DIM, DEFAULT_OPT_OTHER, resolve_profile
 from kiln.engine.engine import Engine
 from kiln.errors import KilnError
 from kiln.ir import DType, Graph
@@ -70,7 +74,8 @@ def specs_from_graph(graph: Graph, shapes: dict[str, list[int]] | None = None,
                      batch: int | None = None) -> list[InputSpec]:
     """Specs for a model's inputs; dynamic dims from `shapes`, else kiln's profile defaults."""
     tensors = [v for v in graph.inputs if v.kind == "tensor"]
-    profile = resolve_profile(tensors, None, _known(shapes, tensors), None)
+    given = _share_symbols({v.name: v.shape for v in tensors}, _known(shapes, tensors))
+    profile = resolve_profile(tensors, None, given or None, None)
     view = _GraphView(graph)
     specs = []
     for value in tensors:
@@ -88,11 +93,12 @@ def specs_from_engine(engine: Engine, shapes: dict[str, list[int]] | None = None
     profile = engine.profiles[profile_index]
     view = _PlanView(engine)
     specs = []
+    shared = _share_symbols({io.name: io.shape for io in engine.inputs}, shapes)
     for io in engine.inputs:
         if io.kind != "tensor" or io.dtype is None:
             raise KilnError(f"input {io.name!r} is a {io.kind}: random data cannot be made "
                             "for it", hint="give real inputs with --inputs/--loadInputs")
-        given = (shapes or {}).get(io.name)
+        given = shared.get(io.name)
         shape = list(given) if given is not None else profile.opt_shape(io.name)
         specs.append(_classify(io.name, io.dtype, _with_batch(shape, batch), view))
     return specs
@@ -107,6 +113,29 @@ def _known(shapes: dict[str, list[int]] | None, values: list) -> dict[str, list[
         raise KilnError(f"--shapes names {', '.join(unknown)}, which the model has no input "
                         f"called; its inputs are {', '.join(sorted(names))}")
     return shapes
+
+
+def _share_symbols(declared: dict[str, Any], shapes: dict[str, list[int]] | None
+                   ) -> dict[str, list[int]]:
+    """Shapes for inputs not given, from named dims they share with inputs given:
+    `--shapes=input_ids:2x7` also sizes `attention_mask: [N, T]` at 2x7."""
+    shapes = dict(shapes or {})
+    sizes: dict[str, int] = {}
+    for name, dims in shapes.items():
+        for dim, size in zip(declared.get(name) or [], dims):
+            if isinstance(dim, str):
+                sizes.setdefault(dim, size)
+    for name, dims in declared.items():
+        if name in shapes or dims is None or not sizes:
+            continue
+        if any(isinstance(d, str) and d in sizes for d in dims):
+            shapes[name] = [d if isinstance(d, int) else sizes.get(d, _default(axis))
+                            for axis, d in enumerate(dims)]
+    return shapes
+
+
+def _default(axis: int) -> int:
+    return DEFAULT_OPT_DIM if axis == 0 else DEFAULT_OPT_OTHER
 
 
 def _with_batch(shape: list[int], batch: int | None) -> list[int]:

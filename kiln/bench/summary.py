@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from kiln.bench.trace import InferenceTrace, RunTrace
@@ -68,9 +69,11 @@ class Stat:
 
 
 def percentile(ordered: list[float], p: float) -> float:
-    """trtexec's findPercentile over an ascending list."""
+    """trtexec's findPercentile over an ascending list: the value at index
+    `n - 1 - int((1 - p/100) * n)`, computed exactly (in binary floating point
+    `1 - 0.9` is a hair under 0.1, which would move p90 of 100 values one place)."""
     n = len(ordered)
-    exclude = int((1 - p / 100) * n)
+    exclude = math.floor((100 - Fraction(str(p))) * n / 100)
     return ordered[max(n - 1 - exclude, 0)]
 
 
