@@ -5,7 +5,9 @@ in [0, 1]; booleans random) and then what the graph says about each input:
 
 - an integer input that indexes something (Gather/GatherElements/ScatterElements indices,
   OneHot indices; through Cast/Reshape/Unsqueeze and the like) is drawn from
-  [0, size - 1] of the axis it indexes, so embedding lookups stay in range;
+  [0, size - 1] of the axis it indexes, so embedding lookups stay in range; one compared
+  with `Equal` to a constant (a one-hot written as `x == iota`) stays within the
+  constant's values;
 - an input whose name says it is a mask (`attention_mask`, `mask`, ...) gets a prefix of
   ones and then zeros along its last axis, never all zeros, as real padding masks do;
   other booleans are random.
@@ -156,48 +158,70 @@ def _classify(name: str, dtype: DType, shape: list[int], view: Any) -> InputSpec
         spec.kind, (spec.low, spec.high) = "int", INT_RANGE
         bound = _index_bound(view, name, 0)
         if bound is not None:
-            size, why = bound
-            spec.kind, spec.low, spec.high, spec.reason = "index", 0, max(size - 1, 0), why
+            spec.kind, spec.low, spec.high, spec.reason = "index", *bound
     else:
         raise KilnError(f"input {name!r} has type {dtype.short}: random data cannot be made "
                         "for it", hint="give real inputs with --inputs/--loadInputs")
     return spec
 
 
-def _index_bound(view: Any, name: str, depth: int) -> tuple[int, str] | None:
-    """The smallest axis size any use of `name` indexes into, with the reason."""
+def _index_bound(view: Any, name: str, depth: int) -> tuple[int, int, str] | None:
+    """The narrowest [low, high] any use of `name` allows, with the reason."""
     if depth > _MAX_DEPTH:
         return None
-    found: list[tuple[int, str]] = []
+    found: list[tuple[int, int, str]] = []
     for op, index, attrs, inputs, outputs in view.uses(name):
-        size = _indexed_size(view, op, index, attrs, inputs)
-        if size is not None:
-            found.append((size, f"{op} indices into {inputs[0] if op != 'OneHot' else 'depth'}"))
+        bound = _use_bound(view, op, index, attrs, inputs)
+        if bound is not None:
+            found.append(bound)
         elif op in _PASS_THROUGH and (index == 0 or op == "Concat"):
             for out in outputs:
-                if out:
-                    inner = _index_bound(view, out, depth + 1)
-                    if inner is not None:
-                        found.append(inner)
-    return min(found) if found else None
+                inner = _index_bound(view, out, depth + 1) if out else None
+                if inner is not None:
+                    found.append(inner)
+    return min(found, key=lambda b: b[1] - b[0]) if found else None
 
 
-def _indexed_size(view: Any, op: str, index: int, attrs: dict, inputs: list) -> int | None:
+def _use_bound(view: Any, op: str, index: int, attrs: dict, inputs: list
+               ) -> tuple[int, int, str] | None:
     if op in ("Gather", "GatherElements", "ScatterElements", "ScatterND", "GatherND") and \
             index == 1 and inputs[0]:
-        shape = view.shape(inputs[0])
-        if not shape:
-            return None
-        if op in ("GatherND", "ScatterND"):
-            sizes = [d for d in shape if isinstance(d, int)]
-            return min(sizes) if sizes else None
-        axis = int(attrs.get("axis", 0))
-        dim = shape[axis] if -len(shape) <= axis < len(shape) else None
-        return dim if isinstance(dim, int) and dim > 0 else None
+        size = _axis_size(view.shape(inputs[0]), op, attrs)
+        return (0, size - 1, f"{op} indices into {inputs[0]}") if size else None
     if op == "OneHot" and index == 0 and len(inputs) > 1 and inputs[1]:
         depth = view.const(inputs[1])
-        return int(np.asarray(depth).reshape(-1)[0]) if depth is not None else None
+        if depth is None:
+            return None
+        return 0, int(np.asarray(depth).reshape(-1)[0]) - 1, "OneHot indices"
+    if op == "Equal":  # one-hot written as Equal(x, iota): the values it is compared with
+        other = _constant_through(view, inputs[1 - index])
+        if other is not None and other.size and other.dtype.kind in "iu":
+            return int(other.min()), int(other.max()), "compared with Equal to a constant"
     return None
+
+
+def _axis_size(shape: list | None, op: str, attrs: dict) -> int | None:
+    if not shape:
+        return None
+    if op in ("GatherND", "ScatterND"):
+        sizes = [d for d in shape if isinstance(d, int)]
+        return min(sizes) if sizes else None
+    axis = int(attrs.get("axis", 0))
+    dim = shape[axis] if -len(shape) <= axis < len(shape) else None
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def _constant_through(view: Any, name: str | None, depth: int = 0) -> np.ndarray | None:
+    """The constant behind `name`, looking through value-preserving ops (Expand, ...)."""
+    if name is None or depth > _MAX_DEPTH:
+        return None
+    const = view.const(name)
+    if const is not None:
+        return np.asarray(const)
+    producer = view.producer(name)
+    if producer is None or producer[0] not in _PASS_THROUGH or not producer[1]:
+        return None
+    return _constant_through(view, producer[1][0], depth + 1)
 
 
 class _GraphView:
@@ -217,6 +241,13 @@ class _GraphView:
                 if v is value:
                     yield (node.op_type, i, node.attrs, inputs,
                            [o.name if o is not None else None for o in node.outputs])
+
+    def producer(self, name: str) -> tuple[str, list] | None:
+        value = self.values.get(name)
+        node = value.producer if value is not None else None
+        if node is None:
+            return None
+        return node.op_type, [v.name if v is not None else None for v in node.inputs]
 
     def shape(self, name: str) -> list | None:
         value = self.values.get(name)
@@ -240,6 +271,12 @@ class _PlanView:
             for i, n in enumerate(layer["inputs"]):
                 if n == name:
                     yield layer["op"], i, layer["attrs"], layer["inputs"], layer["outputs"]
+
+    def producer(self, name: str) -> tuple[str, list] | None:
+        for layer in self.graph["layers"]:
+            if name in layer["outputs"]:
+                return layer["op"], layer["inputs"]
+        return None
 
     def shape(self, name: str) -> list | None:
         const = self.const(name)

@@ -74,3 +74,27 @@ def embedding(path: Path) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+def one_hot_by_equal(path: Path, depth: int = 12) -> Path:
+    """A one-hot written as JAX exports it: Equal(Expand(x[..., None]), iota) -> Cast."""
+    iota = np.arange(depth, dtype=np.int32).reshape(1, 1, depth)
+    nodes = [
+        helper.make_node("Unsqueeze", ["codes", "last"], ["codes3"]),
+        helper.make_node("Expand", ["iota", "shape"], ["iota_b"]),
+        helper.make_node("Equal", ["codes3", "iota_b"], ["hot"]),
+        helper.make_node("Cast", ["hot"], ["hotf"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["hotf", "last"], ["counts"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "one_hot",
+        [helper.make_tensor_value_info("codes", TensorProto.INT32, ["N", 6])],
+        [helper.make_tensor_value_info("counts", TensorProto.FLOAT, ["N", 6])],
+        [numpy_helper.from_array(iota, "iota"),
+         numpy_helper.from_array(np.array([1, 1, depth], dtype=np.int64), "shape"),
+         numpy_helper.from_array(np.array([-1], dtype=np.int64), "last")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              ir_version=IR_VERSION)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path

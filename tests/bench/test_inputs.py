@@ -12,7 +12,7 @@ from kiln.build import BuilderConfig, build_engine
 from kiln.errors import KilnError
 from kiln.onnx import read_onnx
 from kiln.runtime import ExecutionContext
-from tests.bench.models import VOCAB
+from tests.bench.models import VOCAB, one_hot_by_equal
 
 
 @pytest.mark.parametrize("shapes, seed", [({"input_ids": [2, 7]}, 1), ({"input_ids": [5, 33],
@@ -66,3 +66,14 @@ def test_load_input_files(classifier_path, tmp_path):
         load_input_files(str(tmp_path / "bad.npz"), specs)
     with pytest.raises(KilnError, match="is not name:file"):
         load_input_files("x.bin", specs)
+
+
+def test_one_hot_by_equal_keeps_codes_in_the_table(tmp_path):
+    path = one_hot_by_equal(tmp_path / "one_hot.onnx", depth=12)
+    specs = specs_from_graph(read_onnx(str(path)), {"codes": [40, 6]})
+    assert (specs[0].kind, specs[0].low, specs[0].high) == ("index", 0, 11)
+    codes = random_inputs(specs)["codes"]
+    assert codes.dtype == np.int32 and codes.min() >= 0 and codes.max() == 11
+    # every code hits exactly one slot of the table, as real data would
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"codes": codes})[0], np.ones((40, 6)))
