@@ -9,7 +9,7 @@ interrupted).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kiln.errors import KilnError
 
@@ -28,7 +28,6 @@ class InferenceOptions:
     separate_profile_run: bool = False
     profile: bool = False  # time every layer (--dumpProfile / --exportProfile)
     seed: int = 1
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.iterations < 1:

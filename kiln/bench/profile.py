@@ -14,8 +14,6 @@ from typing import Any
 
 import torch
 
-from kiln.bench.summary import fmt
-
 
 class LayerProfiler:
     def __init__(self, device: torch.device) -> None:
@@ -84,7 +82,3 @@ class LayerProfiler:
         """--exportProfile: `[{"count": N}, {"name", "timeMs", "averageMs", "medianMs",
         "percentage"}, ...]`, as trtexec writes it."""
         return [{"count": self.queries}] + self.rows()
-
-    def summary_text(self) -> str:
-        return f"profiled {self.queries} queries over {len(self.names)} layers; " + \
-            f"total {fmt(sum(sum(v) for v in self.times.values()))} ms"

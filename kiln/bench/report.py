@@ -66,7 +66,7 @@ def report_markdown(result: BenchmarkResult, charts: dict[str, str], command: st
     lines += [
         "## Setup", "",
         f"- model: `{result.model}`",
-        f"- device: {env.get('device_name')} ({result.device})",
+        f"- device: {env.get('device_name')}",
         f"- software: kiln {env['kiln']}, torch {env['torch']}, onnxruntime "
         f"{env.get('onnxruntime') or 'not installed'}, Python {env['python']}",
         f"- timing (trtexec's rules): warm-up {opts.warmup_ms:g} ms, then at least "
@@ -103,19 +103,23 @@ def report_markdown(result: BenchmarkResult, charts: dict[str, str], command: st
 
 def _verdict(result: BenchmarkResult) -> list[str]:
     rows = [run_row(result, r) for r in result.runs if r.status == "ok"]
-    kiln_rows = [r for r in rows if r["peer"].startswith("kiln") and r.get("speedup")]
-    if not rows or not kiln_rows or result.baseline is None:
+    kiln_rows = [r for r in rows if r["peer"].startswith("kiln") and r.get("speedup")
+                 and r["peer"] != result.baseline]
+    tuned = [r for r in kiln_rows if r["peer"] != "kiln-unoptimized"] or kiln_rows
+    if not tuned or result.baseline is None:
         return []
-    best = max(kiln_rows, key=lambda r: r["speedup"])
+    best = max(tuned, key=lambda r: r["speedup"])
     batch = f" at batch {best['batch']}" if best["batch"] is not None else ""
+    ratio = best["speedup"]
+    pace = f"{ratio:.3g}x faster than" if ratio >= 1 else f"{1 / ratio:.3g}x slower than"
     acc = best.get("accuracy") or {}
     diff = acc.get("max_abs_diff")
     accuracy = (f", largest output difference {diff:.2e}" if diff is not None else "")
     top1 = acc.get("top1_agreement")
     if top1 is not None:
         accuracy += f", top-1 agreement {top1:.1%}"
-    return [f"**{best['peer']}** runs {best['speedup']:.2f}x the speed of "
-            f"{result.baseline}{batch} (median latency {best['p50_ms']:.3f} ms){accuracy}.", ""]
+    return [f"**{best['peer']}** runs {pace} {result.baseline}{batch} (median latency "
+            f"{best['p50_ms']:.3f} ms){accuracy}.", ""]
 
 
 def _notes(result: BenchmarkResult) -> list[str]:

@@ -65,7 +65,7 @@ def table_rows(result: BenchmarkResult) -> list[list[str]]:
         rows.append([
             run.peer, run.precision, "-" if run.batch is None else str(run.batch),
             _num(r.get("p50_ms"), "{:.3f}"), _num(r.get("p99_ms"), "{:.3f}"), throughput,
-            _num(r["speedup"], "{:.2f}x"), _bytes(r["host_added_bytes"]),
+            _num(r["speedup"], "{:.3g}x"), _bytes(r["host_added_bytes"]),
             _bytes(r["device_peak_bytes"]) if run.device == "cuda" else "n/a",
             _num(r["gpu_utilization_percent"], "{:.0f}%"),
             _num(r["build_s"], "{:.2f}"),

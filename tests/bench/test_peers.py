@@ -74,7 +74,14 @@ def test_throughput_scales_with_batch_and_ratios(peer_result):
         assert run.memory["gpu_utilization_percent"] is None
     table = peers_table(peer_result)
     assert table.splitlines()[0].startswith("| peer ")
-    assert "1.00x" in table and "baseline" in table and "skipped: CUDA graphs" in table
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
+    speedup = {(row[0], row[2]): row[6] for row in rows}
+    assert speedup[("ort", "4")] == "1x"  # the baseline against itself
+    kiln = next(r for r in peer_result.runs if r.peer == "kiln" and r.batch == 4)
+    ort_run = next(r for r in peer_result.runs if r.peer == "ort" and r.batch == 4)
+    ratio = ort_run.summary.latency.median / kiln.summary.latency.median
+    assert speedup[("kiln", "4")] == f"{ratio:.3g}x"
+    assert "baseline" in table and "skipped: CUDA graphs" in table
     sweep = sweep_table(peer_result)
     assert [line.split("|")[1].strip() for line in sweep.splitlines()[2:]] == ["1", "4", "16"]
 

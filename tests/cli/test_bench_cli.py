@@ -163,3 +163,32 @@ def test_engine_file_is_benched(classifier_path, tmp_path, capsys):
     assert "Format: kiln engine" in out and "Input inference shape : x=2x16" in out
     parse_summary(out)
     onnx.load(str(classifier_path))  # the model file is untouched
+
+
+def test_peers_sweep_and_report_from_the_command_line(classifier_path, tmp_path, capsys):
+    report = tmp_path / "report"
+    code = main(["bench", str(classifier_path), "--duration=0", "--iterations=4", "--warmUp=0",
+                 "--peers=ort,kiln", "--batch=2,1", f"--report={report}", "--verbose"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    # progress goes to stderr, one line per phase when it is not a terminal
+    assert "kiln bench: [1/4] ort batch 1: timing" in captured.err
+    assert "kiln bench: [4/4] kiln batch 2: timing" in captured.err
+    out = captured.out
+    lines = out.splitlines()
+    peer_rows = [line for line in lines if line.startswith(("| ort ", "| kiln "))]
+    assert len(peer_rows) == 4  # 2 peers x 2 batches, sorted by batch
+    assert [row.split("|")[3].strip() for row in peer_rows] == ["1", "2", "1", "2"]
+    sweep_rows = [line for line in lines if line.startswith(("| 1 ", "| 2 "))]
+    assert len(sweep_rows) == 2
+    # --verbose: every run's trtexec block, each parseable, and the metric explanations
+    blocks = out.split("=== Peer: ")[1:]
+    assert [b.split(" ===")[0] for b in blocks] == [
+        "ort (batch 1)", "ort (batch 2)", "kiln (batch 1)", "kiln (batch 2)"]
+    for block in blocks:
+        assert parse_summary(block)["Latency"]["min"] > 0
+    assert "=== Explanations of the performance metrics ===" in out
+    assert {p.name for p in report.iterdir()} == {
+        "report.md", "report.json", "latency.png", "throughput.png", "memory.png",
+        "accuracy_speed.png"}
+    assert parse_lines(out)[1][-1][0] == "PASSED"
