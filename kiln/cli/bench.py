@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     single = len(result.runs) == 1
     for run in result.runs:
         if single or args.verbose:
-            _print_run(log, run, options, single, args.verbose)
+            _print_run(log, run, options, single, args.dumpProfile)
     if not single:
         _print_tables(result)
     _exports(args, result, bench)
@@ -180,7 +180,7 @@ def _print_options(log: TrtexecLog, args: argparse.Namespace, bench: Benchmark,
 
 
 def _print_run(log: TrtexecLog, run: PeerRun, options: InferenceOptions, single: bool,
-               verbose: bool) -> None:
+               dump_profile: bool) -> None:
     if run.summary is None or run.trace is None:
         return
     if not single:
@@ -204,7 +204,7 @@ def _print_run(log: TrtexecLog, run: PeerRun, options: InferenceOptions, single:
     for line in EXPLANATIONS:
         log.verbose(line)
     log.info("")
-    if run.profile is not None and options.profile:
+    if run.profile is not None and dump_profile:
         for line in run.profile.table_lines():
             log.info(line)
         log.info("")

@@ -192,3 +192,16 @@ def test_peers_sweep_and_report_from_the_command_line(classifier_path, tmp_path,
         "report.md", "report.json", "latency.png", "throughput.png", "memory.png",
         "accuracy_speed.png"}
     assert parse_lines(out)[1][-1][0] == "PASSED"
+
+
+def test_separate_profile_run(classifier_path, tmp_path, capsys):
+    times, profile = tmp_path / "t.json", tmp_path / "p.json"
+    assert main(["bench", str(classifier_path), *FAST, "--separateProfileRun",
+                 f"--exportTimes={times}", f"--exportProfile={profile}"]) == 0
+    out = capsys.readouterr().out
+    assert "Separate profiling: Enabled" in out
+    assert "=== Profile (" not in out  # the table is printed for --dumpProfile only
+    timed, profiled = json.loads(times.read_text()), json.loads(profile.read_text())
+    # the profile comes from its own run, of at least --iterations queries
+    assert profiled[0]["count"] >= 12 and len(timed) >= 12
+    assert [r["name"] for r in profiled[1:]] == ["matmul", "bias", "softmax"]
