@@ -177,9 +177,10 @@ def _reference(setup: CompareSetup, feeds: list[dict[str, np.ndarray]], log: Pol
     if setup.reference == "ort":
         runner: Any = OrtRunner(setup.model, "onnxrt-runner", provider="cpu")
         return "onnxrt-runner", _run_all(runner, "onnxrt-runner", feeds, log)
-    optimize = setup.reference != "kiln-unoptimized"
-    config = dataclasses.replace(setup.config, precision="fp32", optimize=optimize,
-                                 layer_precisions={})
+    plain = setup.reference == "kiln-unoptimized"
+    config = dataclasses.replace(setup.config, precision="fp32", optimize=not plain,
+                                 optimization_level=0 if plain else
+                                 setup.config.optimization_level, layer_precisions={})
     engine = build_engine(setup.model, config)
     name = f"{setup.reference}-reference"
     return name, _run_all(KilnRunner(engine, name), name, feeds, log)

@@ -282,7 +282,8 @@ class Benchmark:
             monitor.start_timing()
             run.trace, run.profile = self._measure(runner, peer, label)
             run.summary = summarize(run.trace, self.options.percentiles, batch or 1,
-                                    cuda_graph_hint=run.cuda_graph != "on")
+                                    cuda_graph_hint=run.cuda_graph != "on" and
+                                    run.device == "cuda")
             outputs = runner.outputs()
             if self.want_layer_info and isinstance(runner, KilnRunner) and not self.layer_info:
                 self.layer_info = layer_info_json(runner)

@@ -7,7 +7,8 @@
   "percentage"}, ...]`;
 - --exportLayerInfo: the engine inspector's `{"Layers": [...], "Bindings": [...]}`, each
   layer with Name, LayerType, ParameterType, Inputs/Outputs (Name, Location, Dimensions,
-  Format/Datatype; activations only), Weights (Type, Count of its constants), Metadata
+  Format/Datatype; activations only), Weights (Type, Count of its constant inputs and the
+  weights its tactic prepared), Metadata
   (the ONNX nodes it runs) and TacticName, shapes and types as one run at the
   benchmark's inputs saw them.
 """
@@ -104,15 +105,19 @@ def layer_info_json(runner: KilnRunner) -> dict[str, Any]:
             "TacticName": layer["tactic"],
             "Precision": layer["precision"],
         }
+        prefix = f"layer/{layer['name']}/"  # weights the tactic prepared at build time
+        prepared = [(list(t.shape), t.dtype) for k, t in engine.tensors.items()
+                    if k.startswith(prefix)]
+        if weights or prepared:
+            info["Weights"] = _weights([seen.get(n) for n in weights] + prepared)
         if weights:
-            info["Weights"] = _weights([seen.get(n) for n in weights])
             info["Constants"] = [_region(n, seen.get(n), location) for n in weights]
         layers.append(info)
     return {"Layers": layers, "Bindings": engine.input_names + engine.output_names}
 
 
 def _weights(seen: list[tuple[list[int], torch.dtype] | None]) -> dict[str, Any]:
-    """TensorRT's `{"Type", "Count"}` over a layer's constant inputs."""
+    """TensorRT's `{"Type", "Count"}` over a layer's constants and prepared weights."""
     known = [s for s in seen if s is not None]
     count = sum(int(torch.Size(shape).numel()) for shape, _ in known)
     dtype = known[0][1] if known else torch.float32

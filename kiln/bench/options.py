@@ -23,7 +23,7 @@ class InferenceOptions:
     duration_s: float = 3.0
     avg_runs: int = 10
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
-    use_cuda_graph: bool = False
+    use_cuda_graph: bool | None = None  # None: the runtime's default (on with CUDA)
     no_data_transfers: bool = False
     separate_profile_run: bool = False
     profile: bool = False  # time every layer (--dumpProfile / --exportProfile)

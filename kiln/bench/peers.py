@@ -4,8 +4,8 @@
 |---|---|
 | `kiln` | the engine of this command (its build flags, or the .kiln file given) |
 | `kiln-<precision>` | kiln built at that precision (fp32, fp16, ...), the other flags as given |
-| `kiln-unoptimized` | kiln FP32 with every optimization pass off: the model run node by node |
-|  | as written, the "framework as is" baseline |
+| `kiln-unoptimized` | kiln FP32 with every pass off and no tactic timing: the model run node |
+|  | by node as written, the "framework as is" baseline |
 | `ort` | ONNX Runtime: its CUDA provider when the run is on CUDA and it has one, else CPU |
 | `ort-cpu`, `ort-cuda` | ONNX Runtime with that provider |
 
@@ -43,7 +43,7 @@ class PeerContext:
     device: torch.device
     input_names: list[str] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
-    use_cuda_graph: bool = False
+    use_cuda_graph: bool | None = None
 
     def need_model(self, peer: str) -> str:
         if self.model is None:
@@ -120,7 +120,7 @@ def _kiln(name: str) -> Peer:
 def _kiln_unoptimized(name: str) -> Peer:
     def create(ctx: PeerContext) -> KilnRunner:
         config = dataclasses.replace(ctx.config, precision="fp32", optimize=False,
-                                     layer_precisions={})
+                                     optimization_level=0, layer_precisions={})
         return _kiln_runner(ctx, name, config)
 
     return Peer(name, "kiln", "fp32", create)

@@ -73,7 +73,7 @@ def report_markdown(result: BenchmarkResult, charts: dict[str, str], command: st
         f"{opts.iterations} queries and {opts.duration_s:g} s per engine and batch; "
         f"percentiles {', '.join(f'{p:g}' for p in opts.percentiles)}",
         f"- data transfers: {'off (--noDataTransfers)' if opts.no_data_transfers else 'timed'}"
-        f"; CUDA graphs: {'asked for' if opts.use_cuda_graph else 'off'}",
+        f"; CUDA graphs: {_graphs_text(result)}",
         "- inputs: " + "; ".join(spec.describe() for spec in result.inputs),
         f"- measured: {env['created']}", "",
         "## Speed, memory and accuracy", "",
@@ -99,6 +99,12 @@ def report_markdown(result: BenchmarkResult, charts: dict[str, str], command: st
     if command:
         lines += ["## Reproduce", "", "```", command, "```", ""]
     return "\n".join(lines)
+
+
+def _graphs_text(result: BenchmarkResult) -> str:
+    states = sorted({f"{r.peer}: {r.cuda_graph}" for r in result.runs
+                     if r.status == "ok" and r.kind == "kiln"})
+    return ", ".join(states) or "n/a"
 
 
 def _verdict(result: BenchmarkResult) -> list[str]:

@@ -34,7 +34,8 @@ class PeerUnavailable(KilnError):
 class KilnRunner:
     separate_transfers = True
 
-    def __init__(self, engine: Engine, name: str = "kiln", *, use_cuda_graph: bool = False,
+    def __init__(self, engine: Engine, name: str = "kiln", *,
+                 use_cuda_graph: bool | None = None,
                  device: str | torch.device | None = None) -> None:
         self.engine = engine
         self.name = name
@@ -67,9 +68,10 @@ class KilnRunner:
         if on_step is None:
             self._out = self.context.run(self._feeds, as_numpy=False)
             return
-        # profiled: the same checks as ExecutionContext.run, then the program with a hook
+        # profiled: the same checks as ExecutionContext.run, then the program with a hook,
+        # eagerly (a CUDA graph replay has no layers to tell apart)
         check_inputs(self.engine, self._feeds)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.context._backend_flags():
             results = self.context.program.run(self._feeds, on_step=on_step)
         self._out = dict(zip(self.context.program.outputs, results))
 
@@ -95,22 +97,21 @@ class KilnRunner:
         self._feeds, self._host, self._out, self._host_out = {}, {}, {}, {}
 
 
-def make_context(engine: Engine, use_cuda_graph: bool,
+def make_context(engine: Engine, use_cuda_graph: bool | None,
                  device: str | torch.device | None = None) -> tuple[ExecutionContext, str]:
-    """An ExecutionContext, with CUDA graphs when asked and this kiln's runtime has them.
-
-    Returns the context and what happened to the CUDA graph request: "on", "off",
-    "n/a on the CPU" or "not available in this kiln".
-    """
+    """An ExecutionContext with CUDA graphs on, off, or as the runtime decides (None: on
+    with CUDA). Returns the context and what became of CUDA graphs: "on", "off", "n/a on
+    the CPU" or "not available in this kiln"."""
     on_cpu = (torch.device(device).type if device is not None
               else engine.device["kind"]) == "cpu"
-    if not use_cuda_graph:
-        return ExecutionContext(engine, device=device), "off"
     if on_cpu:
-        return ExecutionContext(engine, device=device), "n/a on the CPU"
-    if "use_cuda_graph" in inspect.signature(ExecutionContext).parameters:
-        return ExecutionContext(engine, device=device, use_cuda_graph=True), "on"
-    return ExecutionContext(engine, device=device), "not available in this kiln"
+        return ExecutionContext(engine, device=device), \
+            "off" if not use_cuda_graph else "n/a on the CPU"
+    if "cuda_graph" not in inspect.signature(ExecutionContext).parameters:
+        state = "not available in this kiln" if use_cuda_graph else "off"
+        return ExecutionContext(engine, device=device), state
+    context = ExecutionContext(engine, device=device, cuda_graph=use_cuda_graph)
+    return context, "on" if getattr(context, "graphs", None) is not None else "off"
 
 
 def _is_opaque(value: Any) -> bool:

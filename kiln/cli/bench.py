@@ -45,9 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="percentiles to report, e.g. 90,95,99 (the default)")
     cuda_graph = g.add_mutually_exclusive_group()
     cuda_graph.add_argument("--useCudaGraph", dest="use_cuda_graph", action="store_true",
-                            default=False, help="replay queries from a CUDA graph (CUDA only)")
+                            default=None, help="replay queries from CUDA graphs (kiln's "
+                                               "default on CUDA; n/a on the CPU)")
     cuda_graph.add_argument("--noCudaGraph", dest="use_cuda_graph", action="store_false",
-                            help="no CUDA graph (the default)")
+                            help="run every layer eagerly, no CUDA graph")
     g.add_argument("--noDataTransfers", action="store_true",
                    help="leave inputs and outputs on the device: no H2D/D2H per query")
     g.add_argument("--separateProfileRun", action="store_true",
@@ -149,7 +150,7 @@ def _print_options(log: TrtexecLog, args: argparse.Namespace, bench: Benchmark,
     log.info(f"Duration: {duration} (+ {fmt(options.warmup_ms)}ms warm up)")
     log.info("Inference Streams: 1")
     log.info(f"Data transfers: {'Disabled' if options.no_data_transfers else 'Enabled'}")
-    log.info(f"CUDA Graph: {'Enabled' if options.use_cuda_graph else 'Disabled'}")
+    log.info(f"CUDA Graph: {_cuda_graph_text(options, bench.context.device.type)}")
     log.info(f"Separate profiling: "
              f"{'Enabled' if options.separate_profile_run else 'Disabled'}")
     peers = ", ".join(p.name for p in bench.peers)
@@ -177,6 +178,14 @@ def _print_options(log: TrtexecLog, args: argparse.Namespace, bench: Benchmark,
     if options.use_cuda_graph and bench.context.device.type == "cpu":
         log.warning("--useCudaGraph does not apply on the CPU; timing without CUDA graphs.")
     log.info("")
+
+
+def _cuda_graph_text(options: InferenceOptions, device: str) -> str:
+    if device == "cpu":
+        return "n/a (CPU)"
+    if options.use_cuda_graph is None:
+        return "Enabled (kiln's default on CUDA; --noCudaGraph turns it off)"
+    return "Enabled" if options.use_cuda_graph else "Disabled"
 
 
 def _print_run(log: TrtexecLog, run: PeerRun, options: InferenceOptions, single: bool,
