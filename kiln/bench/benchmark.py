@@ -14,6 +14,7 @@ graphs, no ONNX Runtime) is listed as skipped; one that fails is listed with its
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import platform
 import time
@@ -126,7 +127,7 @@ class Benchmark:
         self.options = options or InferenceOptions()
         self.peers = self._peers(peers)
         self.batches = batches
-        self.shapes = shapes or {}
+        self.shapes = dict(shapes or {})
         self.given_inputs = dict(inputs or {})
         self.input_files = input_files
         self.want_layer_info = layer_info
@@ -182,6 +183,17 @@ class Benchmark:
         assert self.engine is not None
         return self.engine.input_names, self.engine.output_names
 
+    def _shapes_from_given(self) -> None:
+        """Given inputs fix their own shapes (and the named dims others share with them)."""
+        names = {s.name for s in self.specs[self.batch_list[0]]}
+        unknown = sorted(set(self.given_inputs) - names)
+        if unknown:
+            raise KilnError(f"inputs were given for {', '.join(unknown)}, which the model has "
+                            f"no input called; its inputs are {', '.join(sorted(names))}")
+        for name, value in self.given_inputs.items():
+            self.shapes.setdefault(name, [int(d) for d in np.shape(value)])
+        self.specs = {b: self.input_specs(b) for b in self.batch_list}
+
     def _inputs_for(self, specs: list[InputSpec]) -> dict[str, np.ndarray]:
         feeds = random_inputs(specs, self.options.seed)
         for name, value in self.given_inputs.items():
@@ -202,6 +214,8 @@ class Benchmark:
         if self.input_files:
             self.given_inputs.update(load_input_files(self.input_files,
                                                       self.specs[self.batch_list[0]]))
+        if self.given_inputs:
+            self._shapes_from_given()
         config = self.config
         if self.batches:
             check_dynamic_batch(self._declared(), self.batches)
@@ -324,8 +338,6 @@ def is_engine_file(path: Path) -> bool:
 
 
 def _with_profiles(config: BuilderConfig, profiles: list[dict]) -> BuilderConfig:
-    import dataclasses
-
     return dataclasses.replace(config, profiles=profiles)
 
 

@@ -113,6 +113,10 @@ def test_load_inputs_raw_and_npy(classifier_path, tmp_path, capsys):
                      f"--loadInputs={spec}"]) == 0
         out = capsys.readouterr().out
         assert "Using values loaded from file for input x" in out
+    # without --shapes, the loaded array sets the inference shape
+    np.save(tmp_path / "x5.npy", np.zeros((5, 16), dtype=np.float32))
+    assert main(["bench", str(classifier_path), *FAST, f"--loadInputs=x:{tmp_path}/x5.npy"]) == 0
+    assert "Input inference shape : x=5x16" in capsys.readouterr().out
 
 
 def test_use_cuda_graph_on_cpu_is_not_applicable(classifier_path, capsys):
