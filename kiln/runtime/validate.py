@@ -24,8 +24,7 @@ def _dtype_of(value: Any) -> DType | None:
         try:
             return DType.from_numpy(value.dtype)
         except ValueError:
-            name = value.dtype.name
-            return DType.from_short({"bfloat16": "bf16"}.get(name, name))
+            return None
     return None
 
 
