@@ -22,8 +22,8 @@ def cast_to(x: Any, dtype: DType, saturate: int = 1, round_mode: str = "up") -> 
     target = onnx_dtype(dtype.value)  # the carrier, for sub-byte types
     if x.dtype in _NARROW_FLOATS and x.dtype != target:
         x = x.to(torch.float32)  # few torch kernels read float8 directly
-    if dtype in _FLOAT8_LIMITS and x.is_floating_point():
-        return _to_float8(x, dtype, target, saturate)
+    if dtype in FLOAT8_LIMITS and x.is_floating_point():
+        return to_float8(x, dtype, target, saturate)
     if dtype is DType.FLOAT8E8M0:
         return to_e8m0(x, saturate, round_mode)
     if dtype is DType.FLOAT4E2M1:
@@ -38,7 +38,7 @@ def cast_to(x: Any, dtype: DType, saturate: int = 1, round_mode: str = "up") -> 
 _NARROW_FLOATS = {torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz,
                   torch.float8_e5m2fnuz, torch.float8_e8m0fnu}
 # (largest finite, halfway to the next step, whether that halfway rounds up, overflow value)
-_FLOAT8_LIMITS = {
+FLOAT8_LIMITS = {
     DType.FLOAT8E4M3FN: (448.0, 464.0, False, float("nan")),
     DType.FLOAT8E4M3FNUZ: (240.0, 248.0, True, float("nan")),
     DType.FLOAT8E5M2: (57344.0, 61440.0, True, float("inf")),
@@ -49,11 +49,11 @@ _SUB_BYTE_INTS = {DType.INT4: (4, True), DType.UINT4: (4, False), DType.INT2: (2
                   DType.UINT2: (2, False)}
 
 
-def _to_float8(x: torch.Tensor, dtype: DType, target: torch.dtype,
+def to_float8(x: torch.Tensor, dtype: DType, target: torch.dtype,
                saturate: int) -> torch.Tensor:
     """Round to nearest even; out of range saturates, or without `saturate` overflows as
     ONNX (and ml_dtypes) do: to inf for E5M2, NaN for the types without inf."""
-    limit, halfway, tie_up, overflow = _FLOAT8_LIMITS[dtype]
+    limit, halfway, tie_up, overflow = FLOAT8_LIMITS[dtype]
     x = x.to(torch.float32)
     result = x.clamp(-limit, limit).to(target)  # clamp keeps NaN
     if saturate:
