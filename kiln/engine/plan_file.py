@@ -26,7 +26,8 @@ from kiln.kernels import get_tactic
 
 PLAN_KEY = "kiln.plan"
 # dtypes safetensors cannot read back: stored as their bytes, re-viewed on load
-_BYTE_STORED = {"float8_e8m0fnu": torch.float8_e8m0fnu}
+_BYTE_STORED = {name: dtype for name in ("float8_e8m0fnu",)
+                if (dtype := getattr(torch, name, None)) is not None}
 
 
 def crc32(tensor: torch.Tensor) -> int:

@@ -10,7 +10,7 @@ import torch
 from kiln.ir import DType
 from kiln.ops._common import onnx_dtype
 from kiln.ops.registry import register
-from kiln.ops.tensors import to_numpy, to_torch
+from kiln.ops.tensors import E8M0, to_numpy, to_torch
 
 
 def cast_to(x: Any, dtype: DType, saturate: int = 1, round_mode: str = "up") -> Any:
@@ -36,7 +36,7 @@ def cast_to(x: Any, dtype: DType, saturate: int = 1, round_mode: str = "up") -> 
 
 
 _NARROW_FLOATS = {torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz,
-                  torch.float8_e5m2fnuz, torch.float8_e8m0fnu}
+                  torch.float8_e5m2fnuz, E8M0}
 # (largest finite, halfway to the next step, whether that halfway rounds up, overflow value)
 FLOAT8_LIMITS = {
     DType.FLOAT8E4M3FN: (448.0, 464.0, False, float("nan")),
@@ -106,7 +106,9 @@ def to_e8m0(x: torch.Tensor, saturate: int = 1, round_mode: str = "up") -> torch
     if saturate:
         round_up = round_up & (exponent != 0xFE)
     exponent = torch.where(special, 0xFF, exponent + round_up.to(exponent.dtype))
-    return exponent.to(torch.uint8).view(torch.float8_e8m0fnu)
+    if E8M0 is None:
+        raise TypeError(f"FLOAT8E8M0 needs torch 2.7 or newer (this is {torch.__version__})")
+    return exponent.to(torch.uint8).view(E8M0)
 
 
 def _to_strings(x: Any) -> np.ndarray:

@@ -38,8 +38,11 @@ _TORCH = {
     DType.FLOAT8E5M2: torch.float8_e5m2,
     DType.FLOAT8E4M3FNUZ: torch.float8_e4m3fnuz,
     DType.FLOAT8E5M2FNUZ: torch.float8_e5m2fnuz,
-    DType.FLOAT8E8M0: torch.float8_e8m0fnu,
 }
+# torch has float8_e8m0fnu from 2.7 on
+E8M0 = getattr(torch, "float8_e8m0fnu", None)
+if E8M0 is not None:
+    _TORCH[DType.FLOAT8E8M0] = E8M0
 _FROM_TORCH = {t: d for d, t in _TORCH.items()}
 # sub-byte types: the torch dtype that carries them at run time
 CARRIERS = {
@@ -60,8 +63,9 @@ _ML_DTYPES = {
     "float8_e5m2": torch.float8_e5m2,
     "float8_e4m3fnuz": torch.float8_e4m3fnuz,
     "float8_e5m2fnuz": torch.float8_e5m2fnuz,
-    "float8_e8m0fnu": torch.float8_e8m0fnu,
 }
+if E8M0 is not None:
+    _ML_DTYPES["float8_e8m0fnu"] = E8M0
 _TORCH_TO_ML = {t: n for n, t in _ML_DTYPES.items()}
 _UNSIGNED_WIDE = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
 
