@@ -94,7 +94,8 @@ def conv_transpose(
             s * (i - 1) + op + ((k - 1) * d + 1) - t
             for i, s, op, k, d, t in zip(sizes, strides, output_padding, kernel, dilations, target)
         ]
-        pads = _split_total(totals, auto_pad != "SAME_LOWER")
+        # as ONNX Runtime: the odd pixel is cropped at the start unless SAME_UPPER
+        pads = _split_total(totals, auto_pad == "SAME_UPPER")
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         totals = [
             s * (i - 1) + op + ((k - 1) * d + 1) - i * s
@@ -121,8 +122,11 @@ def conv_transpose(
 def _split_total(totals: Sequence[int], upper: bool) -> list[int]:
     begins, ends = [], []
     for total in totals:
-        small = int(total / 2)  # toward zero, so a negative total extends the end
-        large = total - small
+        if total < 0:  # an output larger than the full result: zeros at the end
+            begins.append(0)
+            ends.append(total)
+            continue
+        small, large = total // 2, total - total // 2
         begins.append(small if upper else large)
         ends.append(large if upper else small)
     return begins + ends
