@@ -102,20 +102,23 @@ def attention(
     dtype = q.dtype
     present_key = k if past_key is None else torch.cat([past_key, k], dim=2)
     present_value = v if past_value is None else torch.cat([past_value, v], dim=2)
-    work = torch.float32 if dtype in _HALF else dtype
     if scale is None or scale == 0:
         scale = 1.0 / math.sqrt(q.shape[-1])
     past_len = 0 if past_key is None else past_key.shape[2]
+    simple = (attn_mask is None and nonpad_kv_seqlen is None and num_outputs <= 3
+              and not softcap and not softmax_precision and left_window_size < 0
+              and right_window_size < 0 and (not is_causal or past_len == 0)
+              and q.shape[2] <= present_key.shape[2])
+    # half types compute in float32, except in CUDA's fused kernels (which accumulate in
+    # float32 themselves)
+    work = torch.float32 if dtype in _HALF and not (simple and q.is_cuda) else dtype
     keys, values = present_key.to(work), present_value.to(work)
     if keys.shape[1] != q.shape[1]:  # grouped-query attention: each KV head serves a group
         group = q.shape[1] // keys.shape[1]
         keys = keys.repeat_interleave(group, dim=1)
         values = values.repeat_interleave(group, dim=1)
     query = q.to(work)
-    simple = (attn_mask is None and nonpad_kv_seqlen is None and num_outputs <= 3
-              and not softcap and left_window_size < 0 and right_window_size < 0
-              and (not is_causal or past_len == 0) and q.shape[2] <= keys.shape[2])
-    if simple and not softmax_precision:
+    if simple:
         y = F.scaled_dot_product_attention(query, keys, values, is_causal=bool(is_causal),
                                            scale=scale)
         scores = None
