@@ -107,3 +107,21 @@ def test_int4_output_comes_back_as_int4(tmp_path) -> None:
     out = _build(model, tmp_path).run({"x": x})["y"]
     assert out.dtype == ml_dtypes.int4
     np.testing.assert_array_equal(out, x.astype(ml_dtypes.int4))
+
+
+def test_int4_input_as_numpy_or_torch_carrier(tmp_path) -> None:
+    import torch
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.INT4, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 25)])
+    context = _build(model, tmp_path)
+    values = np.array([-8, -1, 0, 7], np.int8)
+    from_numpy = context.run({"x": values.astype(ml_dtypes.int4)})["y"]
+    from_torch = context.run({"x": torch.from_numpy(values)})["y"]
+    np.testing.assert_array_equal(from_numpy, values.astype(np.float32))
+    np.testing.assert_array_equal(from_torch.numpy(), values.astype(np.float32))
+    with pytest.raises(Exception, match="engine takes int4"):
+        context.run({"x": values.astype(np.int16)})
