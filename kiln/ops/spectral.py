@@ -91,39 +91,43 @@ def stft(signal: torch.Tensor, frame_step: torch.Tensor, window: torch.Tensor | 
     return _pairs(spectrum, signal.dtype)
 
 
-def _window(size: torch.Tensor, periodic: int, output_datatype: int, terms) -> torch.Tensor:
+def _window(size: torch.Tensor, periodic: int, output_datatype: int, terms,
+            device: torch.device | None) -> torch.Tensor:
     n = _length(size)
     denominator = n if periodic else n - 1
     index = torch.arange(n, dtype=torch.float64)
     values = sum(c * torch.cos(index * (2 * math.pi * k) / denominator)
                  for k, c in enumerate(terms))
-    return values.to(torch_dtype(DType(int(output_datatype))))
+    return values.to(device=device, dtype=torch_dtype(DType(int(output_datatype))))
 
 
 @register("HannWindow", 17, host_inputs=(0,))
 def hann_window(size: torch.Tensor, *, output_datatype: int = 1,
+                device: torch.device | None = None,
                 periodic: int = 1) -> torch.Tensor:
-    return _window(size, periodic, output_datatype, (0.5, -0.5))
+    return _window(size, periodic, output_datatype, (0.5, -0.5), device)
 
 
 @register("HammingWindow", 17, host_inputs=(0,))
 def hamming_window(size: torch.Tensor, *, output_datatype: int = 1,
+                   device: torch.device | None = None,
                    periodic: int = 1) -> torch.Tensor:
     alpha = 25.0 / 46.0
-    return _window(size, periodic, output_datatype, (alpha, -(1 - alpha)))
+    return _window(size, periodic, output_datatype, (alpha, -(1 - alpha)), device)
 
 
 @register("BlackmanWindow", 17, host_inputs=(0,))
 def blackman_window(size: torch.Tensor, *, output_datatype: int = 1,
+                    device: torch.device | None = None,
                     periodic: int = 1) -> torch.Tensor:
-    return _window(size, periodic, output_datatype, (0.42, -0.5, 0.08))
+    return _window(size, periodic, output_datatype, (0.42, -0.5, 0.08), device)
 
 
 @register("MelWeightMatrix", 17, host_inputs=(0, 1, 2, 3, 4))
 def mel_weight_matrix(
     num_mel_bins: torch.Tensor, dft_length: torch.Tensor, sample_rate: torch.Tensor,
     lower_edge_hertz: torch.Tensor, upper_edge_hertz: torch.Tensor, *,
-    output_datatype: int = 1,
+    output_datatype: int = 1, device: torch.device | None = None,
 ) -> torch.Tensor:
     """Triangular filters, evenly spaced in mel, over the one-sided spectrum's bins."""
     mels, length = _length(num_mel_bins), _length(dft_length)
@@ -143,4 +147,4 @@ def mel_weight_matrix(
     falling = (right - j) / (right - center).clamp(min=1)
     in_fall = (j >= center) & (j < right)
     weights = torch.where(in_fall, falling, torch.where(in_rise, rising, 0.0))
-    return weights.to(torch_dtype(DType(int(output_datatype))))
+    return weights.to(device=device, dtype=torch_dtype(DType(int(output_datatype))))
