@@ -79,7 +79,14 @@ def _function_body(
     except defs.SchemaError:
         return None
     if schema.has_function:
-        return schema.get_function_with_opset_version(opset) or schema.function_body
+        raw = schema.get_function_with_opset_version(opset)
+        if not raw:
+            return schema.function_body
+        if isinstance(raw, onnx.FunctionProto):
+            return raw
+        body = onnx.FunctionProto()  # onnx hands the body over serialized
+        body.ParseFromString(raw)
+        return body
     if schema.has_context_dependent_function:
         input_types = []
         for name in node.input:

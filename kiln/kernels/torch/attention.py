@@ -54,6 +54,9 @@ class _Sdpa(Tactic):
                 k = k.contiguous()
             if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
                 mask = mask.to(q.dtype)
+            if mask is not None and mask.dim() < 2:  # SDPA wants [.., q, kv]; a scalar or
+                mask = mask.reshape((1,) * (2 - mask.dim()) + tuple(mask.shape))  # row bias
+
             with sdpa_kernel(backend) if backend is not None else nullcontext():
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
                                                      is_causal=causal)
