@@ -46,6 +46,7 @@ class _Sdpa(Tactic):
         scale = attrs.get("scale")
         bshd_out = attrs.get("out_layout", "bhsd") == "bshd"
         causal = bool(attrs.get("is_causal", 0))
+        zero_nan = bool(attrs.get("zero_nan_rows", 0))
         backend = getattr(SDPBackend, self.backend) if self.backend else None
 
         def run(q, k, v, mask=None):
@@ -60,6 +61,8 @@ class _Sdpa(Tactic):
             with sdpa_kernel(backend) if backend is not None else nullcontext():
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
                                                      is_causal=causal)
+            if zero_nan:
+                out = torch.nan_to_num(out, nan=0.0, posinf=float("inf"), neginf=float("-inf"))
             return out.transpose(1, 2) if bshd_out else out
 
         return run
