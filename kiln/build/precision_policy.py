@@ -9,7 +9,8 @@ Rules, in order (the first that applies decides):
    accumulates their products in fp32 on the CPU (as cuBLAS/cuDNN do by default), so
    fp16 costs one rounding of the result.
 4. Sensitive and unknown ops run in fp32: Softmax, normalizations that compute
-   statistics (not kiln's fused LayerNorm: fp16 in and out, fp32 statistics), reductions (sums overflow fp16 at 65504),
+   statistics (not kiln's fused LayerNorm: fp16 in and out, fp32 statistics),
+   reductions (sums overflow fp16 at 65504),
    Exp/Log/Pow and squares (x * x, also inside a fused element-wise program),
    trigonometry, recurrent cells, and every op whose output type an attribute fixes.
 5. Element-wise and data-movement ops follow their inputs with type promotion, as
