@@ -447,3 +447,27 @@ def test_fused_layernorm_in_fp16_keeps_fp32_statistics() -> None:
         summed.var(-1, unbiased=False, keepdim=True) + 1e-5) * scale.double()
     assert got.dtype == torch.float16
     torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=2e-3)
+
+
+def test_lookup_in_a_weight_table_reads_fp16_weights() -> None:
+    """Gather from a constant float table by integer ids (an embedding) runs in fp16: the
+    table is stored narrowed, and the lookup returns its fp16 rounding exactly."""
+    rng = np.random.default_rng(RNG_SEED)
+    table = _weights(rng, 50, 8, scale=1.0)
+    model = _model(
+        [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+         helper.make_node("MatMul", ["e", "w"], ["y"], name="proj")],
+        [_in("ids", ["N", 5], INT64)], [_out("y")],
+        [("table", table), ("w", _weights(rng, 8, 4))])
+    graph, _ = _graph(model)
+    embed = _node(graph, "embed")
+    assert embed.meta["precision"] == "fp16"
+    assert embed.inputs[0].const.dtype == np.float16
+    assert not any(n.inputs[0].name == "e" for n in _casts(graph))
+    ids = rng.integers(0, 50, (3, 5)).astype(np.int64)
+    engine = build_engine(model, BuilderConfig(precision="fp16", device="cpu",
+                                               optimization_level=0))
+    got = ExecutionContext(engine).run({"ids": ids})["y"]
+    w16 = _node(graph, "proj").inputs[1].const.astype(np.float64)
+    want = table.astype(np.float16).astype(np.float64)[ids] @ w16
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
