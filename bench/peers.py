@@ -186,6 +186,13 @@ def measure(fn, device: str, base: int = 0) -> tuple[float, float]:
     return host_time(fn), float("nan")
 
 
+def _cudnn_workspace_mb() -> float:
+    """What the caching allocator holds in blocks of cuDNN's workspace size class is not
+    reported by torch; report the largest single segment instead, a workspace's hint."""
+    segments = torch.cuda.memory_snapshot()
+    return max((s["total_size"] for s in segments), default=0) / 2**20
+
+
 def allocated(device: str) -> int:
     if device != "cuda":
         return 0
@@ -272,7 +279,11 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
         case.build_s[label] = time.perf_counter() - t0
         base = allocated(device)
         context = ExecutionContext(engine)
+        case.memory_mb[f"{label}_on_device_at_load"] = (allocated(device) - base) / 2**20
         ms, mb = measure(lambda c=context: c.run(feeds), device, base)
+        if device == "cuda":
+            case.memory_mb[f"{label}_held_after_runs"] = (allocated(device) - base) / 2**20
+            case.memory_mb[f"{label}_cudnn_workspace"] = _cudnn_workspace_mb()
         case.results[label] = ms
         case.memory_mb[label] = mb
         case.memory_mb[f"{label}_weights"] = engine.weight_bytes() / 2**20
@@ -356,6 +367,9 @@ def table(cases: list[Case]) -> str:
                          f"  {acc_text}")
         for key, seconds in case.build_s.items():
             lines.append(f"  build {key:18s} {seconds:7.1f} s")
+        extra = {k: v for k, v in case.memory_mb.items() if k not in case.results}
+        if extra:
+            lines.append("  memory MiB: " + ", ".join(f"{k} {v:.1f}" for k, v in extra.items()))
         lines.extend(f"  note: {n}" for n in case.notes)
     return "\n".join(lines)
 
