@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from kiln.build.profiles import Profile
 from kiln.ir import DType
 
+ALIGNMENT = 64  # bytes; torch's CPU allocator aligns every allocation this way
+
 if TYPE_CHECKING:
+    from kiln.build.profiles import Profile
     from kiln.runtime.context import ExecutionContext
 
 
@@ -46,7 +48,7 @@ class Engine:
 
     def __init__(self, plan: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         self.plan = plan
-        self.tensors = tensors
+        self.tensors = {key: aligned(t) for key, t in tensors.items()}
 
     # ------------------------------------------------------------- metadata
     @property
@@ -67,6 +69,9 @@ class Engine:
 
     @property
     def profiles(self) -> list[Profile]:
+        # imported here: kiln.build's package imports the builder, which imports this module
+        from kiln.build.profiles import Profile
+
         return [Profile.from_json(p) for p in self.plan.get("profiles", [])]
 
     @property
@@ -107,6 +112,19 @@ class Engine:
         from kiln.runtime.context import ExecutionContext
 
         return ExecutionContext(self, device=device)
+
+
+def aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, contiguous and at a 64-byte boundary (a copy when it is not).
+
+    CPU kernels (MKL, oneDNN) pick their vector paths by alignment, so the same weights at
+    another address can round differently. safetensors hands out tensors at whatever offset
+    the file's header length leaves them; copying into torch's allocator (64-byte aligned)
+    makes a loaded engine compute bit for bit what the built one did.
+    """
+    if tensor.numel() and (not tensor.is_contiguous() or tensor.data_ptr() % ALIGNMENT):
+        return tensor.clone(memory_format=torch.contiguous_format)
+    return tensor
 
 
 def _collect_layers(graph: dict[str, Any], found: list[dict[str, Any]]) -> None:
