@@ -167,11 +167,12 @@ class _Checker:
 
     def typed(self, data: Any, key: str, kind: type | tuple, where: str) -> Any:
         self.expect(isinstance(data, dict), where, "expected an object")
-        self.expect(key in data, f"{where}.{key}", "missing")
+        at = key if where == "top level" else f"{where}.{key}"
+        self.expect(key in data, at, "missing")
         value = data[key]
         # bool is an int to Python, never to a plan
         ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in _kinds(kind))
-        self.expect(ok, f"{where}.{key}", f"expected {_kind_text(kind)}, found {value!r:.60}")
+        self.expect(ok, at, f"expected {_kind_text(kind)}, found {value!r:.60}")
         return value
 
     def names(self, items: Any, where: str, optional: bool = False) -> None:
