@@ -268,6 +268,8 @@ class _Checker:
 
     def io(self, io: Any, where: str) -> None:
         self.typed(io, "name", str, where)
+        for key in ("dtype", "shape"):
+            self.expect(key in io, f"{where}.{key}", "missing")
         dtype = io.get("dtype")
         if dtype is not None:
             self.expect(isinstance(dtype, str), f"{where}.dtype", "expected a dtype name")
@@ -336,6 +338,12 @@ def validate_plan(plan: Any, tensors: dict[str, torch.Tensor], label: str) -> No
         check.profile(profile, f"profiles[{i}]", inputs)
     for key in ("memory", "value_shapes"):
         check.expect(isinstance(plan.get(key, {}), dict), key, "expected an object")
+    for key, value in plan.get("memory", {}).items():
+        ok = isinstance(value, str) if key == "note" else isinstance(value, dict) if (
+            key == "probe_shapes") else _is_number(value) and value >= 0
+        check.expect(ok, f"memory.{key}", "unexpected value")
+    for name, shape in plan.get("value_shapes", {}).items():
+        check.expect(_is_shape(shape), f"value_shapes[{name}]", "expected a list of sizes")
     sums = check.typed(plan, "checksums", dict, "top level")
     check.expect(all(_is_int(v) for v in sums.values()), "checksums", "expected integers")
     check.graph(graph, "graph")

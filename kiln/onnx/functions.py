@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import onnx
+import onnx.inliner  # a submodule `import onnx` does not load
 from onnx import defs, helper
 
 _EXPAND_DOMAIN = "kiln.expand"
@@ -78,7 +79,13 @@ def _function_body(
     except defs.SchemaError:
         return None
     if schema.has_function:
-        return schema.get_function_with_opset_version(opset) or schema.function_body
+        body = schema.get_function_with_opset_version(opset) or schema.function_body
+        if isinstance(body, bytes):  # onnx hands the versioned body over serialized
+            parsed = onnx.FunctionProto()
+            parsed.ParseFromString(body)
+            body = parsed
+        _add_default_attributes(node, schema)
+        return body
     if schema.has_context_dependent_function:
         input_types = []
         for name in node.input:
@@ -93,6 +100,17 @@ def _function_body(
         body.ParseFromString(raw)
         return body
     return None
+
+
+def _add_default_attributes(node: onnx.NodeProto, schema: defs.OpSchema) -> None:
+    """Writes the schema's defaults onto the node: a body refers to attributes by name, and
+    the inliner drops a reference the call site does not set (leaving, e.g., an empty
+    Constant)."""
+    given = {attr.name for attr in node.attribute}
+    for name, attr in schema.attributes.items():
+        default = attr.default_value
+        if name not in given and default.type != onnx.AttributeProto.UNDEFINED:
+            node.attribute.append(default)
 
 
 def _as_local_function(
