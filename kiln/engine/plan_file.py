@@ -242,17 +242,18 @@ class _Checker:
                     "expected host or device")
         if "fused" in layer:
             self.names(layer["fused"], f"{where}.fused")
-        if registry.lookup(domain, op, opset) is None:
-            raise EngineFileError(
-                f"{self.label}: layer {name!r} is a {domain or 'ai.onnx'}::{op} (opset {opset}), "
-                "which this version of kiln does not implement", hint=self.hint)
         tactic_name = self.typed(layer, "tactic", str, where)
         tactic = get_tactic(tactic_name)
-        if tactic is None or (tactic.ops and (registry.canonical_domain(domain), op)
-                              not in tactic.ops):
+        key = (registry.canonical_domain(domain), op)
+        if tactic is None or (tactic.ops and key not in tactic.ops):
             raise EngineFileError(
                 f"{self.label}: layer {name!r} ({op}) uses tactic {tactic_name!r}, which this "
                 f"version of kiln {'does not have' if tactic is None else 'has for other ops'}",
+                hint=f"{self.hint}, using this version of kiln")
+        if not tactic.ops and registry.lookup(domain, op, opset) is None:
+            raise EngineFileError(
+                f"{self.label}: layer {name!r} is a {domain or 'ai.onnx'}::{op} (opset {opset}), "
+                "which this version of kiln does not implement",
                 hint=f"{self.hint}, using this version of kiln")
         self.typed(layer, "params", dict, where)
         for key, attr in self.typed(layer, "attrs", dict, where).items():
