@@ -43,6 +43,8 @@ def _to_strings(x: Any) -> np.ndarray:
     array = to_numpy(x)
     if array.dtype.kind == "f":
         return np.vectorize(_float_text, otypes=[object])(array)
+    if array.dtype.kind == "b":
+        return np.where(array, "1", "0").astype(object)  # as ONNX Runtime writes booleans
     return array.astype(str).astype(object)
 
 
@@ -51,7 +53,7 @@ def _float_text(v: float) -> str:
         return "NaN"
     if np.isinf(v):
         return "INF" if v > 0 else "-INF"
-    return str(np.float32(v))
+    return f"{v:.8g}"  # 8 significant digits, as ONNX Runtime prints every float type
 
 
 @register("Cast", 6)

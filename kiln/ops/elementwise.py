@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from kiln.ops._common import narrow, widen
@@ -74,11 +75,20 @@ def mean(*inputs: torch.Tensor) -> torch.Tensor:
 
 def _compare(op_type: str, fn, since: int = 7) -> None:
     def impl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):  # string tensors
+            return _compare_strings(op_type, a, b)
         _, (x, y) = widen(a, b)
         return fn(x, y)
 
     impl.__name__ = op_type.lower()
     register(op_type, since)(impl)
+
+
+def _compare_strings(op_type: str, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
+    if op_type != "Equal":
+        raise TypeError(f"{op_type} does not take string tensors (only Equal does)")
+    return torch.from_numpy(np.equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
+                            .astype(bool))
 
 
 _compare("Equal", torch.eq)

@@ -30,8 +30,12 @@ def batch_norm(
         running_mean = mean * momentum + batch_mean * (1 - momentum)
         running_var = var * momentum + batch_var * (1 - momentum)
         return (y, running_mean, running_var)[:num_outputs] if num_outputs > 1 else y
-    inv = torch.rsqrt(var.to(x.dtype) + epsilon) * scale.to(x.dtype)
-    shift = bias.to(x.dtype) - mean.to(x.dtype) * inv
+    # the per-channel factors in fp32 at least: fp16 data may come with fp32 statistics
+    # (as cuDNN takes them), and a variance near epsilon is below fp16's normal range
+    work = torch.promote_types(x.dtype, torch.float32)
+    inv = torch.rsqrt(var.to(work) + epsilon) * scale.to(work)
+    shift = (bias.to(work) - mean.to(work) * inv).to(x.dtype)
+    inv = inv.to(x.dtype)
     if rank == 1 or scale.dim() > 1:  # spatial=0 (opset < 9) keeps per-element statistics
         return x * inv + shift
     return x * _per_channel(inv, rank) + _per_channel(shift, rank)

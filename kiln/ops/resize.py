@@ -179,8 +179,10 @@ def resize_impl(x: torch.Tensor, scales: list[float], sizes: list[int], roi: lis
     full_roi = roi or []
     moved = [(d, s, sc) for d, s, sc in zip(dims, sizes, scales)
              if s != x.shape[d] or sc != 1.0 or opts["ctm"] == "tf_crop_and_resize"]
+    # torch derives the scale from the sizes; ONNX uses the given scale (W 3 -> 3 at 1.25)
+    same_scale = all(math.isclose(sc, s / x.shape[d]) for d, s, sc in moved)
     fast = _fast_path(x, [s for _, s, _ in moved], [d for d, _, _ in moved], opts) \
-        if len(moved) == rank - 2 and moved else None
+        if len(moved) == rank - 2 and moved and same_scale else None
     if fast is not None:
         return fast
     for i, (d, size, scale) in enumerate(zip(dims, sizes, scales)):

@@ -31,12 +31,13 @@ def foldable(node: Node) -> bool:
 @register_pass("simplify", priority=20)
 def fold_constants(graph: Graph, ctx: PassContext) -> bool:
     """Computes nodes whose inputs are all constants at build time."""
-    changed = False
+    folded = 0
     for g in list(graph.walk_graphs()):
         for node in list(g.nodes):
             if foldable(node) and _fold(g, node, ctx):
-                changed = True
-    return changed
+                folded += 1
+    ctx.count("fold_constants", folded)
+    return folded > 0
 
 
 def _fold(graph: Graph, node: Node, ctx: PassContext) -> bool:
