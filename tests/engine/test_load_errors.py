@@ -206,21 +206,19 @@ def test_missing_field(saved, tmp_path, field):
     ("graph.layers.0.fused", [1]),
     ("graph.layers.0.attrs.pads", {"$tensor": "no/such/tensor"}),
     ("graph.layers.0.attrs.pads", {"$python": "os.system('true')"}),
-    ("graph.constants.conv0.weight", {"value": 1.0}),
-    ("graph.constants.conv0.weight.placement", "gpu"),
+    ("graph.constants.injected", {"value": 1.0}),
+    ("graph.constants.injected", {"value": {"$tensor": "<a tensor>"}, "placement": "gpu"}),
     ("checksums", "none"),
     ("memory", [1]),
     ("value_shapes", 7),
 ])
 def test_mistyped_field(saved, tmp_path, field, value):
-    if field.startswith("graph.constants.conv0.weight"):  # the key holds a dot
-        rest = field[len("graph.constants.conv0.weight"):]
+    if field == "graph.constants.injected":  # a constant entry of its own (names hold dots)
 
         def edit(plan: dict) -> None:
-            if rest:
-                plan["graph"]["constants"]["conv0.weight"][rest[1:]] = value
-            else:
-                plan["graph"]["constants"]["conv0.weight"] = value
+            entry = json.loads(json.dumps(value).replace("<a tensor>", next(iter(
+                plan["checksums"]))))
+            plan["graph"]["constants"]["injected"] = entry
     else:
         edit = _set(field, value)
     _refused(_rewrite(saved[1], tmp_path / "typed.kiln", edit), "invalid plan")
@@ -243,8 +241,19 @@ def test_unknown_tactic(saved, tmp_path):
 
 
 def test_unknown_operator(saved, tmp_path):
-    path = _rewrite(saved[1], tmp_path / "op.kiln", _set("graph.layers.0.op", "HoloConv"))
-    _refused(path, "HoloConv", "does not implement")
+    def edit(plan: dict) -> None:
+        plan["graph"]["layers"][0].update(op="HoloConv", tactic="reference")
+
+    _refused(_rewrite(saved[1], tmp_path / "op.kiln", edit), "HoloConv", "does not implement")
+
+
+def test_tactic_for_another_operator(saved, tmp_path):
+    def edit(plan: dict) -> None:
+        layer = next(x for x in plan["graph"]["layers"] if x["tactic"] == "reference")
+        layer["tactic"] = "layernorm-torch"  # a tactic that lists the ops it runs
+
+    _refused(_rewrite(saved[1], tmp_path / "other.kiln", edit), "'layernorm-torch'",
+             "has for other ops")
 
 
 def test_tensor_missing_from_the_file(saved, tmp_path):
