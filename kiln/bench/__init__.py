@@ -8,9 +8,6 @@
     write_report(bench.run(), "report/")
 """
 
-# kiln.engine.engine imports kiln.build.profiles, whose package imports the builder, which
-# imports kiln.engine.engine: importing kiln.engine first would meet a half-made module.
-import kiln.build  # noqa: F401
 from kiln.bench.benchmark import Benchmark, BenchmarkResult, PeerRun
 from kiln.bench.compare import Tolerances, compare_output, compare_outputs
 from kiln.bench.options import InferenceOptions

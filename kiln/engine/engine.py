@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from kiln.build.profiles import Profile
 from kiln.ir import DType
 
 ALIGNMENT = 64  # bytes; torch's CPU allocator aligns every allocation this way
 
 if TYPE_CHECKING:
-    from kiln.build.profiles import Profile
     from kiln.runtime.context import ExecutionContext
 
 
@@ -69,9 +69,6 @@ class Engine:
 
     @property
     def profiles(self) -> list[Profile]:
-        # imported here: kiln.build's package imports the builder, which imports this module
-        from kiln.build.profiles import Profile
-
         return [Profile.from_json(p) for p in self.plan.get("profiles", [])]
 
     @property

@@ -27,6 +27,9 @@ from kiln.ops import registry
 
 PLAN_KEY = "kiln.plan"
 REBUILD = "rebuild it from the ONNX model with `kiln build model.onnx -o model.kiln`"
+# dtypes safetensors cannot read back: stored as their bytes, re-viewed on load
+_BYTE_STORED = {name: dtype for name in ("float8_e8m0fnu",)
+                if (dtype := getattr(torch, name, None)) is not None}
 
 
 def crc32(tensor: torch.Tensor) -> int:
@@ -38,6 +41,11 @@ def save_engine(engine: Engine, path: str | os.PathLike) -> None:
     tensors = _unshared({k: t.detach().cpu().contiguous() for k, t in engine.tensors.items()})
     plan = dict(engine.plan)
     plan["checksums"] = {k: crc32(t) for k, t in tensors.items()}
+    names = {v: k for k, v in _BYTE_STORED.items()}
+    viewed = {k: names[t.dtype] for k, t in tensors.items() if t.dtype in names}
+    if viewed:
+        plan["byte_stored"] = viewed
+        tensors.update({k: tensors[k].view(torch.uint8) for k in viewed})
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if not path.parent.is_dir():
@@ -86,6 +94,16 @@ def load_engine(path: str | os.PathLike, *, check_device: bool = True) -> Engine
         raise EngineFileError(
             f"{path} is not a readable kiln engine (truncated or corrupt: {exc})",
             hint=REBUILD) from None
+    byte_stored = plan.get("byte_stored") if isinstance(plan, dict) else None
+    if byte_stored is not None:
+        if not isinstance(byte_stored, dict) or not all(
+                isinstance(k, str) and v in _BYTE_STORED for k, v in byte_stored.items()):
+            raise EngineFileError(f"{path}: invalid plan at byte_stored: expected tensor names "
+                                  f"and one of {', '.join(_BYTE_STORED)}",
+                                  hint=f"the file is corrupt or was edited; {rebuild_hint(plan)}")
+        for key, name in byte_stored.items():
+            if key in tensors:
+                tensors[key] = tensors[key].view(_BYTE_STORED[name])
     validate_plan(plan, tensors, str(path))
     _verify_checksums(plan, tensors, str(path))
     if check_device:

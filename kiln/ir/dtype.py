@@ -71,6 +71,7 @@ class DType(enum.Enum):
 
     @classmethod
     def from_numpy(cls, dtype: np.dtype) -> DType:
+        """The DType of a numpy dtype, ml_dtypes' bfloat16/float8/int4... included."""
         dtype = np.dtype(dtype)
         if dtype.kind in ("U", "S", "O"):
             return cls.STRING

@@ -79,11 +79,14 @@ def _function_body(
     except defs.SchemaError:
         return None
     if schema.has_function:
-        body = schema.get_function_with_opset_version(opset) or schema.function_body
-        if isinstance(body, bytes):  # onnx hands the versioned body over serialized
-            parsed = onnx.FunctionProto()
-            parsed.ParseFromString(body)
-            body = parsed
+        raw = schema.get_function_with_opset_version(opset)
+        if not raw:
+            body = schema.function_body
+        elif isinstance(raw, onnx.FunctionProto):
+            body = raw
+        else:
+            body = onnx.FunctionProto()  # onnx hands the body over serialized
+            body.ParseFromString(raw)
         _add_default_attributes(node, schema)
         return body
     if schema.has_context_dependent_function:

@@ -43,9 +43,12 @@ def pow_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 @register("Mod", 10)
 def mod(a: torch.Tensor, b: torch.Tensor, *, fmod: int = 0) -> torch.Tensor:
     dtype, (x, y) = widen(a, b)
-    if fmod or x.is_floating_point():
+    if fmod:
         return narrow(torch.fmod(x, y), dtype)
-    return narrow(torch.remainder(x, y), dtype)
+    result = torch.remainder(x, y)
+    if result.is_floating_point():  # numpy's mod: a zero result takes the divisor's sign
+        result = torch.where(result == 0, torch.copysign(torch.zeros_like(result), y), result)
+    return narrow(result, dtype)
 
 
 def _variadic(op_type: str, fn, since: int = 8) -> None:
@@ -111,7 +114,13 @@ def not_(x: torch.Tensor) -> torch.Tensor:
 
 @register("BitwiseNot", 18)
 def bitwise_not(x: torch.Tensor) -> torch.Tensor:
+    signed = _SIGNED_TWIN.get(x.dtype)
+    if signed is not None:  # torch lacks the kernel for uint16/32/64; the bits are the same
+        return torch.bitwise_not(x.view(signed)).view(x.dtype)
     return torch.bitwise_not(x)
+
+
+_SIGNED_TWIN = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
 
 
 @register("BitShift", 11)

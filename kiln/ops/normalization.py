@@ -107,13 +107,9 @@ def mean_variance_norm(x: torch.Tensor, *, axes: list[int] | None = None) -> tor
 @register("LRN", 1)
 def lrn(x: torch.Tensor, *, alpha: float = 1e-4, beta: float = 0.75, bias: float = 1.0,
         size: int) -> torch.Tensor:
-    squared = x.pow(2).unsqueeze(1)
-    pad_front, pad_back = (size - 1) // 2, size // 2
-    spatial = [0, 0] * (x.dim() - 2)
-    padded = F.pad(squared, [*spatial, pad_front, pad_back])
-    kernel = (size, *([1] * (x.dim() - 2)))
-    pool = {3: F.avg_pool2d, 4: F.avg_pool3d}.get(squared.dim())
-    if pool is None:
-        raise ValueError(f"LRN supports 3-D and 4-D inputs, got rank {x.dim()}")
-    summed = pool(padded, kernel, stride=1).squeeze(1) * size
+    # a window over channels: pool (N, 1, C, spatial...) flattened to 2-D planes
+    n, c = x.shape[0], x.shape[1]
+    squared = x.pow(2).reshape(n, 1, c, -1)
+    padded = F.pad(squared, [0, 0, (size - 1) // 2, size // 2])
+    summed = F.avg_pool2d(padded, (size, 1), stride=1).reshape(x.shape) * size
     return x / (bias + alpha / size * summed).pow(beta)

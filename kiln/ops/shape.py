@@ -142,8 +142,9 @@ def depth_to_space(x: torch.Tensor, *, blocksize: int, mode: str = "DCR") -> tor
 
 
 @register("SpaceToDepth", 1)
-def space_to_depth(x: torch.Tensor, *, blocksize: int) -> torch.Tensor:
+def space_to_depth(x: torch.Tensor, *, blocksize: int, mode: str = "DCR") -> torch.Tensor:
     n, c, h, w = x.shape
     b = blocksize
-    y = x.reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4)
+    order = (0, 1, 3, 5, 2, 4) if mode == "CRD" else (0, 3, 5, 1, 2, 4)
+    y = x.reshape(n, c, h // b, b, w // b, b).permute(*order)
     return y.reshape(n, c * b * b, h // b, w // b)

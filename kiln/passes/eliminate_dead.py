@@ -17,8 +17,10 @@ def eliminate_dead(graph: Graph, ctx: PassContext) -> bool:
             if not used:
                 g.remove_node(node)
                 removed += 1
+        # a body may return an enclosing graph's constant as its own output
+        nested = {id(v) for sub in g.walk_graphs() for v in sub.outputs}
         for name, value in list(g.initializers.items()):
-            if not value.consumers and id(value) not in outputs:
+            if not value.consumers and id(value) not in nested:
                 del g.initializers[name]
                 removed += 1
     ctx.count("eliminate_dead", removed)

@@ -50,7 +50,8 @@ def _fold(graph: Graph, node: Node, ctx: PassContext) -> bool:
         ctx.note(f"fold_constants: {node.name} ({node.op_type}) not folded: {exc}")
         return False
     outputs = result if isinstance(result, tuple) else (result,)
-    arrays = [to_numpy(o) for o in outputs]
+    arrays = [to_numpy(o, v.dtype if v is not None else None)
+              for o, v in zip(outputs, node.outputs)]
     if not all(isinstance(a, np.ndarray) for a in arrays):
         return False
     in_bytes = sum(v.const.nbytes for v in node.inputs if v is not None)

@@ -14,7 +14,7 @@ import torch
 from kiln.engine.engine import Engine, IOSpec
 from kiln.errors import InputError
 from kiln.ir import DType
-from kiln.ops.tensors import kiln_dtype, torch_dtype
+from kiln.ops.tensors import CARRIERS, kiln_dtype, torch_dtype
 
 
 def _dtype_of(value: Any) -> DType | None:
@@ -24,8 +24,7 @@ def _dtype_of(value: Any) -> DType | None:
         try:
             return DType.from_numpy(value.dtype)
         except ValueError:
-            name = value.dtype.name
-            return DType.from_short({"bfloat16": "bf16"}.get(name, name))
+            return None
     return None
 
 
@@ -68,7 +67,9 @@ def _check_one(spec: IOSpec, value: Any) -> tuple[int, ...]:
         raise InputError(f"input {spec.name!r} is a {type(value).__name__}; pass a numpy array "
                          f"or torch tensor of {_describe(spec)}")
     dtype = _dtype_of(value)
-    if spec.dtype is not None and dtype is not spec.dtype:
+    # torch has no 4- or 2-bit tensors: those inputs come as their carrier (int4 as int8)
+    carried = isinstance(value, torch.Tensor) and CARRIERS.get(spec.dtype) == value.dtype
+    if spec.dtype is not None and dtype is not spec.dtype and not carried:
         given = dtype.short if dtype else str(value.dtype)
         raise InputError(
             f"input {spec.name!r} has dtype {given}; the engine takes {spec.dtype.short}",

@@ -209,6 +209,8 @@ def test_missing_field(saved, tmp_path, field):
     ("graph.constants.injected", {"value": 1.0}),
     ("graph.constants.injected", {"value": {"$tensor": "<a tensor>"}, "placement": "gpu"}),
     ("checksums", "none"),
+    ("byte_stored", ["x"]),
+    ("byte_stored", {"const/x": "float128"}),
     ("memory", [1]),
     ("value_shapes", 7),
 ])
