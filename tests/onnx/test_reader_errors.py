@@ -94,7 +94,7 @@ def test_external_data_model_given_in_memory(khmersm_alone):
 
 
 def _unsupported_model() -> onnx.ModelProto:
-    """Three op types kiln lacks (two custom, one standard), one inside an If branch."""
+    """Three op types kiln lacks (two custom, one in the ONNX domain), one in an If branch."""
     then_branch = helper.make_graph(
         [helper.make_node("Grille", ["c"], ["t"], name="grille_in_branch", domain="com.acme")],
         "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
@@ -106,7 +106,7 @@ def _unsupported_model() -> onnx.ModelProto:
         helper.make_node("Grille", ["a"], ["b"], name="grille2", domain="com.acme"),
         helper.make_node("Relu", ["b"], ["c"], name="relu"),
         helper.make_node("Smoke", ["c"], ["d"], name="smoke1", domain="com.acme"),
-        helper.make_node("DeformConv", ["d", "w", "offset"], ["e"], name="deform"),
+        helper.make_node("HoloConv", ["d", "w", "offset"], ["e"], name="holo"),
         helper.make_node("Greater", ["x", "x"], ["cond_full"], name="gt"),
         helper.make_node("ReduceMin", ["cond_full"], ["cond"], name="any", keepdims=0),
         helper.make_node("If", ["cond"], ["y"], name="branch",
@@ -132,7 +132,7 @@ def test_unsupported_ops_are_listed_in_one_message(tmp_path):
         grille = next(line for line in text.splitlines() if "com.acme::Grille" in line)
         assert all(n in grille for n in ("grille1", "grille2", "grille_in_branch"))
         assert "smoke1" in next(line for line in text.splitlines() if "com.acme::Smoke" in line)
-        assert "deform" in next(line for line in text.splitlines() if "DeformConv" in line)
+        assert "holo" in next(line for line in text.splitlines() if "ai.onnx::HoloConv" in line)
         assert "relu" not in text and "::If" not in text and "Identity" not in text
 
 
