@@ -54,38 +54,45 @@ class Server:
         self._grpc = None
 
     async def start(self) -> None:
-        """Loads the models, then opens the endpoints (ports in self.ports)."""
+        """Binds the ports (so a port in use fails before any model loads), loads the
+        models, then serves (ports in self.ports)."""
         o = self.options
-        loop = asyncio.get_running_loop()
-        self.failed_models = await loop.run_in_executor(None, self.repository.load_all)
+        sockets = {}
         try:
-            if o.http_port is not None:
-                app = http_api.make_app(self.service, o.max_input_bytes)
-                self.ports["http"] = await self._serve_http(app, o.http_port, "--http-port")
+            for name, port, flag in (("http", o.http_port, "--http-port"),
+                                     ("metrics", o.metrics_port, "--metrics-port")):
+                if port is not None:
+                    sockets[name] = _listen(o.host, port, flag)
+                    self.ports[name] = sockets[name].getsockname()[1]
             if o.grpc_port is not None:
-                self.ports["grpc"] = self._serve_grpc(o.grpc_port)
+                self.ports["grpc"] = self._bind_grpc(o.grpc_port)
+            loop = asyncio.get_running_loop()
+            self.failed_models = await loop.run_in_executor(None, self.repository.load_all)
+            if "http" in sockets:
+                await self._serve_http(http_api.make_app(self.service, o.max_input_bytes),
+                                       sockets.pop("http"))
+            if self._grpc is not None:
                 await self._grpc.start()
-            if o.metrics_port is not None:
-                app = metrics.make_app(self.service)
-                self.ports["metrics"] = await self._serve_http(app, o.metrics_port,
-                                                               "--metrics-port")
+            if "metrics" in sockets:
+                await self._serve_http(metrics.make_app(self.service), sockets.pop("metrics"))
         except BaseException:
+            for sock in sockets.values():
+                sock.close()
             await self.stop()
             raise
         ready = len(self.repository.ready_models())
         log.info("serving %d model(s) (%d failed to load); %s", ready, len(self.failed_models),
-                 ", ".join(f"{k} on {o.host}:{p}" for k, p in self.ports.items()))
+                 ", ".join(f"{k} on {o.host}:{self.ports[k]}" for k in ("http", "grpc", "metrics")
+                           if k in self.ports))
 
-    async def _serve_http(self, app: web.Application, port: int, flag: str) -> int:
-        sock = _listen(self.options.host, port, flag)
+    async def _serve_http(self, app: web.Application, sock: socket.socket) -> None:
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
                                shutdown_timeout=1.0)
         await runner.setup()
         server = await asyncio.get_running_loop().create_server(runner.server, sock=sock)
         self._http.append((runner, server))
-        return sock.getsockname()[1]
 
-    def _serve_grpc(self, port: int) -> int:
+    def _bind_grpc(self, port: int) -> int:
         self._grpc = grpc_api.make_server(self.service, self.options.max_input_bytes)
         host = self.options.host
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -106,6 +113,8 @@ class Server:
         for _, server in self._http:
             server.close()
         grpc_stopped = asyncio.ensure_future(self._grpc.stop(timeout)) if self._grpc else None
+        log.info("stopping: accepting nothing new, draining %d request(s) in flight",
+                 self.service.in_flight)
         drained = await self.service.drain(timeout)
         if not drained:
             log.warning("exit timeout: %d request(s) still in flight", self.service.in_flight)
@@ -124,7 +133,6 @@ class Server:
             loop.add_signal_handler(sig, stop.set)
         await self.start()
         await stop.wait()
-        log.info("stopping: draining %d request(s) in flight", self.service.in_flight)
         await self.stop()
         log.info("stopped")
 

@@ -131,6 +131,14 @@ def broken_model() -> onnx.ModelProto:
                              ir_version=8)
 
 
+def assert_cnn_close(got: np.ndarray, want: np.ndarray) -> None:
+    """The CNN's answer from the server against the engine run directly. float32 to rounding
+    rather than bit for bit: batched with other requests (or on another thread count), a
+    convolution may sum in another order. The elementwise models are compared exactly."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def digits_images(rows: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random((rows, 1, 8, 8), dtype=np.float32)
 
