@@ -182,6 +182,27 @@ def test_unknown_model_version_and_input(server, digits_engine):
     _serves(server, digits_engine)
 
 
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x"])
+def test_bodies_are_read_raw_whatever_the_content_type(server, digits_engine, content_type):
+    images = models.digits_images(1, seed=6)
+    body, headers = _binary_request(images)
+    if content_type:
+        headers["Content-Type"] = content_type
+    connection = http.client.HTTPConnection("127.0.0.1", server.ports["http"], timeout=30)
+    connection.request("POST", "/v2/models/digits/infer", body=body, headers=headers)
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    assert response.status == 200, data
+    # no output asked for binary data: the response is all JSON
+    assert response.getheader("Inference-Header-Content-Length") is None
+    header = json.loads(data)
+    assert header["outputs"][0]["name"] == "probabilities"
+    got = np.array(header["outputs"][0]["data"], np.float32).reshape(1, 10)
+    models.assert_cnn_close(got, digits_engine.run({"image": images})["probabilities"])
+
+
 # ------------------------------------------------------------------ size limit
 def test_body_over_the_limit(server, digits_engine):
     # announced by Content-Length: refused before a byte of the body is read
