@@ -25,11 +25,13 @@ from kiln.build.lower import Lowering, place_constants
 from kiln.build.placement import assign_placement
 from kiln.build.precision import assign_precision, mark_model_dtypes
 from kiln.build.profiles import Profile, resolve_profile
+from kiln.build.timing_cache import TimingCache
+from kiln.build.tuner import tune
 from kiln.engine.engine import Engine, IOSpec
 from kiln.engine.plan import FORMAT, FORMAT_VERSION
 from kiln.ir import Graph
 from kiln.kernels import Target
-from kiln.onnx import read_onnx
+from kiln.onnx import load_model, read_onnx
 from kiln.passes import PassContext, run_pipeline
 from kiln.passes.eliminate_dead import eliminate_dead
 
@@ -49,12 +51,16 @@ def build_engine(
 
     stage("read")
     graph = model if isinstance(model, Graph) else read_onnx(model)
-    mark_model_dtypes(graph)
     inputs = [IOSpec(v.name, v.dtype, list(v.shape) if v.shape is not None else None, v.kind)
               for v in graph.inputs]
     outputs = [IOSpec(v.name, v.dtype, None, v.kind) for v in graph.outputs]
     profiles = [resolve_profile(graph.inputs, p.get("min"), p.get("opt"), p.get("max"))
                 for p in config.profiles] or [resolve_profile(graph.inputs)]
+    fixed = _fixed_shapes(profiles)
+    if fixed and not isinstance(model, Graph):
+        # one shape per input: infer every shape from it, so shape arithmetic folds away
+        graph = read_onnx(specialize_inputs(load_model(model), fixed))
+    mark_model_dtypes(graph)
 
     stage("optimize")
     passes = run_pipeline(graph, PassContext(precision=config.precision, device=device.type))
@@ -66,7 +72,8 @@ def build_engine(
     place_constants(graph)
 
     stage("lower")
-    lowering = Lowering(Target(device, config.precision))
+    target = Target(device, config.precision)
+    lowering = Lowering(target, config.optimization_level)
     plan_graph = lowering.graph(graph)
     plan: dict[str, Any] = {
         "format": FORMAT,
@@ -91,8 +98,53 @@ def build_engine(
 
     stage("probe")
     plan["memory"] = _probe(engine, profiles[0], config.probe_inputs, device)
-    plan["build"]["seconds"] = round(time.perf_counter() - started, 3)
+    if config.optimization_level >= 1 and "value_shapes" in plan:
+        stage("tune")
+        engine = _tune(engine, graph, lowering, config, target, profiles[0])
+    engine.plan["build"]["seconds"] = round(time.perf_counter() - started, 3)
     return engine
+
+
+def _tune(engine: Engine, graph: Graph, lowering: Lowering, config: BuilderConfig,
+          target: Target, profile: Profile) -> Engine:
+    """Times the candidate tactics; lowers again if the fastest differ from the guesses."""
+    cache = TimingCache(config.timing_cache)
+    report = tune(lowering.layers, engine.plan["value_shapes"], target,
+                  config.optimization_level, cache)
+    cache.save()
+    plan = engine.plan
+    if any(report.choices.get(s.name, s.tactic) != s.tactic for s in lowering.layers):
+        relowered = Lowering(target, config.optimization_level, report.choices)
+        plan["graph"] = relowered.graph(graph)
+        engine = Engine(plan, relowered.tensors)
+        plan["memory"] = _probe(engine, profile, config.probe_inputs, target.device)
+    for layer in engine.layers():
+        if layer["name"] in report.timings:
+            layer["timings"] = report.timings[layer["name"]]
+    plan["build"]["tuning"] = {"timed": report.timed, "cached": report.cached,
+                               "seconds": round(report.seconds, 3)}
+    return engine
+
+
+def _fixed_shapes(profiles: list[Profile]) -> dict[str, list[int]]:
+    """Input shapes a single profile pins down completely (min == max on every axis)."""
+    if len(profiles) != 1:
+        return {}
+    return {name: [d.min for d in dims] for name, dims in profiles[0].dims.items()
+            if all(d.min == d.max for d in dims)}
+
+
+def specialize_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
+    """A copy of `model` whose inputs declare these concrete shapes."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for value in copy.graph.input:
+        if value.name in shapes and value.type.HasField("tensor_type"):
+            dims = value.type.tensor_type.shape.dim
+            del dims[:]
+            for size in shapes[value.name]:
+                dims.add().dim_value = size
+    return copy
 
 
 def _target_description(device: torch.device) -> dict[str, Any]:

@@ -22,6 +22,9 @@ class BuilderConfig:
     device: "cpu", "cuda" or "cuda:N"; "auto" takes CUDA when there is one.
     profiles: min/opt/max shapes (dicts of name -> dims), one dict per profile.
     layer_precisions: per layer (node name) precision overrides, e.g. {"conv1": "fp32"}.
+    optimization_level: 0 picks tactics by heuristics without timing; 1..5 time every
+        candidate the level offers on the device (higher levels offer more) and keep the
+        fastest; `timing_cache` makes those timings persistent.
     """
 
     precision: str = "fp32"
@@ -30,6 +33,7 @@ class BuilderConfig:
     io_precision: str = "model"
     layer_precisions: dict[str, str] = field(default_factory=dict)
     optimization_level: int = 3
+    timing_cache: str | None = None  # path of a timing cache file to read and extend
     probe_inputs: dict[str, Any] | None = None  # real inputs for the build's shape probe
     verbose: bool = False
 

@@ -35,7 +35,10 @@ class LayerSpec:
     tactic: str = "reference"
     params: dict[str, Any] = field(default_factory=dict)
     fused: list[str] = field(default_factory=list)
-    constant_inputs: dict[int, Any] = field(default_factory=dict)  # build time only
+    # build time only: constant inputs (numpy) and the types of all inputs
+    constant_inputs: dict[int, Any] = field(default_factory=dict)
+    input_shapes: list[tuple | None] = field(default_factory=list)
+    input_dtypes: list[str | None] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -53,9 +56,16 @@ class Target:
 class Tactic:
     name: ClassVar[str] = ""
     ops: ClassVar[tuple[tuple[str, str], ...]] = ()  # (domain, op) pairs; () means any op
+    priority: ClassVar[int] = 50  # without timing (optimization level 0), lowest wins
+    min_level: ClassVar[int] = 0  # offered from this --builderOptimizationLevel on
+    channels_last: ClassVar[bool] = False  # takes 4-D activations in NHWC memory order
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
         return True
+
+    # inputs whose constants `prepare` takes over (stored re-laid-out with the layer); the
+    # runtime passes None for them and the original constants are dropped if unused
+    replaces_inputs: ClassVar[tuple[int, ...]] = ()
 
     def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
         """Build-time work; returns tensors to store with the layer (may be empty)."""
@@ -81,11 +91,15 @@ def get_tactic(name: str) -> Tactic | None:
     return _TACTICS.get(name)
 
 
-def candidates(layer: LayerSpec, target: Target) -> list[Tactic]:
-    """Tactics that can run `layer` on `target`, most specific first."""
-    found = [t for t in _TACTICS.values() if t.ops and layer.key in t.ops]
-    found += [t for t in _TACTICS.values() if not t.ops]
-    return [t for t in found if t.supports(layer, target)]
+def candidates(layer: LayerSpec, target: Target, level: int = 5) -> list[Tactic]:
+    """Tactics that can run `layer` on `target` at this optimization level, best guess
+    first (specific tactics by priority, then the generic reference)."""
+    specific = sorted((t for t in _TACTICS.values() if t.ops and layer.key in t.ops),
+                      key=lambda t: (t.priority, t.name))
+    usable = [t for t in specific if t.min_level <= level and t.supports(layer, target)]
+    if usable:  # the generic reference is the fallback, not a competitor
+        return usable
+    return [t for t in _TACTICS.values() if not t.ops and t.supports(layer, target)]
 
 
 def tactic_names() -> list[str]:

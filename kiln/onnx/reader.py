@@ -151,8 +151,8 @@ def value_type(type_proto: onnx.TypeProto) -> tuple[DType | None, Shape | None, 
         for dim in tensor.shape.dim:
             if dim.HasField("dim_value") and dim.dim_value >= 0:
                 dims.append(int(dim.dim_value))  # some exporters write -1 for "dynamic"
-            elif dim.HasField("dim_param"):
-                dims.append(dim.dim_param)
+            elif dim.HasField("dim_param") and not dim.dim_param.startswith("unk__"):
+                dims.append(dim.dim_param)  # unk__N: inference's name for "not computable"
             else:
                 dims.append(None)
         return dtype, tuple(dims), "tensor"

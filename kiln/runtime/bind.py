@@ -6,6 +6,7 @@ as data gets it moved, and vice versa. On a CPU engine both are the same device.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -64,17 +65,45 @@ def _step(layer: dict[str, Any], tensors: dict[str, torch.Tensor], device: torch
                 subgraphs=subgraphs)
 
 
+# Ops that read only the metadata (shape) of their input: it is never moved.
+METADATA_ONLY = {("", "Shape"), ("", "Size")}
+
+
 def _with_transfers(fn: Callable[..., Any], spec: LayerSpec, where: torch.device
                     ) -> Callable[..., Any]:
     impl = registry.lookup(spec.domain, spec.op, spec.opset)
+    if spec.key in METADATA_ONLY:
+        return fn
     host_reads = set(impl.host_inputs) if impl else set()
 
     def run(*args: Any, **kwargs: Any) -> Any:
         moved = [
-            a.to(where) if isinstance(a, torch.Tensor) and a.device != where
+            _move(a, where) if isinstance(a, torch.Tensor) and a.device != where
             and i not in host_reads else a
             for i, a in enumerate(args)
         ]
         return fn(*moved, **kwargs)
 
     return run
+
+
+def _move(tensor: torch.Tensor, where: torch.device) -> torch.Tensor:
+    """Host values (shape arithmetic) go to the device; inside a CUDA graph capture the
+    copy is recorded from pinned memory, which is kept alive with the graph (the value
+    depends only on the input shapes, so replays of that graph see the same value)."""
+    if where.type == "cuda" and tensor.device.type == "cpu" and \
+            torch.cuda.is_current_stream_capturing():
+        pinned = tensor.pin_memory()
+        captured_host_buffers().append(pinned)
+        return pinned.to(where, non_blocking=True)
+    return tensor.to(where)
+
+
+_capture = threading.local()
+
+
+def captured_host_buffers() -> list[torch.Tensor]:
+    """This thread's pinned sources of copies recorded in the CUDA graph being captured."""
+    if not hasattr(_capture, "buffers"):
+        _capture.buffers = []
+    return _capture.buffers

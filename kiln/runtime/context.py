@@ -6,6 +6,7 @@ arrays when the inputs were numpy, else as torch tensors on the engine's device.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,19 +17,30 @@ from kiln.engine.engine import Engine
 from kiln.ops.program import StepError
 from kiln.ops.tensors import to_numpy, to_torch
 from kiln.runtime.bind import compile_plan
+from kiln.runtime.cuda_graphs import GraphRunner
 from kiln.runtime.validate import check_inputs
 
 
 class ExecutionContext:
-    """One engine bound to one device; not thread-safe (make one per thread)."""
+    """One engine bound to one device; not thread-safe (make one per thread).
 
-    def __init__(self, engine: Engine, device: str | torch.device | None = None) -> None:
+    On CUDA, runs replay a captured CUDA graph per input shape (`cuda_graph=False` turns
+    that off) and cuDNN picks its algorithms by timing them (benchmark mode) on first use.
+    """
+
+    def __init__(self, engine: Engine, device: str | torch.device | None = None,
+                 cuda_graph: bool | None = None) -> None:
         self.engine = engine
         built = engine.device["kind"]
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if built == "cuda" else "cpu")
         self.program = compile_plan(engine.plan["graph"], engine.tensors, self.device)
         self._outputs = engine.outputs
+        use_graphs = self.device.type == "cuda" if cuda_graph is None else cuda_graph
+        self.graphs = GraphRunner(self.program, self.device) if (
+            use_graphs and self.device.type == "cuda") else None
+        # TF32 only where the engine's precision already allows rounding below fp32
+        self._tf32 = engine.precision != "fp32"
 
     @property
     def input_names(self) -> list[str]:
@@ -40,15 +52,24 @@ class ExecutionContext:
         numpy_in = as_numpy if as_numpy is not None else not any(
             isinstance(v, torch.Tensor) for v in inputs.values())
         feeds = {name: _to_device(value, self.device) for name, value in inputs.items()}
-        with torch.inference_mode():
+        with torch.inference_mode(), self._backend_flags():
             try:
-                results = self.program.run(feeds)
+                results = self.graphs.run(feeds) if self.graphs is not None else None
+                if results is None:
+                    results = self.program.run(feeds)
             except StepError as exc:
                 raise RuntimeError(
                     f"engine failed in layer {exc.step_path}: {exc.cause}") from exc.cause
         outputs = dict(zip(self.program.outputs, results))
         return {spec.name: (to_numpy(outputs[spec.name]) if numpy_in else outputs[spec.name])
                 for spec in self._outputs}
+
+
+    def _backend_flags(self):
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False,
+                                          allow_tf32=self._tf32)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

@@ -1,0 +1,389 @@
+"""kiln against what a PyTorch user runs today, on the same GPU, in one process.
+
+For each model (exported to ONNX from its PyTorch definition with random weights: the
+GPU machine has torchvision and transformers but no network) and batch size, it builds
+kiln FP32 and FP16 engines and times them beside PyTorch eager FP16, eager FP16 replayed
+as a CUDA graph, and torch.compile (default mode). Latency is the median of CUDA-event
+timed runs after warm-up, inputs already on the device, outputs left there. It prints a
+table of milliseconds and kiln/peer ratios and writes everything to JSON.
+
+    PYTHONPATH=. python bench/peers.py --models resnet50,bert --batches 1,64 --out results/
+    PYTHONPATH=. python bench/peers.py --smoke          # tiny models, CPU-friendly check
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import json
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kiln.build import BuilderConfig, build_engine
+from kiln.runtime import ExecutionContext
+from kiln.runtime.profile import profile_layers
+
+PROFILE = False
+
+THROUGHPUT_BATCH = {"resnet50": 64, "bert": 32, "vit": 64, "tiny_cnn": 8, "tiny_bert": 8}
+
+
+@dataclass
+class Case:
+    model: str
+    batch: int
+    results: dict[str, float] = field(default_factory=dict)  # peer -> median ms
+    memory_mb: dict[str, float] = field(default_factory=dict)
+    accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
+    build_s: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- models
+def make_model(name: str) -> tuple[torch.nn.Module, callable, list[str], dict]:
+    """(module, make_inputs(batch) -> tuple of tensors, input names, dynamic axes)."""
+    torch.manual_seed(0)
+    if name == "resnet50":
+        import torchvision
+
+        model = torchvision.models.resnet50(weights=None)
+        _randomize_batchnorm(model)
+        return model, lambda b: (torch.randn(b, 3, 224, 224),), ["images"], {
+            "images": {0: "batch"}}
+    if name == "vit":
+        import torchvision
+
+        model = torchvision.models.vit_b_16(weights=None)
+        return model, lambda b: (torch.randn(b, 3, 224, 224),), ["images"], {
+            "images": {0: "batch"}}
+    if name == "bert":
+        from transformers import BertConfig, BertModel
+
+        model = _Encoder(BertModel(BertConfig(), add_pooling_layer=False))
+        return model, _bert_inputs(30522, 128), ["input_ids", "attention_mask"], {
+            "input_ids": {0: "batch"}, "attention_mask": {0: "batch"}}
+    if name == "tiny_cnn":
+        return _tiny_cnn(), lambda b: (torch.randn(b, 3, 32, 32),), ["images"], {
+            "images": {0: "batch"}}
+    if name == "tiny_bert":
+        return _TinyBert(), _bert_inputs(100, 16), ["input_ids", "attention_mask"], {
+            "input_ids": {0: "batch"}, "attention_mask": {0: "batch"}}
+    raise SystemExit(f"unknown model {name!r}")
+
+
+class _Encoder(torch.nn.Module):
+    """A Hugging Face encoder called with keywords, returning its last hidden state."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _bert_inputs(vocab: int, seq: int):
+    def make(batch: int):
+        g = torch.Generator().manual_seed(batch)
+        ids = torch.randint(0, vocab, (batch, seq), generator=g)
+        mask = torch.ones(batch, seq, dtype=torch.int64)
+        mask[:, seq - seq // 8:] = 0  # some padding, as real batches have
+        return ids, mask
+
+    return make
+
+
+def _randomize_batchnorm(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+
+
+def _tiny_cnn() -> torch.nn.Module:
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+class _TinyBert(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.emb = nn.Embedding(100, 32)
+        self.layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0)
+
+    def forward(self, ids, mask):
+        additive = (1.0 - mask[:, None, None, :].float()) * -10000.0
+        x = self.emb(ids)
+        q = k = v = x
+        b, s, d = x.shape
+        heads = lambda t: t.view(b, s, 4, d // 4).transpose(1, 2)  # noqa: E731
+        att = torch.softmax(heads(q) @ heads(k).transpose(-1, -2) / 4.0 + additive, -1)
+        ctx = (att @ heads(v)).transpose(1, 2).reshape(b, s, d)
+        return self.layer.norm1(x + self.layer.linear2(torch.relu(self.layer.linear1(ctx))))
+
+
+def export(model: torch.nn.Module, args: tuple, names: list[str], dynamic: dict) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), args, buffer, dynamo=False, opset_version=17,
+                          input_names=names, dynamic_axes=dynamic, do_constant_folding=True)
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- timing
+def cuda_time(fn, warmup: int = 20, runs: int = 100) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def host_time(fn, warmup: int = 3, runs: int = 20) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def measure(fn, device: str) -> tuple[float, float]:
+    """(median ms, peak MiB allocated during the runs)."""
+    if device == "cuda":
+        for _ in range(3):  # first runs capture graphs and autotune: not steady state
+            fn()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        ms = cuda_time(fn)
+        return ms, (torch.cuda.max_memory_allocated() - base) / 2**20
+    return host_time(fn), float("nan")
+
+
+# ----------------------------------------------------------------------------- peers
+def torch_peers(model: torch.nn.Module, inputs: tuple, device: str, wanted: set[str],
+                case: Case) -> dict[str, Any]:
+    """Eager FP16, eager FP16 + CUDA graph, torch.compile FP16; returns eager outputs."""
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    module = model.to(device=device, dtype=dtype).eval()
+    args = tuple(t.to(device) if not t.is_floating_point() else t.to(device, dtype)
+                 for t in inputs)
+    outputs = {}
+    with torch.inference_mode():
+        if "eager" in wanted:
+            ms, mb = measure(lambda: module(*args), device)
+            case.results["eager_fp16"], case.memory_mb["eager_fp16"] = ms, mb
+            outputs["eager_fp16"] = _first_tensor(module(*args))
+        if "eager_cl" in wanted and device == "cuda" and args[0].dim() == 4:
+            cl = module.to(memory_format=torch.channels_last)
+            cl_args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+            with torch.backends.cudnn.flags(enabled=True, benchmark=True):
+                graph_fn = _cuda_graphed(cl, cl_args)
+                ms, mb = measure(graph_fn, device)
+            case.results["eager_fp16_nhwc_cudagraph"] = ms
+            module = module.to(memory_format=torch.contiguous_format)
+        if "cudagraph" in wanted and device == "cuda":
+            graph_fn = _cuda_graphed(module, args)
+            ms, mb = measure(graph_fn, device)
+            case.results["eager_fp16_cudagraph"], case.memory_mb["eager_fp16_cudagraph"] = ms, mb
+        if "compile" in wanted:
+            t0 = time.perf_counter()
+            compiled = torch.compile(module)
+            compiled(*args)
+            case.build_s["torch_compile"] = time.perf_counter() - t0
+            ms, mb = measure(lambda: compiled(*args), device)
+            case.results["torch_compile_fp16"], case.memory_mb["torch_compile_fp16"] = ms, mb
+            del compiled
+            torch._dynamo.reset()
+    module.to("cpu", torch.float32)
+    return outputs
+
+
+def _cuda_graphed(module, args):
+    static = [a.clone() for a in args]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            module(*static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        module(*static)
+    return graph.replay
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    if isinstance(out, tuple | list):
+        return _first_tensor(out[0])
+    raise TypeError(type(out))
+
+
+def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
+               precisions: list[str], case: Case, cache: Path | None) -> dict[str, Any]:
+    feeds = {n: t.to(device) for n, t in zip(names, inputs)}
+    shapes = {n: list(t.shape) for n, t in feeds.items()}
+    outputs = {}
+    for precision in precisions:
+        t0 = time.perf_counter()
+        config = BuilderConfig(precision=precision, device=device,
+                               profiles=[{"opt": shapes}],
+                               timing_cache=str(cache) if cache else None)
+        engine = build_engine(onnx_bytes, config)
+        label = f"kiln_{precision}"
+        case.build_s[label] = time.perf_counter() - t0
+        context = ExecutionContext(engine)
+        ms, mb = measure(lambda c=context: c.run(feeds), device)
+        case.results[label] = ms
+        case.memory_mb[label] = mb
+        case.memory_mb[f"{label}_weights"] = engine.weight_bytes() / 2**20
+        planned = engine.memory.get("activations_planned_bytes")
+        if planned is not None:
+            case.memory_mb[f"{label}_activations_planned"] = planned / 2**20
+        outputs[label] = next(iter(context.run(feeds).values()))
+        if PROFILE:
+            _print_profile(label, case, profile_layers(context, feeds))
+        if context.graphs is not None and context.graphs.failures:
+            case.notes.append(f"{label}: CUDA graph capture failed: "
+                              f"{next(iter(context.graphs.failures.values()))[:200]}")
+        del context, engine
+        gc.collect()
+    return outputs
+
+
+def _print_profile(label: str, case: Case, layers: list) -> None:
+    """Time per op kind and tactic, then the slowest layers (eager, no CUDA graph)."""
+    total = sum(t.ms for t in layers)
+    by_kind: dict[tuple[str, str], list[float]] = {}
+    for t in layers:
+        by_kind.setdefault((t.op, t.tactic), []).append(t.ms)
+    print(f"  profile {case.model} b{case.batch} {label}: {total:.3f} ms in {len(layers)} layers")
+    for (op, tactic), times in sorted(by_kind.items(), key=lambda kv: -sum(kv[1]))[:12]:
+        print(f"    {op:18s} {tactic:18s} x{len(times):3d} {sum(times):8.3f} ms "
+              f"{100 * sum(times) / total:5.1f}%")
+    for t in sorted(layers, key=lambda t: -t.ms)[:6]:
+        print(f"    slowest {t.name[:40]:40s} {t.op:12s} {t.tactic:16s} {t.ms:.3f} ms")
+
+
+def reference_fp32(model: torch.nn.Module, inputs: tuple, device: str) -> torch.Tensor:
+    module = model.to(device=device, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        out = _first_tensor(module(*(t.to(device) for t in inputs))).float()
+    module.to("cpu")
+    return out
+
+
+def accuracy(reference: torch.Tensor, outputs: dict[str, Any], case: Case) -> None:
+    ref = reference.float().cpu()
+    for label, out in outputs.items():
+        got = out.float().cpu() if isinstance(out, torch.Tensor) else torch.from_numpy(
+            np.asarray(out)).float()
+        diff = (got - ref).abs()
+        cos = torch.nn.functional.cosine_similarity(got.reshape(1, -1), ref.reshape(1, -1))
+        entry = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+                 "cosine": float(cos)}
+        if ref.dim() == 2:
+            entry["top1_agree"] = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
+        case.accuracy[label] = entry
+
+
+# ----------------------------------------------------------------------------- main
+def run_case(name: str, batch: int, device: str, peers: set[str], precisions: list[str],
+             cache: Path | None) -> Case:
+    case = Case(name, batch)
+    model, make_inputs, names, dynamic = make_model(name)
+    inputs = make_inputs(batch)
+    onnx_bytes = export(model, make_inputs(2), names, dynamic)
+    reference = reference_fp32(model, inputs, device)
+    outputs = {}
+    if "kiln" in peers:
+        outputs.update(kiln_peers(onnx_bytes, inputs, names, device, precisions, case, cache))
+    outputs.update(torch_peers(model, inputs, device, peers, case))
+    accuracy(reference, outputs, case)
+    return case
+
+
+def table(cases: list[Case]) -> str:
+    lines = []
+    for case in cases:
+        lines.append(f"\n{case.model} batch {case.batch}")
+        base = case.results.get("kiln_fp16") or case.results.get("kiln_fp32")
+        for peer, ms in case.results.items():
+            ratio = f"{ms / base:6.2f}x" if base else ""
+            acc = case.accuracy.get(peer, {})
+            acc_text = f"maxabs {acc['max_abs']:.2e} cos {acc['cosine']:.6f}" if acc else ""
+            mem = case.memory_mb.get(peer, float("nan"))
+            lines.append(f"  {peer:24s} {ms:9.3f} ms  peer/kiln {ratio}  mem {mem:8.1f} MiB"
+                         f"  {acc_text}")
+        for key, seconds in case.build_s.items():
+            lines.append(f"  build {key:18s} {seconds:7.1f} s")
+        lines.extend(f"  note: {n}" for n in case.notes)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet50,bert")
+    parser.add_argument("--batches", default="1,throughput",
+                        help="comma list; 'throughput' = 64 for ResNet/ViT, 32 for BERT")
+    parser.add_argument("--peers", default="kiln,eager,cudagraph,compile")
+    parser.add_argument("--precisions", default="fp32,fp16")
+    parser.add_argument("--out", default=None, help="folder for results.json")
+    parser.add_argument("--timing-cache", default=None)
+    parser.add_argument("--smoke", action="store_true", help="tiny models (works on CPU)")
+    parser.add_argument("--profile", action="store_true", help="print per-layer profiles")
+    args = parser.parse_args()
+    global PROFILE
+    PROFILE = args.profile
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    models = ["tiny_cnn", "tiny_bert"] if args.smoke else args.models.split(",")
+    peers = set(args.peers.split(","))
+    if device == "cpu":
+        peers -= {"compile", "cudagraph"}
+    cases = []
+    for name in models:
+        for b in args.batches.split(","):
+            batch = THROUGHPUT_BATCH[name] if b == "throughput" else int(b)
+            cases.append(run_case(name, batch, device, peers, args.precisions.split(","),
+                                  Path(args.timing_cache) if args.timing_cache else None))
+            print(table(cases[-1:]), flush=True)
+    info = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "cases": [asdict(c) for c in cases]}
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "peers.json").write_text(json.dumps(info, indent=1))
+    print("\n=== summary ===" + table(cases))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The tuner: times every candidate tactic of every layer at the opt shape, keeps the fastest.
+
+Inputs are fresh random tensors of the shapes and types the build's probe run recorded
+(constants are the layer's own); each candidate is warmed up, then timed with CUDA events
+(or the host clock on the CPU), best of three rounds. Results go through the timing cache,
+so a rebuild with a warm cache times nothing.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kiln.build.timing_cache import TimingCache, device_signature, layer_signature
+from kiln.ir import DType
+from kiln.kernels import LayerSpec, Target, candidates
+from kiln.ops.tensors import to_torch, torch_dtype
+
+ROUNDS = 3
+ROUND_MS = 2.0  # each round runs the layer for about this long
+
+
+@dataclass
+class TuningReport:
+    choices: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    timed: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+
+
+def tune(layers: list[LayerSpec], shapes: dict[str, list[int]], target: Target, level: int,
+         cache: TimingCache) -> TuningReport:
+    report = TuningReport()
+    started = time.perf_counter()
+    device = device_signature(target.device)
+    for spec in layers:
+        options = candidates(spec, target, level)
+        inputs = _input_shapes(spec, shapes)
+        if len(options) < 2 or inputs is None:
+            continue
+        dtypes = [spec.input_dtypes[i] if i < len(spec.input_dtypes) else None
+                  for i in range(len(spec.inputs))]
+        signature = layer_signature(spec, inputs, dtypes)
+        times: dict[str, float] = {}
+        args = None
+        for tactic in options:
+            key = cache.key(device, signature, tactic.name)
+            ms = cache.get(key)
+            if ms is None:
+                args = args if args is not None else _random_inputs(spec, inputs, target.device)
+                ms = _measure(tactic, spec, target, args)
+                report.timed += 1
+                if ms is not None:
+                    cache.put(key, ms)
+            else:
+                report.cached += 1
+            if ms is not None:
+                times[tactic.name] = ms
+        if times:
+            report.timings[spec.name] = times
+            report.choices[spec.name] = min(times, key=times.get)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _input_shapes(spec: LayerSpec, shapes: dict[str, list[int]]) -> list[Any] | None:
+    result: list[Any] = []
+    for i, name in enumerate(spec.inputs):
+        if i in spec.constant_inputs:
+            result.append(list(spec.constant_inputs[i].shape))
+        elif name is None:
+            result.append(None)
+        elif name in shapes:
+            result.append(list(shapes[name]))
+        else:
+            return None  # never seen (e.g. inside a loop body): keep the default tactic
+    return result
+
+
+def _random_inputs(spec: LayerSpec, shapes: list[Any], device: torch.device) -> list[Any]:
+    generator = torch.Generator().manual_seed(0)
+    args: list[Any] = []
+    for i, shape in enumerate(shapes):
+        if i in spec.constant_inputs:
+            args.append(to_torch(spec.constant_inputs[i], device))
+            continue
+        if shape is None:
+            args.append(None)
+            continue
+        short = spec.input_dtypes[i] if i < len(spec.input_dtypes) else None
+        dtype = torch_dtype(DType.from_short(short)) if short else torch.float32
+        if dtype.is_floating_point:
+            tensor = torch.randn(shape, generator=generator).to(dtype)
+        else:
+            tensor = torch.zeros(shape, dtype=dtype)
+        args.append(tensor.to(device))
+    return args
+
+
+def _measure(tactic: Any, spec: LayerSpec, target: Target, args: list[Any]) -> float | None:
+    """Milliseconds per call (best of ROUNDS), or None when the tactic fails here."""
+    try:
+        prepared = {k: t.to(target.device) for k, t in tactic.prepare(spec, target).items()}
+        fn = tactic.bind(spec, prepared, target.device)
+        call_args = [None if i in tactic.replaces_inputs and i in spec.constant_inputs else a
+                     for i, a in enumerate(args)]
+        if tactic.channels_last:  # time it on what its NHWC neighbours will hand it
+            call_args = [a.contiguous(memory_format=torch.channels_last)
+                         if isinstance(a, torch.Tensor) and a.dim() == 4 else a
+                         for a in call_args]
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a kernel declining these inputs says why
+            return _time(lambda: fn(*call_args), target.device)
+    except Exception:  # a tactic that cannot run this shape is simply not chosen
+        return None
+
+
+def _time(call: Callable[[], Any], device: torch.device) -> float:
+    cuda = device.type == "cuda"
+    call()
+    _sync(cuda)
+    t0 = time.perf_counter()
+    call()
+    _sync(cuda)
+    once_ms = max((time.perf_counter() - t0) * 1000, 1e-3)
+    reps = max(1, min(200, int(ROUND_MS / once_ms)))
+    best = float("inf")
+    for _ in range(ROUNDS):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                call()
+            end.record()
+            end.synchronize()
+            best = min(best, start.elapsed_time(end) / reps)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                call()
+            best = min(best, (time.perf_counter() - t0) * 1000 / reps)
+    return best
+
+
+def _sync(cuda: bool) -> None:
+    if cuda:
+        torch.cuda.synchronize()

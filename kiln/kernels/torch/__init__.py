@@ -1,0 +1,1 @@
+"""Tactics that call torch (cuDNN, cuBLAS, oneDNN, SDPA) on the CPU or CUDA."""

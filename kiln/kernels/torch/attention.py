@@ -1,0 +1,96 @@
+"""Attention tactics for kiln.Attention: torch's scaled_dot_product_attention, letting it
+choose a kernel, or pinned to flash / memory-efficient / math.
+
+q, k and v arrive in their producers' layouts and are only viewed as [B, H, S, D]; the
+flash and memory-efficient kernels take such strided views directly and write their
+output as [B, S, H, D] in memory, so the transpose back costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
+from kiln.ops.fused import to_bhsd
+
+try:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+except ImportError:  # torch < 2.3
+    SDPBackend = sdpa_kernel = None
+
+
+class _Sdpa(Tactic):
+    ops = (("kiln", "Attention"),)
+    backend: str | None = None
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        if self.backend is None:
+            return True
+        if target.device.type != "cuda" or sdpa_kernel is None:
+            return False
+        has_mask = len(layer.inputs) > 3 and layer.inputs[3] is not None
+        if self.backend == "FLASH_ATTENTION":
+            return not has_mask and layer.precision in ("fp16", "bf16")
+        return True
+
+    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[..., Any]:
+        attrs = layer.attrs
+        layouts = (attrs.get("q_layout", "bhsd"), attrs.get("k_layout", "bhsd"),
+                   attrs.get("v_layout", "bhsd"))
+        scale = attrs.get("scale")
+        bshd_out = attrs.get("out_layout", "bhsd") == "bshd"
+        causal = bool(attrs.get("is_causal", 0))
+        backend = getattr(SDPBackend, self.backend) if self.backend else None
+
+        def run(q, k, v, mask=None):
+            q, k, v = (to_bhsd(t, lay) for t, lay in zip((q, k, v), layouts))
+            if k.stride(-1) != 1:  # a key the model stored transposed: kernels need D last
+                k = k.contiguous()
+            if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
+                mask = mask.to(q.dtype)
+            with sdpa_kernel(backend) if backend is not None else nullcontext():
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                                     is_causal=causal)
+            return out.transpose(1, 2) if bshd_out else out
+
+        return run
+
+
+@register_tactic
+class Sdpa(_Sdpa):
+    name = "sdpa"
+    priority = 10
+
+
+@register_tactic
+class SdpaFlash(_Sdpa):
+    name = "sdpa-flash"
+    backend = "FLASH_ATTENTION"
+    priority = 20
+    min_level = 1
+
+
+@register_tactic
+class SdpaEfficient(_Sdpa):
+    name = "sdpa-efficient"
+    backend = "EFFICIENT_ATTENTION"
+    priority = 30
+    min_level = 1
+
+
+@register_tactic
+class SdpaCudnn(_Sdpa):
+    name = "sdpa-cudnn"
+    backend = "CUDNN_ATTENTION"
+    priority = 40
+    min_level = 2
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        return SDPBackend is not None and hasattr(SDPBackend, self.backend) and super(
+        ).supports(layer, target)

@@ -1,0 +1,110 @@
+"""GEMM tactics for kiln.FusedGemm: F.linear (cuBLAS/oneDNN with the bias in the GEMM),
+cuBLASLt's fused bias+ReLU/GELU epilogue, and a plain matmul."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
+from kiln.ops.fused import activate
+from kiln.ops.tensors import to_torch
+
+
+class _Gemm(Tactic):
+    ops = (("kiln", "FusedGemm"),)
+    replaces_inputs = (1, 2)
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        weight = layer.constant_inputs.get(1)
+        has_bias = len(layer.inputs) > 2 and layer.inputs[2] is not None
+        return weight is not None and weight.ndim == 2 and (
+            not has_bias or 2 in layer.constant_inputs)
+
+    def weight_nk(self, layer: LayerSpec) -> torch.Tensor:
+        """The weight as [N, K] (what F.linear takes), contiguous."""
+        weight = to_torch(layer.constant_inputs[1])
+        return (weight if layer.attrs.get("trans_b") else weight.T).contiguous()
+
+    def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
+        tensors = {"weight": self.weight_nk(layer)}
+        if 2 in layer.constant_inputs:
+            tensors["bias"] = to_torch(layer.constant_inputs[2]).reshape(-1)
+        return tensors
+
+
+@register_tactic
+class GemmLinear(_Gemm):
+    name = "gemm-linear"
+    priority = 10
+
+    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[..., Any]:
+        weight, bias = tensors["weight"], tensors.get("bias")
+        activation = layer.attrs.get("activation", "")
+        params = layer.attrs.get("activation_params")
+
+        def run(a, _w=None, _b=None):
+            return activate(F.linear(a, weight, bias), activation, params)
+
+        return run
+
+
+@register_tactic
+class GemmLtEpilogue(_Gemm):
+    """torch._addmm_activation: cuBLASLt with the bias and ReLU/GELU(tanh) in the epilogue."""
+
+    name = "gemm-lt-epilogue"
+    priority = 5
+    min_level = 1
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        return (target.device.type == "cuda" and super().supports(layer, target)
+                and 2 in layer.constant_inputs and hasattr(torch, "_addmm_activation")
+                and layer.attrs.get("activation", "") in ("Relu", "GeluTanh"))
+
+    def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
+        tensors = super().prepare(layer, target)
+        tensors["weight"] = tensors["weight"].T.contiguous()  # [K, N] for addmm
+        return tensors
+
+    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[..., Any]:
+        weight, bias = tensors["weight"], tensors["bias"]
+        use_gelu = layer.attrs.get("activation") == "GeluTanh"
+
+        def run(a, _w=None, _b=None):
+            flat = a.reshape(-1, a.shape[-1])
+            y = torch._addmm_activation(bias, flat, weight, use_gelu=use_gelu)
+            return y.reshape(*a.shape[:-1], weight.shape[1])
+
+        return run
+
+
+@register_tactic
+class GemmMatmul(_Gemm):
+    name = "gemm-matmul"
+    priority = 20
+    min_level = 1
+
+    def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
+        tensors = super().prepare(layer, target)
+        tensors["weight"] = tensors["weight"].T.contiguous()  # [K, N]
+        return tensors
+
+    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[..., Any]:
+        weight, bias = tensors["weight"], tensors.get("bias")
+        activation = layer.attrs.get("activation", "")
+        params = layer.attrs.get("activation_params")
+
+        def run(a, _w=None, _b=None):
+            y = torch.matmul(a, weight)
+            if bias is not None:
+                y = y.add_(bias)
+            return activate(y, activation, params)
+
+        return run

@@ -1,0 +1,39 @@
+"""LayerNorm tactic for kiln.LayerNorm: the residual add, then torch's layer_norm in the
+input's type (its CUDA kernel accumulates in fp32 for fp16 inputs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
+
+
+@register_tactic
+class LayerNormTorch(Tactic):
+    name = "layernorm-torch"
+    ops = (("kiln", "LayerNorm"),)
+    priority = 10
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        # on the CPU, torch's half-precision layer_norm is slow and not fp32-accurate
+        return target.device.type == "cuda" or layer.precision != "fp16"
+
+    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[..., Any]:
+        axis = layer.attrs.get("axis", -1)
+        eps = layer.attrs.get("epsilon", 1e-5)
+        two_outputs = len(layer.outputs) > 1
+
+        def run(x, residual=None, scale=None, bias=None):
+            summed = x if residual is None else x + residual
+            dims = summed.shape[axis if axis >= 0 else summed.dim() + axis:]
+            weight = None if scale is None else scale.to(summed.dtype)
+            shift = None if bias is None else bias.to(summed.dtype)
+            y = F.layer_norm(summed, dims, weight, shift, eps)
+            return (y, summed) if two_outputs else y
+
+        return run

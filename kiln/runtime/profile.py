@@ -1,0 +1,80 @@
+"""Per-layer timing of an engine: each layer's share of a run (trtexec's --dumpProfile).
+
+Every top-level layer is bracketed by CUDA events (host clock on the CPU) over several
+runs, run eagerly (a CUDA graph replay has no layers to tell apart).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kiln.ops.tensors import to_torch
+from kiln.runtime.context import ExecutionContext
+
+
+@dataclass
+class LayerTime:
+    name: str
+    op: str
+    tactic: str
+    precision: str
+    ms: float  # mean per run
+
+
+def profile_layers(context: ExecutionContext, inputs: Mapping[str, Any], runs: int = 10,
+                   warmup: int = 3) -> list[LayerTime]:
+    program = context.program
+    layers = {layer["name"]: layer for layer in context.engine.plan["graph"]["layers"]}
+    feeds = {name: to_torch(value, context.device) for name, value in inputs.items()}
+    cuda = context.device.type == "cuda"
+    totals = [0.0] * len(program.steps)
+    originals = [step.fn for step in program.steps]
+    marks: list[Any] = []
+
+    def wrap(index: int, fn):
+        def timed(*args, **kwargs):
+            start = _mark(cuda)
+            result = fn(*args, **kwargs)
+            marks.append((index, start, _mark(cuda)))
+            return result
+
+        return timed
+
+    try:
+        for i, step in enumerate(program.steps):
+            step.fn = wrap(i, originals[i])
+        with torch.inference_mode(), context._backend_flags():
+            for run in range(warmup + runs):
+                marks.clear()
+                program.run(feeds)
+                if cuda:
+                    torch.cuda.synchronize(context.device)
+                if run >= warmup:
+                    for index, start, end in marks:
+                        totals[index] += _elapsed(start, end, cuda)
+    finally:
+        for step, fn in zip(program.steps, originals):
+            step.fn = fn
+    result = []
+    for step, total in zip(program.steps, totals):
+        layer = layers.get(step.name, {})
+        result.append(LayerTime(step.name, layer.get("op", "?"), layer.get("tactic", "?"),
+                                layer.get("precision", "?"), total / runs))
+    return result
+
+
+def _mark(cuda: bool) -> Any:
+    if cuda:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+    return time.perf_counter()
+
+
+def _elapsed(start: Any, end: Any, cuda: bool) -> float:
+    return start.elapsed_time(end) if cuda else (end - start) * 1000
