@@ -13,7 +13,7 @@ from kiln.runtime import ExecutionContext
 from kiln.serve import datatypes
 from kiln.serve.batcher import Batcher, Pending, make_runner
 from kiln.serve.errors import ServeError
-from kiln.serve.model_config import scheduling
+from kiln.serve.model_config import cuda_graphs, scheduling
 from kiln.serve.proto import pb
 from kiln.serve.stats import ModelStats
 
@@ -54,7 +54,9 @@ class ModelVersion:
         self.outputs = {t.name: self._spec(t, "output") for t in config.output}
         self._profiles = engine.profiles
         self.stats = ModelStats()
-        runners = [make_runner(ExecutionContext(engine, device=d), d) for d in devices]
+        graphs = cuda_graphs(config, devices)
+        runners = [make_runner(ExecutionContext(engine, device=d, cuda_graph=graphs), d)
+                   for d in devices]
         self.devices = devices
         self.batcher = Batcher(self.name, self.scheduling, runners, self.stats)
 

@@ -4,10 +4,10 @@ checked against it, and turned into what the server acts on (scheduling, instanc
 Triton's fields kiln serve acts on: name, platform/backend (kiln or onnxruntime), max_batch_size,
 input/output (name, data_type, dims, optional), dynamic_batching (preferred_batch_size,
 max_queue_delay_microseconds, default_queue_policy), instance_group (count, kind, gpus),
-version_policy, default_model_filename, parameters. Fields whose meaning it cannot honour
-(sequence and ensemble scheduling, reshape, batch inputs, decoupled models, priorities) are
-refused at load with a message; the rest (warmup, rate limiter, optimization hints) are kept
-in the configuration and otherwise ignored.
+version_policy, default_model_filename, parameters, optimization.cuda.graphs. Fields whose
+meaning it cannot honour (sequence and ensemble scheduling, reshape, batch inputs, decoupled
+models, priorities) are refused at load with a message; the rest (warmup, rate limiter, other
+optimization hints) are kept in the configuration and otherwise ignored.
 
 A model directory without config.pbtxt, or a config that lists no inputs, is completed from
 the engine as Triton's auto-complete does: inputs and outputs from the engine, and, with no
@@ -302,6 +302,21 @@ def instance_devices(config, engine_kind: str | None) -> list[str]:
                          f"instance_group places it on {kinds_used.pop()}",
                          hint="rebuild the engine for that device, or change instance_group")
     return devices
+
+
+def cuda_graphs(config, devices: list[str]) -> bool:
+    """Whether instances replay CUDA graphs: only when optimization.cuda.graphs asks, as in
+    Triton. Off by default because every batch size a batcher forms is another capture, and
+    refused with several instances on one GPU: a capture on one instance's thread forbids
+    the copies and allocations the others make meanwhile."""
+    if not config.optimization.cuda.graphs:
+        return False
+    gpu = [d for d in devices if d.startswith("cuda")]
+    if len(gpu) != len(set(gpu)):
+        raise Unsupported(f"model {config.name!r} asks for CUDA graphs with several instances "
+                          "on one GPU", hint="use one instance per GPU with "
+                          "optimization { cuda { graphs: true } }, or turn graphs off")
+    return bool(gpu)
 
 
 def builder_config(config, device_kind: str) -> BuilderConfig:

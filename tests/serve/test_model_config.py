@@ -13,6 +13,7 @@ from kiln.serve.errors import ServeError, Unsupported
 from kiln.serve.model_config import (
     builder_config,
     complete,
+    cuda_graphs,
     instance_devices,
     read_config,
     scheduling,
@@ -146,6 +147,15 @@ def test_instance_groups():
         instance_devices(_config("instance_group [{ kind: KIND_CPU }]"), "cuda")
     with pytest.raises(Unsupported, match="KIND_MODEL"):
         instance_devices(_config("instance_group [{ kind: KIND_MODEL }]"), None)
+
+
+def test_cuda_graphs_only_when_asked_and_one_instance_per_gpu():
+    graphs = "optimization { cuda { graphs: true } }"
+    assert not cuda_graphs(_config(""), ["cuda:0"])
+    assert cuda_graphs(_config(graphs), ["cuda:0", "cuda:1"])
+    assert not cuda_graphs(_config(graphs), ["cpu"])
+    with pytest.raises(Unsupported, match="several instances on one GPU"):
+        cuda_graphs(_config(graphs), ["cuda:0", "cuda:0"])
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
