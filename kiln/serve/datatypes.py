@@ -93,3 +93,12 @@ def from_bytes(data: memoryview | bytes, datatype: Datatype, shape: tuple[int, .
                          f"{datatype.name} needs {want}",
                          hint="send exactly the tensor's bytes, or fix its shape or datatype")
     return np.frombuffer(data, dtype=datatype.numpy, count=count).reshape(shape)
+
+
+def check_range(array: np.ndarray, datatype: Datatype, what: str) -> None:
+    """Integers from JSON or typed protobuf fields must fit the datatype (a cast would wrap)."""
+    if datatype.numpy.kind in "iu" and array.size:
+        info = np.iinfo(datatype.numpy)
+        if array.min() < info.min or array.max() > info.max:
+            raise ServeError(f"{what} holds values outside {datatype.name}'s range "
+                             f"{info.min}..{info.max}")

@@ -69,11 +69,7 @@ def _from_contents(tensor, datatype: datatypes.Datatype, shape: tuple[int, ...],
         raise ServeError(f"{what} has {len(values)} values in contents.{datatype.contents}; "
                          f"shape {list(shape)} needs {count}")
     array = np.asarray(values)
-    if datatype.numpy.kind in "iu" and array.size:
-        info = np.iinfo(datatype.numpy)
-        if array.min() < info.min or array.max() > info.max:
-            raise ServeError(f"{what}: contents hold values outside {datatype.name}'s range "
-                             f"{info.min}..{info.max}")
+    datatypes.check_range(array, datatype, f"{what}: contents.{datatype.contents}")
     return array.astype(datatype.numpy).reshape(shape)
 
 

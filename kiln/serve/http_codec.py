@@ -130,11 +130,7 @@ def _from_json(data: Any, datatype: datatypes.Datatype, shape: tuple[int, ...],
             f"{array.size} values" if array.dtype.kind in accepted else f"{array.dtype} values")
         raise ServeError(f"{what}: \"data\" holds {got}; shape {list(shape)} of "
                          f"{datatype.name} needs {count} {expected}")
-    if datatype.numpy.kind in "iu" and array.size:
-        info = np.iinfo(datatype.numpy)
-        if array.min() < info.min or array.max() > info.max:
-            raise ServeError(f"{what}: \"data\" holds values outside {datatype.name}'s range "
-                             f"{info.min}..{info.max}")
+    datatypes.check_range(array, datatype, f"{what}: \"data\"")
     return array.astype(datatype.numpy).reshape(shape)
 
 

@@ -43,6 +43,7 @@ class ModelEntry:
     state: str = "UNAVAILABLE"  # READY, LOADING, UNLOADING, UNAVAILABLE (Triton's states)
     reason: str = ""
     versions: dict[int, ModelVersion] = field(default_factory=dict)
+    wanted: bool = True  # False once unloaded on request: no longer counts for readiness
 
 
 class ModelRepository:
@@ -76,6 +77,7 @@ class ModelRepository:
         """(Re)loads a model: blocking, as it may build engines."""
         with self._load_lock:
             entry = self.models.setdefault(name, ModelEntry(name))
+            entry.wanted = True
             if not entry.versions:
                 entry.state, entry.reason = "LOADING", ""
             try:
@@ -102,7 +104,7 @@ class ModelRepository:
             old, entry.versions = entry.versions, {}
             entry.state, entry.reason = "UNLOADING", ""
             _close_all(old.values())
-            entry.state, entry.reason = "UNAVAILABLE", "unloaded"
+            entry.state, entry.reason, entry.wanted = "UNAVAILABLE", "unloaded", False
         log.info("model %r unloaded", name)
 
     def _load_versions(self, name: str, config_override) -> dict[int, ModelVersion]:
@@ -127,9 +129,9 @@ class ModelRepository:
             raise
         return versions
 
-    def close(self) -> None:
+    def close(self, timeout_s: float | None = None) -> None:
         for entry in self.models.values():
-            _close_all(entry.versions.values())
+            _close_all(entry.versions.values(), timeout_s)
             entry.versions = {}
 
     # ------------------------------------------------------------------ lookup
@@ -157,7 +159,8 @@ class ModelRepository:
         return sorted(n for n, e in self.models.items() if e.versions)
 
     def all_ready(self) -> bool:
-        return all(e.state == "READY" for e in self.models.values())
+        """Every model meant to serve does (Triton's strict readiness)."""
+        return all(e.state == "READY" for e in self.models.values() if e.wanted)
 
     def index(self, ready_only: bool = False) -> list[dict]:
         """Triton's repository index: a row per loaded version, one for each model that is
@@ -221,9 +224,9 @@ def _engine_for(path: Path, config) -> tuple[Engine, list[str]]:
     return engine, instance_devices(config, engine.device["kind"])
 
 
-def _close_all(versions) -> None:
+def _close_all(versions, timeout_s: float | None = None) -> None:
     for version in versions:
-        version.close()
+        version.close(timeout_s)
 
 
 def _as_serve_error(name: str, exc: Exception) -> ServeError:

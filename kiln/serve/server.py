@@ -123,7 +123,8 @@ class Server:
         for runner, _ in self._http:
             await runner.cleanup()
         self._http = []
-        await asyncio.get_running_loop().run_in_executor(None, self.repository.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.repository.close,
+                                                           timeout)
 
     async def serve(self) -> None:
         """Starts, then runs until SIGTERM or SIGINT, then drains and stops."""

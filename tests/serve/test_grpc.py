@@ -98,6 +98,22 @@ def test_typed_contents_instead_of_raw(server, mixed_engine):
         np.testing.assert_array_equal(got, want, err_msg=output.name)
 
 
+def test_typed_contents_out_of_range_or_miscounted(server):
+    request = service_pb2.ModelInferRequest(model_name="mixed")
+    tensor = request.inputs.add(name="e", shape=[2], datatype="UINT8")
+    tensor.contents.uint_contents.extend([7, 300])
+    with grpc.insecure_channel(f"127.0.0.1:{server.ports['grpc']}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as wide:
+            stub.ModelInfer(request, timeout=30)
+        tensor.contents.uint_contents.pop()
+        with pytest.raises(grpc.RpcError) as short:
+            stub.ModelInfer(request, timeout=30)
+    assert wide.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "values outside UINT8's range 0..255" in wide.value.details()
+    assert "has 1 values in contents.uint_contents; shape [2] needs 2" in short.value.details()
+
+
 def test_stream_infer(grpc_client, digits_engine):
     results: queue.Queue = queue.Queue()
     grpc_client.start_stream(callback=lambda result, error: results.put((result, error)))

@@ -112,6 +112,20 @@ def test_malformed_json(server, digits_engine, body, expected):
     _serves(server, digits_engine)
 
 
+@pytest.mark.parametrize("body, expected", [
+    (b'{"inputs": [{"name": "e", "shape": [2], "datatype": "UINT8", "data": [7, 300]}]}',
+     "input 'e': \"data\" holds values outside UINT8's range 0..255"),
+    (b'{"inputs": [{"name": "f", "shape": [1], "datatype": "BOOL", "data": [2]}]}',
+     "holds int64 values; shape [1] of BOOL needs 1 true/false"),
+    (b'{"inputs": [{"name": "c", "shape": [2], "datatype": "INT32", "data": [[1], [2, 3]]}]}',
+     "holds ragged lists"),
+])
+def test_json_values_that_do_not_fit(server, digits_engine, body, expected):
+    status, answer = _post(server, "/v2/models/mixed/infer", body)
+    assert status == 400 and expected in answer["error"]
+    _serves(server, digits_engine)
+
+
 def test_malformed_binary_requests(server, digits_engine):
     images = models.digits_images(1, seed=1)
     body, headers = _binary_request(images, size=252)  # the size says 252, the shape 256
