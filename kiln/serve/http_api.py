@@ -114,8 +114,8 @@ class _HttpApi:
         else:
             response = web.Response(body=data, content_type="application/octet-stream",
                                     headers={http_codec.HEADER_LENGTH: str(json_length)})
-        if "gzip" in request.headers.get("Accept-Encoding", "") or \
-                "deflate" in request.headers.get("Accept-Encoding", ""):
+        accepted = request.headers.get("Accept-Encoding", "")
+        if "gzip" in accepted or "deflate" in accepted:
             response.enable_compression()
         return response
 
