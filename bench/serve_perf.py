@@ -223,7 +223,7 @@ def markdown(rows: list[tuple], args) -> str:
                 f"| {on[0]:.0f} | {on[1] / 1000:.2f} | {on[2] / 1000:.2f} "
                 f"| {on[0] / off[0]:.2f}x |")
     lines += ["", "Every request succeeded (perf_analyzer stops at the first failure; the "
-              "server's nv_inference_request_failure counters stayed at 0).", "", ""]
+              "server's nv_inference_request_failure counters stayed at 0).", ""]
     return "\n".join(lines)
 
 
