@@ -63,7 +63,9 @@ def build_engine(
     mark_model_dtypes(graph)
 
     stage("optimize")
-    passes = run_pipeline(graph, PassContext(precision=config.precision, device=device.type))
+    passes = PassContext(precision=config.precision, device=device.type)
+    if config.optimize:
+        run_pipeline(graph, passes)
 
     stage("precision")
     precision = assign_precision(graph, config.precision, config.layer_precisions)
@@ -86,6 +88,7 @@ def build_engine(
             "source": _source_name(model),
             "producer": graph.meta.get("producer", ""),
             "optimization_level": config.optimization_level,
+            "optimize": config.optimize,
             "passes": passes.applied,
             "precision_layers": precision,
         },

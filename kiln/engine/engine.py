@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from kiln.build.profiles import Profile
 from kiln.ir import DType
 
 if TYPE_CHECKING:
-    from kiln.build.profiles import Profile
     from kiln.runtime.context import ExecutionContext
 
 
@@ -67,10 +67,6 @@ class Engine:
 
     @property
     def profiles(self) -> list[Profile]:
-        # imported here: kiln.build imports this module, so `import kiln.runtime` (or this
-        # module) first would otherwise find kiln.build half-initialized
-        from kiln.build.profiles import Profile
-
         return [Profile.from_json(p) for p in self.plan.get("profiles", [])]
 
     @property

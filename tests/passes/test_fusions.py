@@ -225,3 +225,34 @@ def test_elementwise_engine_with_triton_tactic_matches_ort(monkeypatch):
     got = list(ExecutionContext(engine).run(feeds).values())
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_with_boolean_mask_and_nan_guard():
+    """torch exports a boolean-masked SDPA as Where(mask, 0, -inf) + Softmax and guards rows
+    whose mask removed every key with Where(IsNaN(p), 0, p): one Attention node, same output
+    (zeros) for such rows."""
+
+    class Masked(nn.Module):
+        def forward(self, q, k, v, keep):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+
+    shape = (2, 3, 5, 8)
+    args = (*(torch.randn(shape) for _ in range(3)), torch.ones(2, 1, 1, 5, dtype=torch.bool))
+    model = export(Masked(), args, ["q", "k", "v", "keep"], {}, 17)
+    rng = np.random.default_rng(9)
+    keep = rng.random((2, 1, 1, 5)) < 0.6
+    keep[1] = False  # every key of the second sample masked: its rows must come out as 0
+    feeds = {n: rng.standard_normal(shape).astype(np.float32) for n in "qkv"}
+    feeds["keep"] = keep
+    counts = optimized_counts_and_check(model, [feeds])
+    assert counts["Attention"] == 1 and counts.get("Softmax", 0) == 0
+    assert counts.get("IsNaN", 0) == 0
+    from kiln.build import BuilderConfig, build_engine
+    from kiln.runtime import ExecutionContext
+
+    engine = build_engine(model, BuilderConfig(device="cpu", optimization_level=0))
+    assert any(layer["tactic"] == "sdpa" for layer in engine.layers())
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = next(iter(ExecutionContext(engine).run(feeds).values()))
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+    assert np.all(got[1] == 0)
