@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,10 @@ from kiln.build import BuilderConfig, build_engine
 from kiln.runtime import ExecutionContext
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = REPO.parent / "shared" / "models"
+# KILN_SHARED_MODELS points elsewhere (the GPU machine gets a copy inside the checkout);
+# KILN_TEST_DEVICE=cuda runs the same tests on the GPU
+MODELS = Path(os.environ.get("KILN_SHARED_MODELS", REPO.parent / "shared" / "models"))
+DEVICE = os.environ.get("KILN_TEST_DEVICE", "cpu")
 SKIP_REASON = ("../shared/models (the real third-party models and their reference outputs) "
                "is not beside this checkout")
 
@@ -57,11 +61,11 @@ def load_sample(entry: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str,
 
 @functools.cache
 def context(model: str, precision: str) -> ExecutionContext:
-    """An engine for `model` (built once per test process) on the CPU."""
+    """An engine for `model` (built once per test process) on the test device."""
     probe, _ = load_sample(samples(model)[0][1])  # real inputs: the probe runs real shapes
     # level 0 picks tactics by heuristics: these tests check numerics, and timing every
     # candidate tactic of ten models on a CPU takes minutes
-    config = BuilderConfig(precision=precision, device="cpu", probe_inputs=probe,
+    config = BuilderConfig(precision=precision, device=DEVICE, probe_inputs=probe,
                            optimization_level=0)
     return ExecutionContext(build_engine(MODELS / model / "model.onnx", config))
 
