@@ -16,12 +16,16 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 class BuilderConfig:
     """Build settings, named after trtexec's flags where one exists.
 
-    precision: the lowest precision layers may use ("fp32", "fp16"); sensitive layers stay
-        in fp32 whatever it is. `io_precision` keeps the engine's inputs and outputs in
-        the model's own types unless set to "fp16" (trtexec's --inputIOFormats).
+    precision: the lowest precision layers may use ("fp32", "fp16", "int8", "fp8");
+        sensitive layers stay in fp32 whatever it is. "int8" / "fp8" quantize convolutions
+        and dense layers and run the other layers as "fp16" would. `io_precision` keeps
+        the engine's inputs and outputs in the model's own types unless set to "fp16"
+        (trtexec's --inputIOFormats).
     device: "cpu", "cuda" or "cuda:N"; "auto" takes CUDA when there is one.
     profiles: min/opt/max shapes (dicts of name -> dims), one dict per profile.
     layer_precisions: per layer (node name) precision overrides, e.g. {"conv1": "fp32"}.
+    calibrator: for "int8"/"fp8" builds of models without Q/DQ nodes, a
+        `kiln.quant.Calibrator` (data, method, cache).
     optimization_level: 0 picks tactics by heuristics without timing; 1..5 time every
         candidate the level offers on the device (higher levels offer more) and keep the
         fastest; `timing_cache` makes those timings persistent.
@@ -35,6 +39,7 @@ class BuilderConfig:
     optimization_level: int = 3
     timing_cache: str | None = None  # path of a timing cache file to read and extend
     probe_inputs: dict[str, Any] | None = None  # real inputs for the build's shape probe
+    calibrator: Any = None  # kiln.quant.Calibrator: INT8/FP8 calibration data, method, cache
     verbose: bool = False
 
     def __post_init__(self) -> None:
