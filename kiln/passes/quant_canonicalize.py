@@ -31,6 +31,8 @@ from kiln.quant.qdq import QuantParams, set_weight_quant, swap_node
 QTYPES = {DType.INT8: "int8", DType.UINT8: "uint8", DType.FLOAT8E4M3FN: "fp8e4m3",
           DType.FLOAT8E5M2: "fp8e5m2"}
 _QTYPE_DTYPES = {v: k for k, v in QTYPES.items()}
+# types only dequantized from constants (an int32 bias), never run as tensors
+_CONST_ONLY = {DType.INT32: "int32", DType.INT16: "int16", DType.UINT16: "uint16"}
 _FLOAT_NAMES = {DType.FLOAT: "fp32", DType.FLOAT16: "fp16", DType.BFLOAT16: "bf16"}
 
 
@@ -57,7 +59,7 @@ def params(node: Node, scale_index: int, zp_index: int) -> QuantParams | None:
     if zp is not None and const(zp) is None:
         return None
     if zp is not None:
-        qtype = QTYPES.get(zp.dtype)
+        qtype = QTYPES.get(zp.dtype) or _CONST_ONLY.get(zp.dtype)
         zero_point = const(zp)
     else:
         output_dtype = node.attrs.get("output_dtype", 0)
@@ -76,7 +78,8 @@ def params(node: Node, scale_index: int, zp_index: int) -> QuantParams | None:
 def _quantize_linear(graph: Graph, node: Node) -> bool:
     p = params(node, 1, 2)
     x = node.inputs[0]
-    if p is None or x is None or (arith.is_fp8(p.qtype) and not node.attrs.get("saturate", 1)):
+    if p is None or x is None or p.qtype not in _QTYPE_DTYPES or (
+            arith.is_fp8(p.qtype) and not node.attrs.get("saturate", 1)):
         return False
     array = const(x)
     if array is not None:
@@ -169,7 +172,7 @@ def _weight_params(node: Node, scale_index: int, zp_index: int) -> QuantParams |
     """Symmetric int8 weight parameters (what the INT8 kernels take), else None."""
     p = params(node, scale_index, zp_index)
     weight = node.inputs[scale_index - 1]
-    if p is None or weight is None or weight.dtype is not DType.INT8 \
+    if p is None or weight is None or weight.dtype is not DType.INT8 or p.qtype != "int8" \
             or np.any(p.zero_point != 0):
         return None
     p.axis = 0 if p.per_tensor else p.axis
