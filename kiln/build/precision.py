@@ -51,7 +51,9 @@ def assign_precision(graph: Graph, precision: str,
 
 
 def layer_kind(node: Node, overrides: dict[str, str]) -> str:
-    forced = overrides.get(node.name)
+    # an override names the layer, or a model node fused into it
+    forced = next((overrides[n] for n in (node.name, *node.meta.get("fused", ()))
+                   if n in overrides), None)
     if forced is not None:
         return "fp16" if forced == "fp16" else "fp32"
     if node.key in FP16_OPS or (node.domain == "kiln" and node.meta.get("fp16_ok", True)):
