@@ -3,7 +3,7 @@
 Each tile configuration is a tactic of its own, so the builder's tuner times them like
 any other candidates and the engine records the winner (no autotuning at run time).
 Weights are stored quantized (a quarter of FP32), re-laid-out for the kernels: [N, K] for
-GEMMs, [OC, KH*KW*C] (taps major, channels minor) for NHWC convolutions; the per-channel
+GEMMs, [OC, KH, KW, C] (taps major, channels minor) for NHWC convolutions; the per-channel
 epilogue factors, the bias and the weight sums for zero-point correction go beside them.
 """
 
@@ -107,18 +107,19 @@ class _TritonConv(Tactic):
     def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
         w = to_torch(layer.constant_inputs[1])  # [OC, C, KH, KW]
         tensors = epilogue_tensors(layer)
-        tensors["weight"] = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()
+        tensors["weight"] = w.permute(0, 2, 3, 1).contiguous()  # [OC, KH, KW, C]
         if not w.is_floating_point():
-            tensors["weight_sums"] = tensors["weight"].to(torch.int32).sum(dim=1)
+            tensors["weight_sums"] = w.to(torch.int32).sum(dim=(1, 2, 3))
         return tensors
 
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[..., Any]:
         k = kernels()
         attrs = layer.attrs
-        weight, scales = tensors["weight"], tensors["scales"]
+        taps, scales = tensors["weight"], tensors["scales"]
+        weight = taps.reshape(taps.shape[0], -1)  # [OC, KH*KW*C]: taps major, C minor
         bias, sums = tensors.get("bias"), tensors.get("weight_sums")
-        kernel = tuple(attrs.get("kernel_shape") or _kernel_from(weight, layer))
+        kernel = (int(taps.shape[1]), int(taps.shape[2]))
         strides = tuple(attrs.get("strides") or (1, 1))
         dilations = tuple(attrs.get("dilations") or (1, 1))
         pads, auto_pad = attrs.get("pads"), attrs.get("auto_pad", "NOTSET")
@@ -131,13 +132,6 @@ class _TritonConv(Tactic):
                              dilations, scales, bias, sums, zp, epi, config, residual)
 
         return run
-
-
-def _kernel_from(weight: torch.Tensor, layer: LayerSpec) -> tuple[int, int]:
-    shape = layer.input_shapes[1] if len(layer.input_shapes) > 1 else None
-    if shape is None:
-        raise ValueError(f"layer {layer.name}: kernel_shape unknown")
-    return int(shape[2]), int(shape[3])
 
 
 def _register() -> None:
