@@ -71,7 +71,7 @@ def build_engine(
     quant_stage.apply(graph, quantization, passes)
 
     stage("precision")
-    precision = assign_precision(graph, config.precision, config.layer_precisions)
+    precision = assign_precision(graph, config.float_precision, config.layer_precisions)
     quantized = quant_stage.finalize(graph, quantization)
     eliminate_dead(graph, passes)  # constants that precision replaced with converted copies
     assign_placement(graph, device.type)
@@ -89,6 +89,8 @@ def build_engine(
         "device": _target_description(device),
         "build": {
             "precision": config.precision,
+            **({"fallback_precision": config.fallback_precision}
+               if config.precision in ("int8", "fp8") else {}),
             "source": _source_name(model),
             "producer": graph.meta.get("producer", ""),
             "optimization_level": config.optimization_level,

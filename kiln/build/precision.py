@@ -43,7 +43,7 @@ def assign_precision(graph: Graph, precision: str,
                      overrides: dict[str, str] | None = None) -> dict[str, int]:
     """Rewrites `graph` for `precision` ("fp32" leaves it alone); returns counts by kind."""
     counts = {"fp16": 0, "fp32": 0, "follow": 0, "casts": 0}
-    if precision not in ("fp16", "int8", "fp8"):  # int8/fp8 builds: the rest runs in fp16
+    if precision not in ("fp16",):
         return counts
     overrides = overrides or {}
     _assign(graph, overrides, counts, {})

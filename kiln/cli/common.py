@@ -39,8 +39,10 @@ def add_quantization_arguments(p: argparse.ArgumentParser) -> None:
     """INT8/FP8: trtexec's --int8/--fp8/--calib, plus the calibration method and batches."""
     g = p.add_argument_group("quantization")
     g.add_argument("--int8", action="store_true",
-                   help="INT8 convolutions and dense layers (the rest in FP16)")
+                   help="INT8 convolutions and dense layers; the rest in FP32, or in FP16 "
+                        "with --fp16")
     g.add_argument("--fp8", action="store_true", help="FP8 (E4M3) instead of INT8 (Hopper)")
+    g.add_argument("--best", action="store_true", help="--int8 --fp16")
     g.add_argument("--calib", metavar="DATA",
                    help="calibration data: a folder of .npz batches or one .npz of samples")
     g.add_argument("--calibMethod", choices=METHODS, default="entropy",
@@ -70,19 +72,20 @@ def config_from_args(args: argparse.Namespace) -> BuilderConfig:
         layer_precisions=parse_layer_precisions(args.layerPrecisions),
         optimization_level=args.builderOptimizationLevel,
         calibrator=calibrator_from_args(args),
+        fallback_precision="fp16" if args.fp16 or getattr(args, "best", False) else "fp32",
     )
 
 
 def _precision(args: argparse.Namespace) -> str:
     if getattr(args, "fp8", False):
         return "fp8"
-    if getattr(args, "int8", False):
+    if getattr(args, "int8", False) or getattr(args, "best", False):
         return "int8"
     return "fp16" if args.fp16 else "fp32"
 
 
 def calibrator_from_args(args: argparse.Namespace) -> Calibrator | None:
-    if not (getattr(args, "int8", False) or getattr(args, "fp8", False)):
+    if _precision(args) not in ("int8", "fp8"):
         if getattr(args, "calib", None) or getattr(args, "calibCache", None):
             raise KilnError("--calib/--calibCache were given without --int8 or --fp8",
                             hint="add --int8 (or --fp8) to build a quantized engine")

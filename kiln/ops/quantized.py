@@ -3,8 +3,8 @@
 Their reference implementations are an exact simulation of the integer arithmetic the
 GPU kernels do, so INT8 engines run (and are tested) on the CPU with the same answers:
 
-    acc = sum((x - x_zero_point) * w)          exact integers (int32 on the GPU; float64
-                                                here, which holds every such sum exactly)
+    acc = sum((x - x_zero_point) * w)          exact integers (int32 on the GPU; here float64,
+                                                or float32 where the sums stay below 2**24)
     y   = float32(acc) * float32(x_scale * w_scale[c]) + bias[c]          (float32)
     y   = act(y + residual)      residual: float, or int8 dequantized with its own scale
     out = y in out_dtype, or requantized: saturate(round(y * (1 / out_scale)) + out_zp)
@@ -69,8 +69,42 @@ def centered(q: torch.Tensor, zero_point: int, dtype: torch.dtype) -> torch.Tens
     return value - zero_point if zero_point else value
 
 
-def accumulate_dtype(q: torch.Tensor) -> torch.dtype:
-    return torch.float32 if q.is_floating_point() else torch.float64
+def exact_terms(x: torch.Tensor, zero_point: int, w: torch.Tensor) -> int | None:
+    """On the CPU (whose convolutions and GEMMs add products directly), how many products
+    a float32 sum can take while staying exact (|sum| < 2**24); None means use float64
+    (exact for any int32 sum) and 0 that float32 is exact for any length (FP8 values)."""
+    if w.is_floating_point():
+        return 0
+    if x.device.type != "cpu" or x.numel() == 0 or w.numel() == 0:
+        return None
+    x_bound = max(abs(int(x.max()) - zero_point), abs(int(x.min()) - zero_point))
+    w_bound = int(w.to(torch.int16).abs().max())
+    return (2**24 - 1) // max(x_bound * w_bound, 1)
+
+
+def accumulate_dtype(x: torch.Tensor, zero_point: int, w: torch.Tensor, k: int) -> torch.dtype:
+    terms = exact_terms(x, zero_point, w)
+    return torch.float32 if terms == 0 or (terms is not None and k <= terms) else torch.float64
+
+
+def _exact_conv(x, w, zero_point: int, **attrs) -> torch.Tensor:
+    """The integer convolution: float32 over input-channel chunks short enough to be exact
+    (summed in float64), or float64 at once."""
+    terms = exact_terms(x, zero_point, w)
+    taps = w[0, 0].numel()
+    channels = w.shape[1]
+    if terms == 0 or (terms is not None and channels * taps <= terms):
+        return conv(centered(x, zero_point, torch.float32), w.float(), None, **attrs)
+    if terms is None or terms < taps or attrs.get("group", 1) != 1:
+        acc = conv(centered(x, zero_point, torch.float64), w.double(), None, **attrs)
+        return acc.round() if x.device.type != "cpu" else acc  # FFT/Winograd on the GPU
+    step = terms // taps
+    acc = None
+    for start in range(0, channels, step):
+        part = conv(centered(x[:, start:start + step], zero_point, torch.float32),
+                    w[:, start:start + step].float(), None, **attrs).double()
+        acc = part if acc is None else acc.add_(part)
+    return acc
 
 
 def epilogue(acc: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
@@ -110,12 +144,8 @@ def qconv(x, w, residual=None, *, x_scale: float = 1.0, x_zero_point: int = 0,
           activation_params: list[float] | None = None, auto_pad: str = "NOTSET",
           dilations=None, group: int = 1, kernel_shape=None, pads=None,
           strides=None) -> torch.Tensor:
-    dtype = accumulate_dtype(w)
-    acc = conv(centered(x, x_zero_point, dtype), w.to(dtype), None, auto_pad=auto_pad,
-               dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
-               strides=strides)
-    if dtype == torch.float64:
-        acc = acc.round()  # an FFT/Winograd algorithm on the GPU may leave tiny errors
+    acc = _exact_conv(x, w, x_zero_point, auto_pad=auto_pad, dilations=dilations,
+                      group=group, kernel_shape=kernel_shape, pads=pads, strides=strides)
     channels = (1, -1) + (1,) * (acc.dim() - 2)
     scales = _vector(combined_scales(x_scale, w_scale), acc, channels)
     return epilogue(acc, scales, _vector(bias, acc, channels), residual, residual_scale,
@@ -129,7 +159,7 @@ def qgemm(a, w, *, a_scale: float = 1.0, a_zero_point: int = 0, w_scale: Any = 1
           out_type: str = "int8", out_dtype: str = "fp32", activation: str = "",
           activation_params: list[float] | None = None) -> torch.Tensor:
     """w is [N, K]: y[..., n] = sum_k a[..., k] * w[n, k]."""
-    dtype = accumulate_dtype(w)
+    dtype = accumulate_dtype(a, a_zero_point, w, w.shape[-1])
     acc = torch.matmul(centered(a, a_zero_point, dtype), w.to(dtype).t())
     scales = _vector(combined_scales(a_scale, w_scale), acc, (-1,))
     return epilogue(acc, scales, _vector(bias, acc, (-1,)), None, 0.0, 0, activation,
@@ -140,7 +170,7 @@ def qgemm(a, w, *, a_scale: float = 1.0, a_zero_point: int = 0, w_scale: Any = 1
 def qmatmul(a, b, *, a_scale: float = 1.0, a_zero_point: int = 0, b_scale: float = 1.0,
             b_zero_point: int = 0, out_scale: float = 0.0, out_zero_point: int = 0,
             out_type: str = "int8", out_dtype: str = "fp32") -> torch.Tensor:
-    dtype = accumulate_dtype(b)
+    dtype = torch.float32 if b.is_floating_point() else torch.float64
     acc = torch.matmul(centered(a, a_zero_point, dtype), centered(b, b_zero_point, dtype))
     scales = _vector(combined_scales(a_scale, b_scale), acc, ())
     return epilogue(acc, scales, None, None, 0.0, 0, "", None, out_scale, out_zero_point,

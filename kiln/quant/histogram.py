@@ -47,8 +47,7 @@ class Histogram:
             self.counts[0] += self.pending_zeros
         while amax > self.top:
             self._double_width()
-        index = (magnitudes.reshape(-1) / self.width).to(torch.int64).clamp_(0, NUM_BINS - 1)
-        self.counts += torch.bincount(index, minlength=NUM_BINS).to(self.counts.device)
+        self.counts += _bin_counts(magnitudes.reshape(-1), self.width).to(self.counts.device)
 
     def _double_width(self) -> None:
         assert self.counts is not None
@@ -62,6 +61,17 @@ class Histogram:
             return np.array([self.pending_zeros], dtype=np.float64), np.zeros(2)
         counts = self.counts.cpu().numpy().astype(np.float64)
         return counts, np.arange(NUM_BINS + 1, dtype=np.float64) * self.width
+
+
+def _bin_counts(values: torch.Tensor, width: float) -> torch.Tensor:
+    """Counts of floor(value / width), the last bin taking everything at or above its edge
+    (numpy's bincount on the CPU is several times faster than torch's; histc on the GPU)."""
+    if values.device.type == "cpu":
+        index = (values.numpy() * np.float32(1.0 / width)).astype(np.int32)
+        np.minimum(index, NUM_BINS - 1, out=index)
+        return torch.from_numpy(np.bincount(index, minlength=NUM_BINS).astype(np.int64))
+    counts = torch.histc(values, bins=NUM_BINS, min=0.0, max=width * NUM_BINS)
+    return counts.round().to(torch.int64)
 
 
 def entropy_amax(counts: np.ndarray, edges: np.ndarray, start: int = START_BIN,

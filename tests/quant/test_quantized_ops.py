@@ -147,3 +147,25 @@ def test_fp8_layers_accumulate_the_float8_values():
     exact = a.double() @ w.double().T * (0.1 * 0.01)
     np.testing.assert_allclose(got.double().numpy(), (exact / 0.05).clamp(-448, 448).numpy(),
                                rtol=0.07, atol=0.02)
+
+
+@pytest.mark.parametrize("k,bound", [(2048, 127), (64, 127), (3000, 3)])
+def test_accumulation_is_exact_whichever_float_type_holds_it(k, bound):
+    """Large sums go through float64, small ones through float32: both exact."""
+    rng = np.random.default_rng(k)
+    a = rng.integers(-bound, bound + 1, (6, k)).astype(np.int8)
+    w = rng.integers(-127, 128, (5, k)).astype(np.int8)
+    got = qgemm(torch.from_numpy(a), torch.from_numpy(w), a_scale=1.0, w_scale=[1.0] * 5)
+    want = a.astype(np.int64) @ w.astype(np.int64).T
+    np.testing.assert_array_equal(got.numpy(), want.astype(np.float32))
+
+
+def test_long_convolutions_stay_exact():
+    """K = 256*3*3 with full-range values: summed in exact float32 channel chunks."""
+    rng = np.random.default_rng(13)
+    x = rng.integers(-128, 128, (1, 256, 5, 5)).astype(np.int8)
+    w = rng.integers(-127, 128, (4, 256, 3, 3)).astype(np.int8)
+    got = qconv(torch.from_numpy(x), torch.from_numpy(w), x_scale=1.0, x_zero_point=-3,
+                w_scale=[1.0] * 4, pads=[1, 1, 1, 1])
+    want = _int_conv(x.astype(np.int64) + 3, w, (1, 1), (1, 1, 1, 1), (1, 1))
+    np.testing.assert_array_equal(got.numpy(), want.astype(np.float32))
