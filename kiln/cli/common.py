@@ -96,8 +96,16 @@ def calibrator_from_args(args: argparse.Namespace) -> Calibrator | None:
 
 
 def parse_layer_precisions(text: str | None) -> dict[str, str]:
+    """`conv1:fp32,fc:fp16`, or `@FILE` holding that (what `kiln debug precision` writes);
+    a name may contain colons (the last one separates the precision)."""
+    if text and text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise KilnError(f"--layerPrecisions: file {path} not found",
+                            hint="write it with kiln debug precision -o FILE")
+        text = path.read_text().strip()
     result = {}
-    for item in (text or "").split(","):
+    for item in (text or "").replace("\n", ",").split(","):
         if not item.strip():
             continue
         name, sep, precision = item.rpartition(":")
