@@ -107,7 +107,7 @@ def _exact_conv(x, w, zero_point: int, **attrs) -> torch.Tensor:
     return acc
 
 
-def epilogue(acc: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+def epilogue(acc: torch.Tensor, scales: torch.Tensor | float, bias: torch.Tensor | None,
              residual: torch.Tensor | None, residual_scale: float, residual_zero_point: int,
              activation: str, activation_params: list[float] | None, out_scale: float,
              out_zero_point: int, out_type: str, out_dtype: str) -> torch.Tensor:
@@ -144,11 +144,26 @@ def qconv(x, w, residual=None, *, x_scale: float = 1.0, x_zero_point: int = 0,
           activation_params: list[float] | None = None, auto_pad: str = "NOTSET",
           dilations=None, group: int = 1, kernel_shape=None, pads=None,
           strides=None) -> torch.Tensor:
-    acc = _exact_conv(x, w, x_zero_point, auto_pad=auto_pad, dilations=dilations,
-                      group=group, kernel_shape=kernel_shape, pads=pads, strides=strides)
+    return qconv_core(x, w, residual, _vector(combined_scales(x_scale, w_scale), x, (-1,)),
+                      _vector(bias, x, (-1,)), x_zero_point=x_zero_point,
+                      residual_scale=residual_scale, residual_zero_point=residual_zero_point,
+                      out_scale=out_scale, out_zero_point=out_zero_point, out_type=out_type,
+                      out_dtype=out_dtype, activation=activation,
+                      activation_params=activation_params, auto_pad=auto_pad,
+                      dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                      strides=strides)
+
+
+def qconv_core(x, w, residual, scales: torch.Tensor, bias: torch.Tensor | None, *,
+               x_zero_point: int = 0, residual_scale: float = 0.0, residual_zero_point: int = 0,
+               out_scale: float = 0.0, out_zero_point: int = 0, out_type: str = "int8",
+               out_dtype: str = "fp32", activation: str = "",
+               activation_params: list[float] | None = None, **conv_attrs) -> torch.Tensor:
+    """QConv with its per-channel factors and bias already float32 tensors on x's device."""
+    acc = _exact_conv(x, w, x_zero_point, **conv_attrs)
     channels = (1, -1) + (1,) * (acc.dim() - 2)
-    scales = _vector(combined_scales(x_scale, w_scale), acc, channels)
-    return epilogue(acc, scales, _vector(bias, acc, channels), residual, residual_scale,
+    return epilogue(acc, scales.reshape(channels),
+                    None if bias is None else bias.reshape(channels), residual, residual_scale,
                     residual_zero_point, activation, activation_params, out_scale,
                     out_zero_point, out_type, out_dtype)
 
@@ -159,11 +174,20 @@ def qgemm(a, w, *, a_scale: float = 1.0, a_zero_point: int = 0, w_scale: Any = 1
           out_type: str = "int8", out_dtype: str = "fp32", activation: str = "",
           activation_params: list[float] | None = None) -> torch.Tensor:
     """w is [N, K]: y[..., n] = sum_k a[..., k] * w[n, k]."""
+    return qgemm_core(a, w, _vector(combined_scales(a_scale, w_scale), a, (-1,)),
+                      _vector(bias, a, (-1,)), a_zero_point=a_zero_point, out_scale=out_scale,
+                      out_zero_point=out_zero_point, out_type=out_type, out_dtype=out_dtype,
+                      activation=activation, activation_params=activation_params)
+
+
+def qgemm_core(a, w, scales: torch.Tensor, bias: torch.Tensor | None, *, a_zero_point: int = 0,
+               out_scale: float = 0.0, out_zero_point: int = 0, out_type: str = "int8",
+               out_dtype: str = "fp32", activation: str = "",
+               activation_params: list[float] | None = None) -> torch.Tensor:
     dtype = accumulate_dtype(a, a_zero_point, w, w.shape[-1])
     acc = torch.matmul(centered(a, a_zero_point, dtype), w.to(dtype).t())
-    scales = _vector(combined_scales(a_scale, w_scale), acc, (-1,))
-    return epilogue(acc, scales, _vector(bias, acc, (-1,)), None, 0.0, 0, activation,
-                    activation_params, out_scale, out_zero_point, out_type, out_dtype)
+    return epilogue(acc, scales, bias, None, 0.0, 0, activation, activation_params, out_scale,
+                    out_zero_point, out_type, out_dtype)
 
 
 @register("QMatMul", 1, domain=KILN_DOMAIN)
@@ -172,6 +196,6 @@ def qmatmul(a, b, *, a_scale: float = 1.0, a_zero_point: int = 0, b_scale: float
             out_type: str = "int8", out_dtype: str = "fp32") -> torch.Tensor:
     dtype = torch.float32 if b.is_floating_point() else torch.float64
     acc = torch.matmul(centered(a, a_zero_point, dtype), centered(b, b_zero_point, dtype))
-    scales = _vector(combined_scales(a_scale, b_scale), acc, ())
-    return epilogue(acc, scales, None, None, 0.0, 0, "", None, out_scale, out_zero_point,
+    scale = float(combined_scales(a_scale, b_scale)[0])
+    return epilogue(acc, scale, None, None, 0.0, 0, "", None, out_scale, out_zero_point,
                     out_type, out_dtype)

@@ -138,8 +138,19 @@ def dequantize(q: torch.Tensor, scale: Any, zero_point: Any = 0, axis: int = 1,
     return ((q.to(torch.int32) - zp).float() * s).to(dtype)
 
 
-def _param(value: Any, like: torch.Tensor, axis: int, dtype: torch.dtype) -> torch.Tensor:
-    tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+def _param(value: Any, like: torch.Tensor, axis: int, dtype: torch.dtype) -> Any:
+    """A scale or zero point as `like` can use it: one value as a Python number (no host to
+    device copy, which a CUDA graph capture would refuse), several as a broadcastable
+    tensor on `like`'s device."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() == 1 and value.device.type == "cpu":
+            return value.item()
+        tensor = value
+    else:
+        array = np.asarray(value)
+        if array.size == 1:
+            return array.reshape(-1)[0].item()
+        tensor = torch.from_numpy(array)
     tensor = tensor.to(device=like.device, dtype=dtype)
     if tensor.numel() == 1:
         return tensor.reshape(())

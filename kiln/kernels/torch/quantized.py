@@ -19,9 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
+from kiln.kernels.registry import (
+    LayerSpec,
+    Tactic,
+    Target,
+    get_tactic,
+    register_tactic,
+    tactic_names,
+)
 from kiln.ops import registry
-from kiln.ops.quantized import combined_scales, epilogue
+from kiln.ops.quantized import combined_scales, epilogue, qconv_core, qgemm_core
 from kiln.ops.tensors import to_torch
 
 QUANTIZED = (("kiln", "QConv"), ("kiln", "QGemm"), ("kiln", "QMatMul"))
@@ -33,7 +40,7 @@ def epilogue_tensors(layer: LayerSpec, scale_key: str = "x_scale") -> dict[str, 
     attrs = layer.attrs
     tensors = {}
     if "w_scale" in attrs:
-        scale = attrs.get(scale_key, attrs.get("a_scale", 1.0))
+        scale = attrs.get(scale_key, attrs.get("a_scale", attrs.get("x_scale", 1.0)))
         tensors["scales"] = torch.from_numpy(combined_scales(scale, _np(attrs["w_scale"])))
     if attrs.get("bias") is not None:
         tensors["bias"] = torch.from_numpy(_np(attrs["bias"]).astype(np.float32).reshape(-1))
@@ -46,25 +53,40 @@ def _np(value: Any) -> np.ndarray:
 
 @register_tactic
 class Int8ExactSim(Tactic):
+    """On the GPU only for layers no faster tactic takes (it accumulates in float64)."""
+
     name = "int8-exact-sim"
     ops = QUANTIZED
     priority = 90
 
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        if target.device.type == "cpu":
+            return True
+        faster = (get_tactic(n) for n in tactic_names() if n != self.name)
+        return not any(t.ops and layer.key in t.ops and t.supports(layer, target)
+                       for t in faster)
+
     def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
-        tensors = epilogue_tensors(layer)
-        if "bias" in tensors:
-            return {"bias": tensors["bias"]}
-        return {}
+        return epilogue_tensors(layer, "x_scale" if layer.op == "QConv" else "a_scale")
 
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[..., Any]:
         impl = registry.lookup(layer.domain, layer.op, layer.opset)
         kwargs = impl.bind_attrs(layer.attrs)
-        if "bias" in tensors:
-            kwargs["bias"] = tensors["bias"]
-        if isinstance(kwargs.get("w_scale"), torch.Tensor):
-            kwargs["w_scale"] = kwargs["w_scale"].numpy()
-        return partial(impl.fn, **kwargs)
+        core = {"QConv": qconv_core, "QGemm": qgemm_core}.get(layer.op)
+        if core is None:  # QMatMul: per-tensor scales only, nothing to prepare
+            return partial(impl.fn, **kwargs)
+        for key in ("x_scale", "a_scale", "w_scale", "bias"):
+            kwargs.pop(key, None)
+        return partial(_call_core, core, scales=tensors["scales"], bias=tensors.get("bias"),
+                       **kwargs)
+
+
+def _call_core(core, x, w, *rest, scales, bias, **kwargs):
+    residual = rest[0] if rest else None
+    if core is qgemm_core:
+        return core(x, w, scales, bias, **kwargs)
+    return core(x, w, residual, scales, bias, **kwargs)
 
 
 def _int_mm_shapes_ok(k: int, n: int) -> bool:
