@@ -71,6 +71,7 @@ def build_engine(
     quant_stage.apply(graph, quantization, passes)
 
     stage("precision")
+    mark_model_dtypes(graph)  # values the passes made: their type before precision changes it
     precision = assign_precision(graph, config.float_precision, config.layer_precisions)
     quantized = quant_stage.finalize(graph, quantization)
     eliminate_dead(graph, passes)  # constants that precision replaced with converted copies

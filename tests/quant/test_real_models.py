@@ -34,7 +34,7 @@ def _samples(name: str) -> tuple[list[dict], list[dict]]:
     return feeds, refs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _int8(name: str) -> ExecutionContext:
     feeds, _ = _samples(name)
     engine = build_engine(str(MODELS / name / "model.onnx"), BuilderConfig(

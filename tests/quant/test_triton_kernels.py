@@ -17,6 +17,10 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL = (32, 32, 32, 4, 1)  # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages
 # the interpreter's numpy exp overflows to inf for very negative inputs (sigmoid -> 0)
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp")
+# Triton's interpreter rounds float32 -> float8 without carrying into the exponent (31.9
+# becomes 16); the GPU's conversion is exact, so FP8 outputs are checked there only
+FP8_OUT = pytest.mark.skipif(DEVICE == "cpu", reason="the Triton interpreter's float32 -> "
+                             "float8 conversion is wrong; run on a GPU")
 
 
 def _ints(rng, shape, dtype):
@@ -153,3 +157,37 @@ def test_triton_tactics_prepare_and_bind_like_the_reference():
     got = tactic.bind(spec, tensors, device)(a.to(device))
     assert got.shape == (3, 7, 40)
     _close(got, qgemm(a, torch.from_numpy(wg), **attrs))
+
+
+@pytest.mark.parametrize("qtype,zp", [("int8", 0), ("int8", -5), ("uint8", 128),
+                                      pytest.param("fp8e4m3", 0, marks=FP8_OUT)])
+def test_quantize_and_dequantize_kernels(qtype, zp):
+    from kiln.ops.quantized import dequantize, quantize
+
+    rng = np.random.default_rng(len(qtype) + abs(zp))
+    x = torch.from_numpy(rng.standard_normal((2, 6, 5, 7)).astype(np.float32) * 4)
+    x.view(-1)[:8] = torch.tensor([0.05, 0.15, -0.25, 1e4, -1e4, 0.0, 2.5, -2.5])  # ties
+    x = x.contiguous(memory_format=torch.channels_last)
+    want = quantize(x, scale=0.1, zero_point=zp, to=qtype)
+    got = kernels.quantize(x.to(DEVICE), 0.1, zp, qtype)
+    assert got.dtype == want.dtype and got.stride() == x.stride()
+    np.testing.assert_array_equal(got.cpu().float().numpy(), want.float().numpy())
+    back = kernels.dequantize(got, 0.1, zp, "fp16")
+    np.testing.assert_array_equal(back.cpu().numpy(), dequantize(
+        want, scale=0.1, zero_point=zp, out_dtype="fp16").numpy())
+
+
+@FP8_OUT
+def test_fp8_layers_requantize_to_fp8():
+    rng = np.random.default_rng(14)
+    a = torch.from_numpy(rng.standard_normal((20, 32)).astype(np.float32) * 30).to(
+        torch.float8_e4m3fn)
+    w = torch.from_numpy(rng.standard_normal((16, 32)).astype(np.float32) * 30).to(
+        torch.float8_e4m3fn)
+    want = qgemm(a, w, a_scale=0.02, w_scale=[0.003] * 16, out_scale=0.01,
+                 out_type="fp8e4m3")
+    got = kernels.qgemm(a.to(DEVICE), w.to(DEVICE),
+                        torch.from_numpy(combined_scales(0.02, [0.003] * 16)).to(DEVICE),
+                        None, None, 0, _epi(0.01, out_type="fp8e4m3"), SMALL)
+    assert got.dtype == torch.float8_e4m3fn
+    np.testing.assert_allclose(got.cpu().float().numpy(), want.float().numpy(), rtol=0.07)

@@ -96,9 +96,10 @@ def _finish(acc, rm, rn, M, N: tl.constexpr, out_ptr, stride_om, scales_ptr, bia
         tl.store(out, y.to(tl.float16), mask=mask)
     elif OUT_MODE == 2:
         tl.store(out, y.to(tl.bfloat16), mask=mask)
-    elif OUT_MODE == 5:
+    elif OUT_MODE == 5:  # FP8 outputs are written as their bytes
         q = tl.minimum(tl.maximum(y * out_inv_scale, -448.0), 448.0)
-        tl.store(out, q.to(tl.float8e4nv), mask=mask)
+        q = q.to(tl.float8e4nv, fp_downcast_rounding="rtne")
+        tl.store(out, q.to(tl.uint8, bitcast=True), mask=mask)
     else:
         q = tl.minimum(tl.maximum(y * out_inv_scale, -512.0), 512.0)
         q = _round_half_even(q) + out_zp
@@ -273,7 +274,7 @@ def qgemm(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, bias: torch.Te
     zp = zp - 128 if a_uint8 else zp
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
     _qgemm_kernel[grid](
-        _bytes(a), _bytes(w), out, scales, bias if bias is not None else scales,
+        _bytes(a), _bytes(w), _bytes(out), scales, bias if bias is not None else scales,
         wsum if wsum is not None else scales, res, m, a.stride(0), out.stride(0), stride_rm,
         zp, **runtime, N=n, K=k, A_UINT8=a_uint8, HAS_ZP=zp != 0, HAS_BIAS=bias is not None,
         RES_MODE=res_mode, IS_FP8=fp8, **flags,
@@ -308,7 +309,7 @@ def qconv2d(x: torch.Tensor, w: torch.Tensor, kernel: tuple[int, int], stride: t
     zp = zp - 128 if a_uint8 else zp
     grid = (triton.cdiv(m, block_m) * triton.cdiv(oc, block_n),)
     _qconv_kernel[grid](
-        _bytes(x), _bytes(w), out, scales, bias if bias is not None else scales,
+        _bytes(x), _bytes(w), _bytes(out), scales, bias if bias is not None else scales,
         wsum if wsum is not None else scales, res, m, h, wd, oh, ow, x.stride(0),
         x.stride(2), x.stride(3), oc, stride_rm, zp, pad_value, **runtime,
         C=c, N=oc, KH=kh, KW=kw, SH=stride[0], SW=stride[1], PH=pads[0], PW=pads[1],
@@ -316,4 +317,67 @@ def qconv2d(x: torch.Tensor, w: torch.Tensor, kernel: tuple[int, int], stride: t
         HAS_BIAS=bias is not None, RES_MODE=res_mode, IS_FP8=fp8, **flags,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
         num_warps=warps, num_stages=stages)
+    return out
+
+
+@triton.jit
+def _quantize_kernel(x_ptr, out_ptr, n, scale, zp, OUT_MODE: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    q = tl.math.div_rn(x, scale)  # ONNX divides; round to nearest like the reference
+    if OUT_MODE == 5:
+        q = tl.minimum(tl.maximum(q, -448.0), 448.0)
+        q = q.to(tl.float8e4nv, fp_downcast_rounding="rtne")
+        tl.store(out_ptr + offsets, q.to(tl.uint8, bitcast=True), mask=mask)
+    else:
+        q = _round_half_even(tl.minimum(tl.maximum(q, -512.0), 512.0)) + zp
+        if OUT_MODE == 3:
+            q = tl.minimum(tl.maximum(q, -128.0), 127.0)
+            tl.store(out_ptr + offsets, q.to(tl.int32).to(tl.int8), mask=mask)
+        else:
+            q = tl.minimum(tl.maximum(q, 0.0), 255.0)
+            tl.store(out_ptr + offsets, q.to(tl.int32).to(tl.uint8), mask=mask)
+
+
+@triton.jit
+def _dequantize_kernel(q_ptr, out_ptr, n, scale, zp, IS_FP8: tl.constexpr,
+                       OUT_MODE: tl.constexpr, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    q = tl.load(q_ptr + offsets, mask=mask, other=0)
+    if IS_FP8:
+        y = q.to(tl.float8e4nv, bitcast=True).to(tl.float32) * scale
+    else:
+        y = (q.to(tl.int32) - zp).to(tl.float32) * scale
+    if OUT_MODE == 0:
+        tl.store(out_ptr + offsets, y, mask=mask)
+    elif OUT_MODE == 1:
+        tl.store(out_ptr + offsets, y.to(tl.float16), mask=mask)
+    else:
+        tl.store(out_ptr + offsets, y.to(tl.bfloat16), mask=mask)
+
+
+def dense(t: torch.Tensor) -> bool:
+    """Whether t's elements fill its storage in some standard order (so an elementwise
+    kernel can walk memory and an empty_like output has the same layout)."""
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(
+        memory_format=torch.channels_last))
+
+
+def quantize(x: torch.Tensor, scale: float, zp: int, qtype: str) -> torch.Tensor:
+    out = torch.empty_like(x, dtype=_OUT_TORCH[OUT_MODES[qtype]])
+    n = x.numel()
+    _quantize_kernel[(triton.cdiv(n, 1024),)](x, _bytes(out), n, scale, zp,
+                                              OUT_MODE=OUT_MODES[qtype], BLOCK=1024)
+    return out
+
+
+def dequantize(q: torch.Tensor, scale: float, zp: int, out_dtype: str) -> torch.Tensor:
+    out = torch.empty_like(q, dtype=_OUT_TORCH[OUT_MODES[out_dtype]])
+    n = q.numel()
+    _dequantize_kernel[(triton.cdiv(n, 1024),)](
+        _bytes(q), out, n, scale, zp, IS_FP8=q.dtype == torch.float8_e4m3fn,
+        OUT_MODE=OUT_MODES[out_dtype], BLOCK=1024)
     return out
