@@ -77,6 +77,8 @@ class DType(enum.Enum):
         for kiln_dtype, np_dtype in _NUMPY.items():
             if np_dtype == dtype:
                 return kiln_dtype
+        if dtype.name in _ML_DTYPES:  # onnx hands bfloat16/float8 over as ml_dtypes arrays
+            return _ML_DTYPES[dtype.name]
         raise ValueError(f"numpy dtype {dtype} has no ONNX element type")
 
 
@@ -130,6 +132,14 @@ _NUMPY = {
     DType.COMPLEX64: np.dtype(np.complex64),
     DType.COMPLEX128: np.dtype(np.complex128),
     DType.STRING: np.dtype(object),
+}
+
+_ML_DTYPES = {
+    "bfloat16": DType.BFLOAT16,
+    "float8_e4m3fn": DType.FLOAT8E4M3FN,
+    "float8_e4m3fnuz": DType.FLOAT8E4M3FNUZ,
+    "float8_e5m2": DType.FLOAT8E5M2,
+    "float8_e5m2fnuz": DType.FLOAT8E5M2FNUZ,
 }
 
 _ITEMSIZE = {d: n.itemsize for d, n in _NUMPY.items() if d is not DType.STRING}

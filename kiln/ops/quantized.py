@@ -132,7 +132,7 @@ def epilogue(acc: torch.Tensor, scales: torch.Tensor | float, bias: torch.Tensor
 def _vector(value: Any, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
     if value is None:
         return None
-    tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+    tensor = value if isinstance(value, torch.Tensor) else torch.tensor(np.asarray(value))
     return tensor.to(device=like.device, dtype=torch.float32).reshape(shape)
 
 

@@ -95,12 +95,8 @@ def _weight(graph: Graph, w: Value, channel_axis: int, channels: int, fp8: bool,
 
 
 def quantized_constant(graph: Graph, values: np.ndarray, name: str) -> Value:
-    """A constant of int8 or float8 values (numpy has no float8 dtype of its own)."""
-    dtype = DType.FLOAT8E4M3FN if values.dtype.name == "float8_e4m3fn" else DType.from_numpy(
-        values.dtype)
-    value = Value(graph.fresh_name(name), dtype, const=values)
-    graph.initializers[value.name] = value
-    return value
+    """A constant of int8 or float8 values."""
+    return graph.constant(values, name)
 
 
 def _lower_conv(graph: Graph, node: Node) -> bool:

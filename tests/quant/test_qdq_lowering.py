@@ -136,3 +136,65 @@ def test_engines_of_a_qdq_model(cnn_file, tmp_path, precision):
     want = exact.run(None, {"x": x})[0]
     tolerance = 1e-5 if precision == "fp32" else 0.05 * np.abs(want).max()
     np.testing.assert_allclose(got, want, atol=tolerance, rtol=1e-4)
+
+
+def _modelopt_style(qtype: int, path) -> None:
+    """Q/DQ as NVIDIA ModelOpt exports them: float weights behind QuantizeLinear/
+    DequantizeLinear (per output channel), symmetric activations, int8 or FP8 E4M3."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(21)
+    zero = (lambda shape: helper.make_tensor("z", qtype, shape, np.zeros(
+        int(np.prod(shape)), np.float32 if qtype == TensorProto.FLOAT8E4M3FN else np.int8
+    ).tolist()))
+    qmax = 448.0 if qtype == TensorProto.FLOAT8E4M3FN else 127.0
+    inits, nodes, current = [], [], "x"
+    for i, (cin, cout) in enumerate(((4, 8), (8, 6))):
+        w = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32) * 0.3
+        inits += [numpy_helper.from_array(w, f"w{i}"),
+                  numpy_helper.from_array(np.abs(w).reshape(cout, -1).max(1) / qmax, f"ws{i}"),
+                  numpy_helper.from_array(np.array(3.0 / qmax, np.float32), f"xs{i}"),
+                  numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), f"b{i}")]
+        wz, xz = zero([cout]), zero([])
+        wz.name, xz.name = f"wz{i}", f"xz{i}"
+        inits += [wz, xz]
+        nodes += [
+            helper.make_node("QuantizeLinear", [current, f"xs{i}", f"xz{i}"], [f"xq{i}"]),
+            helper.make_node("DequantizeLinear", [f"xq{i}", f"xs{i}", f"xz{i}"], [f"xd{i}"]),
+            helper.make_node("QuantizeLinear", [f"w{i}", f"ws{i}", f"wz{i}"], [f"wq{i}"],
+                             axis=0),
+            helper.make_node("DequantizeLinear", [f"wq{i}", f"ws{i}", f"wz{i}"], [f"wd{i}"],
+                             axis=0),
+            helper.make_node("Conv", [f"xd{i}", f"wd{i}", f"b{i}"], [f"c{i}"], pads=[1] * 4),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
+        ]
+        current = f"r{i}"
+    graph = helper.make_graph(
+        nodes, "modelopt", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                          ["n", 4, 8, 8])],
+        [helper.make_tensor_value_info(current, TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    path.write_bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_modelopt_style_float_weights_behind_qdq(tmp_path, fp8):
+    from onnx import TensorProto
+
+    path = tmp_path / "modelopt.onnx"
+    _modelopt_style(TensorProto.FLOAT8E4M3FN if fp8 else TensorProto.INT8, path)
+    graph = _lowered(path)
+    convs = [n for n in graph.nodes if n.op_type == "QConv"]
+    assert len(convs) == 2
+    assert convs[0].attrs.get("out_scale")  # the first conv hands INT8/FP8 to the second
+    plain = ort.SessionOptions()  # (ORT's own Q/DQ fusion refuses float8)
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    exact = ort.InferenceSession(str(path), plain, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(22).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    want = exact.run(None, {"x": x})[0]
+    got = list(run_graph(graph, {"x": x}).values())[0]
+    if fp8:  # float8 products are summed in float32 in a different order than ORT's
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

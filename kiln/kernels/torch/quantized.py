@@ -99,6 +99,7 @@ class Int8IntMM(Tactic):
     ops = (("kiln", "QGemm"), ("kiln", "QConv"))
     priority = 30
     replaces_inputs = (1,)
+    channels_last = True  # a 1x1 convolution over NHWC rows is a GEMM without copies
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
         w = layer.constant_inputs.get(1)

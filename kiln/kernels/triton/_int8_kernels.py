@@ -179,7 +179,8 @@ def _qgemm_kernel(a_ptr, w_ptr, out_ptr, scales_ptr, bias_ptr, wsum_ptr, res_ptr
 def _qconv_kernel(x_ptr, w_ptr, out_ptr, scales_ptr, bias_ptr, wsum_ptr, res_ptr,
                   M, H, W, OH, OW, sxb, sxh, sxw, stride_om, stride_rm, zp, pad_value,
                   res_scale, res_zp, out_inv_scale, out_zp, p0, p1,
-                  C: tl.constexpr, N: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                  C: tl.constexpr, N: tl.constexpr, K: tl.constexpr, KH: tl.constexpr,
+                  KW: tl.constexpr,
                   SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                   DH: tl.constexpr, DW: tl.constexpr, A_UINT8: tl.constexpr,
                   HAS_ZP: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
@@ -194,7 +195,6 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scales_ptr, bias_ptr, wsum_ptr, res_ptr
     oh = (rm // OW) % OH
     b = rm // (OW * OH)
     in_m = rm < M
-    K: tl.constexpr = KH * KW * C
     if IS_FP8:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
@@ -312,7 +312,7 @@ def qconv2d(x: torch.Tensor, w: torch.Tensor, kernel: tuple[int, int], stride: t
         _bytes(x), _bytes(w), _bytes(out), scales, bias if bias is not None else scales,
         wsum if wsum is not None else scales, res, m, h, wd, oh, ow, x.stride(0),
         x.stride(2), x.stride(3), oc, stride_rm, zp, pad_value, **runtime,
-        C=c, N=oc, KH=kh, KW=kw, SH=stride[0], SW=stride[1], PH=pads[0], PW=pads[1],
+        C=c, N=oc, K=kh * kw * c, KH=kh, KW=kw, SH=stride[0], SW=stride[1], PH=pads[0], PW=pads[1],
         DH=dilation[0], DW=dilation[1], A_UINT8=a_uint8, HAS_ZP=zp != 0,
         HAS_BIAS=bias is not None, RES_MODE=res_mode, IS_FP8=fp8, **flags,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
