@@ -68,8 +68,13 @@ def prepare(graph: Graph, precision: str, calibrator: Calibrator | None,
     cache = Path(calibrator.cache) if calibrator is not None and calibrator.cache else None
     if cache is not None and cache.exists():
         plan.table = CalibrationTable.load(cache)
+        cached = method_of(plan.table.algorithm)
         plan.report = {"mode": "implicit", "cache": str(cache),
-                       "method": method_of(plan.table.algorithm) or plan.table.algorithm}
+                       "method": cached or plan.table.algorithm}
+        if cached != calibrator.method:
+            plan.report["note"] = (f"the cache holds {plan.table.algorithm} thresholds; they "
+                                   f"are used as they are (delete the cache to calibrate "
+                                   f"with {calibrator.method})")
         return plan
     if calibrator is None or calibrator.data is None:
         what = f"the calibration cache {cache} does not exist and " if cache else ""
