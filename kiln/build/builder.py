@@ -65,13 +65,13 @@ def build_engine(
     quantization = quant_stage.prepare(graph, config.precision, config.calibrator, device, stage)
 
     stage("optimize")
-    passes = run_pipeline(graph, PassContext(precision=config.precision, device=device.type,
-                                             options={"layer_precisions":
-                                                      config.layer_precisions}))
+    passes = PassContext(precision=config.precision, device=device.type,
+                         options={"layer_precisions": config.layer_precisions})
+    if config.optimize:
+        run_pipeline(graph, passes)
     quant_stage.apply(graph, quantization, passes)
 
     stage("precision")
-    mark_model_dtypes(graph)  # values the passes made: their type before precision changes it
     precision = assign_precision(graph, config.float_precision, config.layer_precisions)
     quantized = quant_stage.finalize(graph, quantization)
     eliminate_dead(graph, passes)  # constants that precision replaced with converted copies
@@ -95,6 +95,7 @@ def build_engine(
             "source": _source_name(model),
             "producer": graph.meta.get("producer", ""),
             "optimization_level": config.optimization_level,
+            "optimize": config.optimize,
             "passes": passes.applied,
             "precision_layers": precision,
             **({"quantization": quantized} if quantized else {}),

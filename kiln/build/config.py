@@ -31,6 +31,8 @@ class BuilderConfig:
     optimization_level: 0 picks tactics by heuristics without timing; 1..5 time every
         candidate the level offers on the device (higher levels offer more) and keep the
         fastest; `timing_cache` makes those timings persistent.
+    optimize: False skips the pass pipeline (no folding, no fusion): the model runs node
+        by node as written, the "framework as is" baseline `kiln bench` compares against.
     """
 
     precision: str = "fp32"
@@ -40,6 +42,7 @@ class BuilderConfig:
     layer_precisions: dict[str, str] = field(default_factory=dict)
     optimization_level: int = 3
     timing_cache: str | None = None  # path of a timing cache file to read and extend
+    optimize: bool = True
     probe_inputs: dict[str, Any] | None = None  # real inputs for the build's shape probe
     calibrator: Any = None  # kiln.quant.Calibrator: INT8/FP8 calibration data, method, cache
     fallback_precision: str = "fp16"  # int8/fp8 builds: the precision of unquantized layers

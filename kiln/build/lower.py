@@ -45,7 +45,8 @@ class Lowering:
 
     def _still_read(self, value: Value, graph: Graph) -> bool:
         """False when every reader's tactic took the constant over (or nobody reads it)."""
-        if any(value is v for v in graph.outputs):
+        # a nested body may return this graph's constant as its own output
+        if any(value is v for g in graph.walk_graphs() for v in g.outputs):
             return True
         taken = {(id(n), i) for n in value.consumers
                  for i in n.meta.get("replaced_inputs", ())}

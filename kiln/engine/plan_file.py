@@ -25,6 +25,9 @@ from kiln.ir import DType
 from kiln.kernels import get_tactic
 
 PLAN_KEY = "kiln.plan"
+# dtypes safetensors cannot read back: stored as their bytes, re-viewed on load
+_BYTE_STORED = {name: dtype for name in ("float8_e8m0fnu",)
+                if (dtype := getattr(torch, name, None)) is not None}
 
 
 def crc32(tensor: torch.Tensor) -> int:
@@ -36,6 +39,11 @@ def save_engine(engine: Engine, path: str | os.PathLike) -> None:
     tensors = {k: t.detach().cpu().contiguous() for k, t in engine.tensors.items()}
     plan = dict(engine.plan)
     plan["checksums"] = {k: crc32(t) for k, t in tensors.items()}
+    names = {v: k for k, v in _BYTE_STORED.items()}
+    viewed = {k: names[t.dtype] for k, t in tensors.items() if t.dtype in names}
+    if viewed:
+        plan["byte_stored"] = viewed
+        tensors.update({k: tensors[k].view(torch.uint8) for k in viewed})
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -66,6 +74,9 @@ def load_engine(path: str | os.PathLike, *, check_device: bool = True) -> Engine
         raise EngineFileError(
             f"{path} is not a readable kiln engine (truncated or corrupt: {exc})",
             hint="rebuild it with `kiln build`") from None
+    for key, name in (plan.get("byte_stored") or {}).items():
+        if key in tensors and name in _BYTE_STORED:
+            tensors[key] = tensors[key].view(_BYTE_STORED[name])
     validate_plan(plan, tensors, str(path))
     _verify_checksums(plan, tensors, str(path))
     if check_device:

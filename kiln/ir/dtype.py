@@ -71,13 +71,14 @@ class DType(enum.Enum):
 
     @classmethod
     def from_numpy(cls, dtype: np.dtype) -> DType:
+        """The DType of a numpy dtype, ml_dtypes' bfloat16/float8/int4... included."""
         dtype = np.dtype(dtype)
         if dtype.kind in ("U", "S", "O"):
             return cls.STRING
         for kiln_dtype, np_dtype in _NUMPY.items():
             if np_dtype == dtype:
                 return kiln_dtype
-        if dtype.name in _ML_DTYPES:  # onnx hands bfloat16/float8 over as ml_dtypes arrays
+        if dtype.name in _ML_DTYPES:  # onnx hands bfloat16, float8 and int4 over as ml_dtypes
             return _ML_DTYPES[dtype.name]
         raise ValueError(f"numpy dtype {dtype} has no ONNX element type")
 
@@ -134,12 +135,19 @@ _NUMPY = {
     DType.STRING: np.dtype(object),
 }
 
+# ml_dtypes' names for the types numpy lacks
 _ML_DTYPES = {
     "bfloat16": DType.BFLOAT16,
     "float8_e4m3fn": DType.FLOAT8E4M3FN,
     "float8_e4m3fnuz": DType.FLOAT8E4M3FNUZ,
     "float8_e5m2": DType.FLOAT8E5M2,
     "float8_e5m2fnuz": DType.FLOAT8E5M2FNUZ,
+    "float8_e8m0fnu": DType.FLOAT8E8M0,
+    "float4_e2m1fn": DType.FLOAT4E2M1,
+    "int4": DType.INT4,
+    "uint4": DType.UINT4,
+    "int2": DType.INT2,
+    "uint2": DType.UINT2,
 }
 
 _ITEMSIZE = {d: n.itemsize for d, n in _NUMPY.items() if d is not DType.STRING}

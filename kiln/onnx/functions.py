@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import onnx
+import onnx.inliner  # a submodule `import onnx` does not load
 from onnx import defs, helper
 
 _EXPAND_DOMAIN = "kiln.expand"
@@ -78,7 +79,14 @@ def _function_body(
     except defs.SchemaError:
         return None
     if schema.has_function:
-        return schema.get_function_with_opset_version(opset) or schema.function_body
+        raw = schema.get_function_with_opset_version(opset)
+        if not raw:
+            return schema.function_body
+        if isinstance(raw, onnx.FunctionProto):
+            return raw
+        body = onnx.FunctionProto()  # onnx hands the body over serialized
+        body.ParseFromString(raw)
+        return body
     if schema.has_context_dependent_function:
         input_types = []
         for name in node.input:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx.inliner
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 

@@ -94,7 +94,8 @@ def conv_transpose(
             s * (i - 1) + op + ((k - 1) * d + 1) - t
             for i, s, op, k, d, t in zip(sizes, strides, output_padding, kernel, dilations, target)
         ]
-        pads = _split_total(totals, auto_pad != "SAME_LOWER")
+        # as ONNX Runtime: the odd pixel is cropped at the start unless SAME_UPPER
+        pads = _split_total(totals, auto_pad == "SAME_UPPER")
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         totals = [
             s * (i - 1) + op + ((k - 1) * d + 1) - i * s
@@ -104,23 +105,27 @@ def conv_transpose(
     elif auto_pad == "VALID" or not pads:
         pads = [0] * (2 * n)
     begins, ends = list(pads[:n]), list(pads[n:])
-    symmetric = [min(bg, e) for bg, e in zip(begins, ends)]
-    # torch crops the same amount from both ends; crop the asymmetric rest afterwards
-    y = _CONV_T[n](
-        x, w.to(x.dtype), None if b is None else b.to(x.dtype), strides, symmetric,
-        output_padding, group, dilations,
-    )
-    crops = [(bg - s, e - s) for bg, e, s in zip(begins, ends, symmetric)]
-    slices = [slice(None), slice(None)]
-    for (cb, ce), size in zip(crops, y.shape[2:]):
-        slices.append(slice(cb, size - ce))
-    return y[tuple(slices)]
+    symmetric = [max(min(bg, e), 0) for bg, e in zip(begins, ends)]
+    # torch crops the same amount from both ends; crop the asymmetric rest afterwards, and
+    # a negative pad (an output_shape past the full result) extends with zeros
+    y = _CONV_T[n](x, w.to(x.dtype), None, strides, symmetric, output_padding, group, dilations)
+    rest = []
+    for bg, e, s in zip(reversed(begins), reversed(ends), reversed(symmetric)):
+        rest += [s - bg, s - e]
+    if any(rest):
+        y = F.pad(y, rest)
+    if b is not None:
+        y = y + b.to(x.dtype).reshape(1, -1, *([1] * n))
+    return y
 
 
 def _split_total(totals: Sequence[int], upper: bool) -> list[int]:
     begins, ends = [], []
     for total in totals:
-        total = max(total, 0)
+        if total < 0:  # an output larger than the full result: zeros at the end
+            begins.append(0)
+            ends.append(total)
+            continue
         small, large = total // 2, total - total // 2
         begins.append(small if upper else large)
         ends.append(large if upper else small)

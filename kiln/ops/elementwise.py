@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from kiln.ops._common import narrow, widen
@@ -42,9 +43,12 @@ def pow_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 @register("Mod", 10)
 def mod(a: torch.Tensor, b: torch.Tensor, *, fmod: int = 0) -> torch.Tensor:
     dtype, (x, y) = widen(a, b)
-    if fmod or x.is_floating_point():
+    if fmod:
         return narrow(torch.fmod(x, y), dtype)
-    return narrow(torch.remainder(x, y), dtype)
+    result = torch.remainder(x, y)
+    if result.is_floating_point():  # numpy's mod: a zero result takes the divisor's sign
+        result = torch.where(result == 0, torch.copysign(torch.zeros_like(result), y), result)
+    return narrow(result, dtype)
 
 
 def _variadic(op_type: str, fn, since: int = 8) -> None:
@@ -74,11 +78,20 @@ def mean(*inputs: torch.Tensor) -> torch.Tensor:
 
 def _compare(op_type: str, fn, since: int = 7) -> None:
     def impl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):  # string tensors
+            return _compare_strings(op_type, a, b)
         _, (x, y) = widen(a, b)
         return fn(x, y)
 
     impl.__name__ = op_type.lower()
     register(op_type, since)(impl)
+
+
+def _compare_strings(op_type: str, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
+    if op_type != "Equal":
+        raise TypeError(f"{op_type} does not take string tensors (only Equal does)")
+    return torch.from_numpy(np.equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
+                            .astype(bool))
 
 
 _compare("Equal", torch.eq)
@@ -101,7 +114,13 @@ def not_(x: torch.Tensor) -> torch.Tensor:
 
 @register("BitwiseNot", 18)
 def bitwise_not(x: torch.Tensor) -> torch.Tensor:
+    signed = _SIGNED_TWIN.get(x.dtype)
+    if signed is not None:  # torch lacks the kernel for uint16/32/64; the bits are the same
+        return torch.bitwise_not(x.view(signed)).view(x.dtype)
     return torch.bitwise_not(x)
+
+
+_SIGNED_TWIN = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
 
 
 @register("BitShift", 11)

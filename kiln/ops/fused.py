@@ -7,7 +7,8 @@ kiln/kernels/ implement the same functions.
 - FusedConv:   act(Conv(x, w, b) + residual)
 - FusedGemm:   act(a @ w + bias)          (w is [K, N], or [N, K] with trans_b=1)
 - LayerNorm:   LayerNormalization(x + residual) (and the sum, as a second output)
-- Attention:   softmax(q @ k^T * scale + mask) @ v, per batch and head
+- Attention:   softmax(q @ k^T * scale + mask) @ v, per batch and head (zero_nan_rows:
+               rows whose mask removed every key give 0, not NaN)
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def to_bhsd(t: torch.Tensor, layout: str) -> torch.Tensor:
 @register("Attention", 1, domain=KILN_DOMAIN)
 def attention(q, k, v, mask=None, *, scale: float | None = None, q_layout: str = "bhsd",
               k_layout: str = "bhsd", v_layout: str = "bhsd", out_layout: str = "bhsd",
-              is_causal: int = 0) -> torch.Tensor:
+              is_causal: int = 0, zero_nan_rows: int = 0) -> torch.Tensor:
     q, k, v = to_bhsd(q, q_layout), to_bhsd(k, k_layout), to_bhsd(v, v_layout)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
@@ -97,10 +98,20 @@ def attention(q, k, v, mask=None, *, scale: float | None = None, q_layout: str =
     if is_causal:
         causal = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
         scores = scores.masked_fill(~causal, float("-inf"))
-    out = torch.matmul(torch.softmax(scores, dim=-1), v)
+    probs = torch.softmax(scores, dim=-1)
+    if zero_nan_rows:  # torch's SDPA export guards fully masked rows this way
+        probs = torch.where(torch.isnan(probs), torch.zeros_like(probs), probs)
+    out = torch.matmul(probs, v)
     return out.transpose(1, 2) if out_layout == "bshd" else out
 
 
 @register("Gelu", 1, domain=KILN_DOMAIN)
 def gelu(x: torch.Tensor, *, approximate: str = "none") -> torch.Tensor:
     return F.gelu(x, approximate=approximate)
+
+
+@register("Elementwise", 1, domain=KILN_DOMAIN)
+def elementwise(*inputs: torch.Tensor, program: list) -> torch.Tensor:
+    from kiln.ops.elementwise_program import run_program
+
+    return run_program(program, list(inputs))

@@ -1,4 +1,4 @@
-"""Indexing: Gather, GatherElements, GatherND, Scatter*, Compress, OneHot.
+"""Indexing: Gather, GatherElements, GatherND, Scatter*, TensorScatter, Compress, OneHot.
 
 ONNX indices may be negative (counting from the end); torch's may not, so they are
 wrapped first.
@@ -120,3 +120,26 @@ def one_hot(indices: torch.Tensor, depth: torch.Tensor, values: torch.Tensor, *,
     hot = hot.movedim(-1, axis)
     off, on = values.reshape(-1)[0], values.reshape(-1)[1]
     return torch.where(hot.to(torch.bool), on, off)
+
+
+@register("TensorScatter", 24)
+def tensor_scatter(
+    past_cache: torch.Tensor, update: torch.Tensor, write_indices: torch.Tensor | None = None,
+    *, axis: int = -2, mode: str = "linear",
+) -> torch.Tensor:
+    """Writes `update` into a KV cache along `axis`, from each batch row's write index."""
+    if mode not in ("linear", "circular"):
+        raise ValueError(f"TensorScatter mode must be 'linear' or 'circular', got {mode!r}")
+    dim = norm_axis(axis, past_cache.dim())
+    if dim == 0:
+        raise ValueError("TensorScatter axis must not be the batch axis 0")
+    batch, length = past_cache.shape[0], update.shape[dim]
+    if write_indices is None:
+        write_indices = torch.zeros(batch, dtype=torch.int64, device=past_cache.device)
+    start = write_indices.to(torch.int64).reshape(batch, *([1] * (update.dim() - 1)))
+    steps = torch.arange(length, device=past_cache.device).reshape(
+        [length if i == dim else 1 for i in range(update.dim())])
+    index = start + steps
+    if mode == "circular":
+        index = index % past_cache.shape[dim]
+    return past_cache.scatter(dim, index.expand(update.shape), update.to(past_cache.dtype))

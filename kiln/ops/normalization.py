@@ -30,8 +30,12 @@ def batch_norm(
         running_mean = mean * momentum + batch_mean * (1 - momentum)
         running_var = var * momentum + batch_var * (1 - momentum)
         return (y, running_mean, running_var)[:num_outputs] if num_outputs > 1 else y
-    inv = torch.rsqrt(var.to(x.dtype) + epsilon) * scale.to(x.dtype)
-    shift = bias.to(x.dtype) - mean.to(x.dtype) * inv
+    # the per-channel factors in fp32 at least: fp16 data may come with fp32 statistics
+    # (as cuDNN takes them), and a variance near epsilon is below fp16's normal range
+    work = torch.promote_types(x.dtype, torch.float32)
+    inv = torch.rsqrt(var.to(work) + epsilon) * scale.to(work)
+    shift = (bias.to(work) - mean.to(work) * inv).to(x.dtype)
+    inv = inv.to(x.dtype)
     if rank == 1 or scale.dim() > 1:  # spatial=0 (opset < 9) keeps per-element statistics
         return x * inv + shift
     return x * _per_channel(inv, rank) + _per_channel(shift, rank)
@@ -103,13 +107,9 @@ def mean_variance_norm(x: torch.Tensor, *, axes: list[int] | None = None) -> tor
 @register("LRN", 1)
 def lrn(x: torch.Tensor, *, alpha: float = 1e-4, beta: float = 0.75, bias: float = 1.0,
         size: int) -> torch.Tensor:
-    squared = x.pow(2).unsqueeze(1)
-    pad_front, pad_back = (size - 1) // 2, size // 2
-    spatial = [0, 0] * (x.dim() - 2)
-    padded = F.pad(squared, [*spatial, pad_front, pad_back])
-    kernel = (size, *([1] * (x.dim() - 2)))
-    pool = {3: F.avg_pool2d, 4: F.avg_pool3d}.get(squared.dim())
-    if pool is None:
-        raise ValueError(f"LRN supports 3-D and 4-D inputs, got rank {x.dim()}")
-    summed = pool(padded, kernel, stride=1).squeeze(1) * size
+    # a window over channels: pool (N, 1, C, spatial...) flattened to 2-D planes
+    n, c = x.shape[0], x.shape[1]
+    squared = x.pow(2).reshape(n, 1, c, -1)
+    padded = F.pad(squared, [0, 0, (size - 1) // 2, size // 2])
+    summed = F.avg_pool2d(padded, (size, 1), stride=1).reshape(x.shape) * size
     return x / (bias + alpha / size * summed).pow(beta)

@@ -1,6 +1,8 @@
-"""Pooling: MaxPool, AveragePool, LpPool and their global forms."""
+"""Pooling: MaxPool, AveragePool, LpPool, their global forms, and MaxUnpool."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -157,3 +159,28 @@ def lp_pool(
     flat = powered.reshape(-1, 1, *powered.shape[2:])
     sums = conv(flat, weight, None, strides, 0, dilations)
     return sums.reshape(x.shape[0], x.shape[1], *sums.shape[2:]).pow(1.0 / p)
+
+
+@register("MaxUnpool", 9, host_inputs=(2,))
+def max_unpool(
+    x: torch.Tensor, indices: torch.Tensor, output_shape: torch.Tensor | None = None, *,
+    kernel_shape: list[int], pads: list[int] | None = None, strides: list[int] | None = None,
+) -> torch.Tensor:
+    n = len(kernel_shape)
+    strides = strides or [1] * n
+    pads = pads or [0] * (2 * n)
+    inferred = [x.shape[0], x.shape[1]] + [
+        (x.shape[2 + i] - 1) * strides[i] - (pads[i] + pads[n + i]) + kernel_shape[i]
+        for i in range(n)]
+    # indices address the inferred shape (as MaxPool made them); a larger output_shape
+    # pads that with zeros at the end, as the ONNX reference does
+    flat = torch.zeros(math.prod(inferred), dtype=x.dtype, device=x.device)
+    flat[indices.reshape(-1).to(torch.int64)] = x.reshape(-1)
+    y = flat.reshape(inferred)
+    if output_shape is None:
+        return y
+    target = [int(v) for v in output_shape.reshape(-1).tolist()]
+    extra: list[int] = []
+    for size, want in zip(reversed(inferred), reversed(target)):
+        extra += [0, want - size]
+    return F.pad(y, extra)

@@ -95,7 +95,8 @@ def _reduce(fn, x: torch.Tensor, axes: list[int], keepdims: int, noop: int) -> t
         return x
     dtype, (work,) = widen(x)
     if work.dtype == torch.bool:
-        work = work.to(torch.int64)
+        # uint8 keeps an empty max/min False/True; sums count in int64
+        work = work.to(torch.uint8 if fn in (_max, _min) else torch.int64)
     mean_like = fn in (_mean, _l2, _log_sum, _log_sum_exp)
     if mean_like and not work.is_floating_point():
         return fn(work.to(torch.float64), dims, bool(keepdims)).to(dtype)

@@ -29,14 +29,17 @@ def _source_coords(out_size: int, in_size: int, scale: float, mode: str,
         return offset + (x + 0.5) / scale - 0.5
     if mode == "pytorch_half_pixel":
         return (x + 0.5) / scale - 0.5 if out_size > 1 else torch.zeros_like(x)
-    if mode == "align_corners":
-        return x * (in_size - 1) / (out_size - 1) if out_size > 1 else torch.zeros_like(x)
+    if mode == "align_corners":  # over the unrounded resized length, as ONNX's reference
+        if length_resized == 1:
+            return torch.zeros_like(x)
+        return x * (in_size - 1) / (length_resized - 1)
     if mode == "asymmetric":
         return x / scale
     if mode == "tf_crop_and_resize":
         start, end = roi
-        if out_size > 1:
-            return start * (in_size - 1) + x * (end - start) * (in_size - 1) / (out_size - 1)
+        if length_resized != 1:
+            return start * (in_size - 1) + x * (end - start) * (in_size - 1) / (
+                length_resized - 1)
         return torch.full_like(x, 0.5 * (start + end) * (in_size - 1))
     raise ValueError(f"unknown coordinate_transformation_mode {mode!r}")
 
@@ -73,7 +76,8 @@ def _taps(in_size: int, out_size: int, scale: float, roi: tuple[float, float], o
         weights = torch.ones_like(index)
     elif opts["mode"] == "linear":
         if opts["antialias"] and scale < 1:
-            return _antialias_taps(coords, in_size, scale, _triangle) + (outside,)
+            index, weights = _antialias_taps(coords, in_size, scale, 1, _triangle)
+            return _exclude(index, weights, in_size, opts) + (outside,)
         base = torch.floor(coords)
         t = coords - base
         index = torch.stack([base, base + 1], dim=-1)
@@ -81,8 +85,9 @@ def _taps(in_size: int, out_size: int, scale: float, roi: tuple[float, float], o
     else:
         if opts["antialias"] and scale < 1:
             a = opts["cubic_coeff_a"]
-            return _antialias_taps(coords, in_size, scale, lambda d: _cubic_kernel(d, a)) + (
-                outside,)
+            index, weights = _antialias_taps(coords, in_size, scale, 2,
+                                             lambda d: _cubic_kernel(d, a))
+            return _exclude(index, weights, in_size, opts) + (outside,)
         base = torch.floor(coords)
         t = coords - base
         index = torch.stack([base - 1, base, base + 1, base + 2], dim=-1)
@@ -106,16 +111,28 @@ def _cubic_kernel(d: torch.Tensor, a: float) -> torch.Tensor:
     return torch.where(d <= 1, near, torch.where(d < 2, far, torch.zeros_like(d)))
 
 
-def _antialias_taps(coords: torch.Tensor, in_size: int, scale: float, kernel):
-    support = 2 if kernel is not _triangle else 1
-    radius = support / scale
-    count = math.ceil(radius) * 2 + 2
-    start = torch.floor(coords - radius + 1)
-    index = start.unsqueeze(-1) + torch.arange(count, dtype=torch.float64)
+def _antialias_taps(coords: torch.Tensor, in_size: int, scale: float, support: int, kernel):
+    """The kernel stretched by 1/scale, taps and weights as ONNX's reference picks them:
+    pixels past the edge repeat the edge pixel (they are not dropped)."""
+    first = math.floor(-support / scale) + 1
+    count = 2 * support - 2 * first
+    base = torch.floor(coords)
+    # an exact pixel position counts as ratio 1 from the pixel before it
+    exact = coords == base
+    base = torch.where(exact, base - 1, base)
+    offsets = torch.arange(first, first + count, dtype=torch.float64)
+    index = base.unsqueeze(-1) + offsets
     weights = kernel((index - coords.unsqueeze(-1)) * scale)
-    valid = (index >= 0) & (index <= in_size - 1)
-    weights = weights * valid
     weights = weights / weights.sum(-1, keepdim=True)
+    return index, weights
+
+
+def _exclude(index: torch.Tensor, weights: torch.Tensor, in_size: int,
+             opts: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    if opts["exclude_outside"]:
+        valid = (index >= 0) & (index <= in_size - 1)
+        weights = weights * valid
+        weights = weights / weights.sum(-1, keepdim=True)
     return index.clamp(0, in_size - 1).to(torch.int64), weights
 
 
@@ -179,8 +196,11 @@ def resize_impl(x: torch.Tensor, scales: list[float], sizes: list[int], roi: lis
     full_roi = roi or []
     moved = [(d, s, sc) for d, s, sc in zip(dims, sizes, scales)
              if s != x.shape[d] or sc != 1.0 or opts["ctm"] == "tf_crop_and_resize"]
+    # torch maps coordinates by the rounded size; ONNX by the scale, so they agree only
+    # where the scale gives the size exactly
+    exact = all(x.shape[d] * sc == s for d, s, sc in moved)
     fast = _fast_path(x, [s for _, s, _ in moved], [d for d, _, _ in moved], opts) \
-        if len(moved) == rank - 2 and moved else None
+        if len(moved) == rank - 2 and moved and exact else None
     if fast is not None:
         return fast
     for i, (d, size, scale) in enumerate(zip(dims, sizes, scales)):

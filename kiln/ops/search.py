@@ -1,4 +1,4 @@
-"""Searching and ordering: NonZero, TopK, CumSum, Trilu, Unique, ReverseSequence."""
+"""Searching and ordering: NonZero, TopK, CumSum, CumProd, Trilu, Unique, ReverseSequence."""
 
 from __future__ import annotations
 
@@ -46,6 +46,23 @@ def cum_sum(x: torch.Tensor, axis: torch.Tensor, *, exclusive: int = 0,
     out = torch.cumsum(work, dim=dim)
     if exclusive:
         out = out - work
+    if reverse:
+        out = torch.flip(out, [dim])
+    return narrow(out.to(work.dtype), dtype)
+
+
+@register("CumProd", 26, host_inputs=(1,))
+def cum_prod(x: torch.Tensor, axis: torch.Tensor, *, exclusive: int = 0,
+             reverse: int = 0) -> torch.Tensor:
+    dim = norm_axis(int(axis.reshape(-1)[0].item()), x.dim())
+    dtype, (work,) = widen(x)
+    if reverse:
+        work = torch.flip(work, [dim])
+    if exclusive and work.shape[dim] > 0:
+        # shift by one along the axis, a 1 first (dividing out would fail on zeros)
+        first = torch.ones_like(work.narrow(dim, 0, 1))
+        work = torch.cat([first, work.narrow(dim, 0, work.shape[dim] - 1)], dim=dim)
+    out = torch.cumprod(work, dim=dim)
     if reverse:
         out = torch.flip(out, [dim])
     return narrow(out.to(work.dtype), dtype)

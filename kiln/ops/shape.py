@@ -114,11 +114,20 @@ def identity(x):
 
 @register("Dropout", 1, host_inputs=(1, 2))
 def dropout(x: torch.Tensor, ratio: torch.Tensor | None = None,
-            training_mode: torch.Tensor | None = None, *, num_outputs: int = 1, **_: object):
-    # inference: Dropout is the identity, its mask all true
-    if num_outputs == 1:
-        return x
-    return x, torch.ones_like(x, dtype=torch.bool)
+            training_mode: torch.Tensor | None = None, *, num_outputs: int = 1,
+            seed: float | None = None, **_: object):
+    # opset < 12 has no training_mode input (and `ratio` is an attribute): always inference
+    training = training_mode is not None and bool(training_mode.reshape(-1)[0].item())
+    rate = float(ratio.reshape(-1)[0].item()) if training and ratio is not None else 0.5
+    if not training or rate == 0:
+        # inference: Dropout is the identity, its mask all true
+        mask = torch.ones_like(x, dtype=torch.bool)
+        return x if num_outputs == 1 else (x, mask)
+    from kiln.ops.random import dropout_mask
+
+    mask = dropout_mask(x, rate, seed)
+    y = torch.where(mask, x / (1.0 - rate), torch.zeros_like(x))
+    return y if num_outputs == 1 else (y, mask)
 
 
 @register("DepthToSpace", 1)
@@ -133,8 +142,9 @@ def depth_to_space(x: torch.Tensor, *, blocksize: int, mode: str = "DCR") -> tor
 
 
 @register("SpaceToDepth", 1)
-def space_to_depth(x: torch.Tensor, *, blocksize: int) -> torch.Tensor:
+def space_to_depth(x: torch.Tensor, *, blocksize: int, mode: str = "DCR") -> torch.Tensor:
     n, c, h, w = x.shape
     b = blocksize
-    y = x.reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4)
+    order = (0, 1, 3, 5, 2, 4) if mode == "CRD" else (0, 3, 5, 1, 2, 4)
+    y = x.reshape(n, c, h // b, b, w // b, b).permute(*order)
     return y.reshape(n, c * b * b, h // b, w // b)

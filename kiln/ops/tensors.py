@@ -2,6 +2,11 @@
 
 numpy has no bfloat16, float8 or int4: onnx hands those over as ml_dtypes arrays, which
 are reinterpreted bit for bit rather than converted.
+
+torch has no usable 4- and 2-bit types, so those travel in a wider *carrier* at run time:
+INT4/INT2 as int8, UINT4/UINT2 as uint8 (values kept in range), FLOAT4E2M1 as float32
+(every FP4 value is exact in it). `to_numpy(value, dtype)` turns a carrier back into the
+declared ml_dtypes type.
 """
 
 from __future__ import annotations
@@ -34,7 +39,23 @@ _TORCH = {
     DType.FLOAT8E4M3FNUZ: torch.float8_e4m3fnuz,
     DType.FLOAT8E5M2FNUZ: torch.float8_e5m2fnuz,
 }
+# torch has float8_e8m0fnu from 2.7 on
+E8M0 = getattr(torch, "float8_e8m0fnu", None)
+if E8M0 is not None:
+    _TORCH[DType.FLOAT8E8M0] = E8M0
 _FROM_TORCH = {t: d for d, t in _TORCH.items()}
+# sub-byte types: the torch dtype that carries them at run time
+CARRIERS = {
+    DType.INT4: torch.int8,
+    DType.INT2: torch.int8,
+    DType.UINT4: torch.uint8,
+    DType.UINT2: torch.uint8,
+    DType.FLOAT4E2M1: torch.float32,
+}
+_ML_CARRIED = {"int4": np.int8, "int2": np.int8, "uint4": np.uint8, "uint2": np.uint8,
+               "float4_e2m1fn": np.float32}
+_CARRIED_ML = {DType.INT4: "int4", DType.INT2: "int2", DType.UINT4: "uint4",
+               DType.UINT2: "uint2", DType.FLOAT4E2M1: "float4_e2m1fn"}
 # ml_dtypes names -> torch dtypes with the same bits
 _ML_DTYPES = {
     "bfloat16": torch.bfloat16,
@@ -43,13 +64,16 @@ _ML_DTYPES = {
     "float8_e4m3fnuz": torch.float8_e4m3fnuz,
     "float8_e5m2fnuz": torch.float8_e5m2fnuz,
 }
+if E8M0 is not None:
+    _ML_DTYPES["float8_e8m0fnu"] = E8M0
 _TORCH_TO_ML = {t: n for n, t in _ML_DTYPES.items()}
 _UNSIGNED_WIDE = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
 
 
 def torch_dtype(dtype: DType) -> torch.dtype:
+    """The torch dtype a value of `dtype` has at run time (its carrier for sub-byte types)."""
     try:
-        return _TORCH[dtype]
+        return _TORCH[dtype] if dtype in _TORCH else CARRIERS[dtype]
     except KeyError:
         raise TypeError(f"element type {dtype.name} has no torch equivalent") from None
 
@@ -66,6 +90,9 @@ def to_torch(array: Any, device: torch.device | str | None = None) -> Any:
     if array.dtype.kind in ("U", "S", "O"):
         return array.astype(object)
     name = array.dtype.name
+    if name in _ML_CARRIED:
+        array = array.astype(_ML_CARRIED[name])
+        name = array.dtype.name
     # own a writable C-ordered copy when needed (np.ascontiguousarray would turn 0-d into 1-d)
     if not (array.flags.c_contiguous and array.flags.writeable):
         array = array.copy(order="C")
@@ -80,15 +107,22 @@ def to_torch(array: Any, device: torch.device | str | None = None) -> Any:
     return tensor if device is None else tensor.to(device)
 
 
-def to_numpy(value: Any) -> Any:
-    """A torch tensor as a numpy array (ml_dtypes for bfloat16/float8); lists element-wise."""
+def to_numpy(value: Any, dtype: DType | None = None) -> Any:
+    """A torch tensor as a numpy array (ml_dtypes for bfloat16/float8); lists element-wise.
+
+    `dtype`, the value's declared type, turns a sub-byte carrier back into that type.
+    """
     if isinstance(value, list):
-        return [to_numpy(v) for v in value]
+        return [to_numpy(v, dtype) for v in value]
     if not isinstance(value, torch.Tensor):
         return value
     tensor = value.detach()
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()
+    if dtype in _CARRIED_ML and tensor.dtype == CARRIERS[dtype]:
+        import ml_dtypes
+
+        return tensor.contiguous().numpy().astype(getattr(ml_dtypes, _CARRIED_ML[dtype]))
     if tensor.dtype in _TORCH_TO_ML:
         import ml_dtypes
 

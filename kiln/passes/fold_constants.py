@@ -31,12 +31,13 @@ def foldable(node: Node) -> bool:
 @register_pass("simplify", priority=20)
 def fold_constants(graph: Graph, ctx: PassContext) -> bool:
     """Computes nodes whose inputs are all constants at build time."""
-    changed = False
+    folded = 0
     for g in list(graph.walk_graphs()):
         for node in list(g.nodes):
             if foldable(node) and _fold(g, node, ctx):
-                changed = True
-    return changed
+                folded += 1
+    ctx.count("fold_constants", folded)
+    return folded > 0
 
 
 def _fold(graph: Graph, node: Node, ctx: PassContext) -> bool:
@@ -49,7 +50,8 @@ def _fold(graph: Graph, node: Node, ctx: PassContext) -> bool:
         ctx.note(f"fold_constants: {node.name} ({node.op_type}) not folded: {exc}")
         return False
     outputs = result if isinstance(result, tuple) else (result,)
-    arrays = [to_numpy(o) for o in outputs]
+    arrays = [to_numpy(o, v.dtype if v is not None else None)
+              for o, v in zip(outputs, node.outputs)]
     if not all(isinstance(a, np.ndarray) for a in arrays):
         return False
     in_bytes = sum(v.const.nbytes for v in node.inputs if v is not None)

@@ -2,7 +2,8 @@
 one `kiln.Attention` node (which tactics run as flash / memory-efficient attention).
 
     s = MatMul(q, kT) [* c or / c] [+ mask];  p = Softmax(s, -1);  o = MatMul(p, v)
-    or, as torch's SDPA exports:  MatMul(Mul(q, c1), Mul(kT, c2))
+    or, as torch's SDPA exports:  MatMul(Mul(q, c1), Mul(kT, c2)), and with the guard
+    Where(IsNaN(p), 0, p) on the probabilities (kept as the `zero_nan_rows` attribute)
 
 The scale is the product of the constant factors. Transposes that only move heads
 ([B,S,H,D] -> [B,H,S,D], and the key's transpose to [B,H,D,S]) are absorbed as layouts,
@@ -36,10 +37,13 @@ def _fuse(graph: Graph, softmax: Node) -> bool:
     default_axis = -1 if graph.opsets.get("", 13) >= 13 else 1  # opset < 13: flattened at 1
     if x is None or x.rank != 4 or softmax.attrs.get("axis", default_axis) not in (-1, 3):
         return False
-    out_mm = only_consumer(softmax.output, graph)
-    if out_mm is None or out_mm.op_type != "MatMul" or out_mm.inputs[0] is not softmax.output:
+    probs, guard = softmax.output, _nan_guard(softmax.output, graph)
+    if guard:
+        probs = guard[-1].output
+    out_mm = only_consumer(probs, graph)
+    if out_mm is None or out_mm.op_type != "MatMul" or out_mm.inputs[0] is not probs:
         return False
-    chain: list[Node] = [softmax, out_mm]
+    chain: list[Node] = [softmax, *guard, out_mm]
     scale, mask, scores = 1.0, None, x
     node = scores.producer
     if node is not None and node.op_type == "Add" and only_consumer(scores, graph) is softmax:
@@ -75,6 +79,8 @@ def _fuse(graph: Graph, softmax: Node) -> bool:
     chain = [*q_t, *k_t, *v_t, *chain]
     attrs = {"scale": float(scale), "q_layout": q_layout, "k_layout": k_layout,
              "v_layout": v_layout, "out_layout": out_layout}
+    if guard:
+        attrs["zero_nan_rows"] = 1
     fused = graph.add_node("Attention", [q, k, v, mask], attrs, domain="kiln",
                            name=f"{softmax.name}_attention", before=out_mm)
     fused.meta["fused"] = fused_names(chain)
@@ -82,6 +88,20 @@ def _fuse(graph: Graph, softmax: Node) -> bool:
     graph.replace_all_uses(out, fused.output)
     remove_chain(graph, chain)
     return True
+
+
+def _nan_guard(probs: Value, graph: Graph) -> list[Node]:
+    """[IsNaN, Where] when the probabilities go through Where(IsNaN(p), 0, p), as torch's
+    scaled_dot_product_attention exports (rows whose mask removed every key)."""
+    isnan = next((n for n in probs.consumers if n.op_type == "IsNaN"), None)
+    where = next((n for n in probs.consumers if n.op_type == "Where"), None)
+    if len(probs.consumers) != 2 or isnan is None or where is None:
+        return []
+    if only_consumer(isnan.output, graph) is not where or where.inputs[0] is not isnan.output:
+        return []
+    if where.inputs[2] is not probs or scalar(where.inputs[1]) != 0.0:
+        return []
+    return [isnan, where]
 
 
 def _leads_to_matmul(value: Value | None) -> bool:

@@ -21,16 +21,27 @@ MAX_ROUNDS = 8
 
 @dataclass
 class PassContext:
-    """What passes may consult: the build's precision and device, and a log of decisions."""
+    """What passes may consult: the build's precision and device, and a log of decisions.
+
+    `applied` counts the rounds in which each pass changed the graph, `rewrites` the
+    rewrites each pass reports (nodes folded, pairs fused ...).
+    """
 
     precision: str = "fp32"
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
     applied: dict[str, int] = field(default_factory=dict)
+    rewrites: dict[str, int] = field(default_factory=dict)
 
     def note(self, text: str) -> None:
-        self.log.append(text)
+        """Logs a decision once (passes repeat until nothing changes, and so would notes)."""
+        if text not in self.log:
+            self.log.append(text)
+
+    def count(self, name: str, rewrites: int = 1) -> None:
+        if rewrites:
+            self.rewrites[name] = self.rewrites.get(name, 0) + rewrites
 
 
 PassFn = Callable[[Graph, PassContext], bool]

@@ -18,6 +18,8 @@ def is_noop(node: Node) -> bool:
     if node.op_type == "Identity":
         return True
     if node.op_type == "Dropout":
+        if not _inference_dropout(node):
+            return False
         return len([v for v in node.outputs if v is not None and v.consumers]) <= 1 and (
             len(node.outputs) == 1 or node.outputs[1] is None or not node.outputs[1].consumers)
     if node.op_type == "Cast":
@@ -28,7 +30,7 @@ def is_noop(node: Node) -> bool:
 @register_pass("simplify", priority=10)
 def remove_identity(graph: Graph, ctx: PassContext) -> bool:
     """Reconnects the consumers of a no-op node to its input."""
-    changed = False
+    removed = 0
     for g in list(graph.walk_graphs()):
         for node in list(g.nodes):
             if not is_noop(node):
@@ -45,5 +47,14 @@ def remove_identity(graph: Graph, ctx: PassContext) -> bool:
             else:
                 if not result.consumers and result not in g.outputs:
                     g.remove_node(node)
-                    changed = True
-    return changed
+                    removed += 1
+    ctx.count("remove_identity", removed)
+    return removed > 0
+
+
+def _inference_dropout(node: Node) -> bool:
+    """True unless training_mode may be set (then Dropout draws a random mask)."""
+    training = node.inputs[2] if len(node.inputs) > 2 else None
+    if training is None:
+        return True
+    return training.is_const and not bool(training.const.reshape(-1)[0])

@@ -61,7 +61,8 @@ class ExecutionContext:
                 raise RuntimeError(
                     f"engine failed in layer {exc.step_path}: {exc.cause}") from exc.cause
         outputs = dict(zip(self.program.outputs, results))
-        return {spec.name: (to_numpy(outputs[spec.name]) if numpy_in else outputs[spec.name])
+        return {spec.name: (to_numpy(outputs[spec.name], spec.dtype) if numpy_in
+                            else outputs[spec.name])
                 for spec in self._outputs}
 
 

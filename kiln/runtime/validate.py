@@ -14,7 +14,7 @@ import torch
 from kiln.engine.engine import Engine, IOSpec
 from kiln.errors import InputError
 from kiln.ir import DType
-from kiln.ops.tensors import kiln_dtype
+from kiln.ops.tensors import CARRIERS, kiln_dtype
 
 
 def _dtype_of(value: Any) -> DType | None:
@@ -24,8 +24,7 @@ def _dtype_of(value: Any) -> DType | None:
         try:
             return DType.from_numpy(value.dtype)
         except ValueError:
-            name = value.dtype.name
-            return DType.from_short({"bfloat16": "bf16"}.get(name, name))
+            return None
     return None
 
 
@@ -44,9 +43,12 @@ def check_inputs(engine: Engine, inputs: Mapping[str, Any]) -> None:
     shapes = {}
     for name, value in inputs.items():
         spec = specs[name]
-        if spec.kind != "tensor":
-            continue
-        shapes[name] = _check_one(spec, value)
+        if spec.kind == "sequence":
+            _check_sequence(spec, value)
+        elif spec.kind == "optional":
+            _check_optional(spec, value)
+        elif spec.kind == "tensor":
+            shapes[name] = _check_one(spec, value)
     _check_profiles(engine, shapes)
 
 
@@ -60,7 +62,9 @@ def _check_one(spec: IOSpec, value: Any) -> tuple[int, ...]:
         raise InputError(f"input {spec.name!r} is a {type(value).__name__}; pass a numpy array "
                          f"or torch tensor of {_describe(spec)}")
     dtype = _dtype_of(value)
-    if spec.dtype is not None and dtype is not spec.dtype:
+    # torch has no 4- or 2-bit tensors: those inputs come as their carrier (int4 as int8)
+    carried = isinstance(value, torch.Tensor) and CARRIERS.get(spec.dtype) == value.dtype
+    if spec.dtype is not None and dtype is not spec.dtype and not carried:
         given = dtype.short if dtype else str(value.dtype)
         raise InputError(
             f"input {spec.name!r} has dtype {given}; the engine takes {spec.dtype.short}",
@@ -78,6 +82,40 @@ def _check_one(spec: IOSpec, value: Any) -> tuple[int, ...]:
                     f"input {spec.name!r} has shape {_text(shape)}; axis {axis} must be {want} "
                     f"(the engine takes {spec.shape_text()})")
     return shape
+
+
+def _check_sequence(spec: IOSpec, value: Any) -> None:
+    if not isinstance(value, list):
+        raise InputError(f"input {spec.name!r} is a sequence; pass a Python list of numpy "
+                         f"arrays or torch tensors of {_describe(spec)}, not a "
+                         f"{type(value).__name__}")
+    for index, item in enumerate(value):
+        _check_element(spec, item, f"{spec.name!r}[{index}]")
+
+
+def _check_optional(spec: IOSpec, value: Any) -> None:
+    """An optional input takes None (empty), a list (an optional sequence) or a tensor."""
+    if value is None:
+        return
+    if isinstance(value, list):
+        _check_sequence(spec, value)
+    else:
+        _check_element(spec, value, repr(spec.name))
+
+
+def _check_element(spec: IOSpec, value: Any, label: str) -> None:
+    """dtype and rank of a tensor inside a sequence or optional (their dims may vary)."""
+    if not isinstance(value, np.ndarray | np.generic | torch.Tensor):
+        raise InputError(f"input {label} is a {type(value).__name__}; pass a numpy array or "
+                         f"torch tensor of {_describe(spec)}")
+    dtype = _dtype_of(value)
+    if spec.dtype is not None and dtype is not spec.dtype:
+        given = dtype.short if dtype else str(value.dtype)
+        raise InputError(f"input {label} has dtype {given}; the engine takes {spec.dtype.short}")
+    if spec.shape is not None and len(value.shape) != len(spec.shape):
+        raise InputError(f"input {label} has rank {len(value.shape)} (shape "
+                         f"{_text(tuple(value.shape))}); the engine takes rank {len(spec.shape)} "
+                         f"({spec.shape_text()})")
 
 
 def _check_profiles(engine: Engine, shapes: dict[str, tuple[int, ...]]) -> None:

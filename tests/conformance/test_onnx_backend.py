@@ -14,7 +14,7 @@ import unittest
 import onnx.backend.test
 
 import kiln.backend
-from tests.conformance.expected_failures import EXPECTED_FAILURES
+from tests.conformance.expected_failures import EXPECTED_FAILURES, NONDETERMINISTIC
 
 backend_test = onnx.backend.test.BackendTest(kiln.backend, __name__)
 backend_test.include(r"^test_.*_cpu$")
@@ -22,6 +22,8 @@ if os.environ.get("KILN_CONFORMANCE_CUDA"):
     backend_test.include(r"^test_.*_cuda$")
 for pattern in EXPECTED_FAILURES:
     backend_test.xfail(pattern)
+for pattern in NONDETERMINISTIC:
+    backend_test.exclude(pattern)
 
 # only the node tests: the model tests download real models, which CI cannot
 OnnxBackendNodeModelTest = backend_test.test_cases["OnnxBackendNodeModelTest"]

@@ -178,3 +178,81 @@ def test_gemm_epilogue_not_fused_into_nonconstant_weights():
               "b": rng.standard_normal((4, 5)).astype(np.float32)}]
     counts = optimized_counts_and_check(model, feeds)
     assert counts.get("FusedGemm", 0) == 0 and counts["MatMul"] == 1
+
+
+class Pointwise(nn.Module):
+    """Element-wise chains no other fusion takes: quick-GELU, a Mish, a scaled residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(16))
+
+    def forward(self, x, y):
+        quick = x * torch.sigmoid(1.702 * x) + self.bias
+        mish = y * torch.tanh(F.softplus(y))
+        return (quick - mish) * 0.5, torch.exp(-x.abs())
+
+
+def test_elementwise_chains_become_one_node_each(monkeypatch):
+    torch.manual_seed(0)
+    args = (torch.randn(2, 3, 16), torch.randn(2, 3, 16))
+    model = export(Pointwise(), args, ["x", "y"], {"x": {0: "b"}, "y": {0: "b"}}, 17)
+    rng = np.random.default_rng(6)
+    feeds = [{n: rng.standard_normal((b, 3, 16)).astype(np.float32) for n in "xy"}
+             for b in (2, 5)]
+    counts = optimized_counts_and_check(model, feeds, atol=1e-5)
+    assert counts["Elementwise"] == 2
+    assert sum(counts.values()) == 2  # nothing else is left
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("TRITON_INTERPRET"),
+                    reason="Triton's interpreter is off (set by tests/conftest.py on CPUs)")
+def test_elementwise_engine_with_triton_tactic_matches_ort(monkeypatch):
+    pytest.importorskip("triton")
+    from kiln.build import BuilderConfig, build_engine
+    from kiln.runtime import ExecutionContext
+
+    monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")
+    torch.manual_seed(1)
+    args = (torch.randn(2, 3, 16), torch.randn(2, 3, 16))
+    model = export(Pointwise(), args, ["x", "y"], {}, 17)
+    engine = build_engine(model, BuilderConfig(device="cpu", optimization_level=0))
+    tactics = {layer["tactic"] for layer in engine.layers()}
+    assert tactics == {"triton-elementwise"}
+    rng = np.random.default_rng(7)
+    feeds = {n: rng.standard_normal((2, 3, 16)).astype(np.float32) for n in "xy"}
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = list(ExecutionContext(engine).run(feeds).values())
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_with_boolean_mask_and_nan_guard():
+    """torch exports a boolean-masked SDPA as Where(mask, 0, -inf) + Softmax and guards rows
+    whose mask removed every key with Where(IsNaN(p), 0, p): one Attention node, same output
+    (zeros) for such rows."""
+
+    class Masked(nn.Module):
+        def forward(self, q, k, v, keep):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+
+    shape = (2, 3, 5, 8)
+    args = (*(torch.randn(shape) for _ in range(3)), torch.ones(2, 1, 1, 5, dtype=torch.bool))
+    model = export(Masked(), args, ["q", "k", "v", "keep"], {}, 17)
+    rng = np.random.default_rng(9)
+    keep = rng.random((2, 1, 1, 5)) < 0.6
+    keep[1] = False  # every key of the second sample masked: its rows must come out as 0
+    feeds = {n: rng.standard_normal(shape).astype(np.float32) for n in "qkv"}
+    feeds["keep"] = keep
+    counts = optimized_counts_and_check(model, [feeds])
+    assert counts["Attention"] == 1 and counts.get("Softmax", 0) == 0
+    assert counts.get("IsNaN", 0) == 0
+    from kiln.build import BuilderConfig, build_engine
+    from kiln.runtime import ExecutionContext
+
+    engine = build_engine(model, BuilderConfig(device="cpu", optimization_level=0))
+    assert any(layer["tactic"] == "sdpa" for layer in engine.layers())
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = next(iter(ExecutionContext(engine).run(feeds).values()))
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+    assert np.all(got[1] == 0)

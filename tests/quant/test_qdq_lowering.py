@@ -144,9 +144,10 @@ def _modelopt_style(qtype: int, path) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(21)
-    zero = (lambda shape: helper.make_tensor("z", qtype, shape, np.zeros(
-        int(np.prod(shape)), np.float32 if qtype == TensorProto.FLOAT8E4M3FN else np.int8
-    ).tolist()))
+    def zero(shape):
+        kind = np.float32 if qtype == TensorProto.FLOAT8E4M3FN else np.int8
+        return helper.make_tensor("z", qtype, shape, np.zeros(int(np.prod(shape)), kind).tolist())
+
     qmax = 448.0 if qtype == TensorProto.FLOAT8E4M3FN else 127.0
     inits, nodes, current = [], [], "x"
     for i, (cin, cout) in enumerate(((4, 8), (8, 6))):
@@ -193,7 +194,7 @@ def test_modelopt_style_float_weights_behind_qdq(tmp_path, fp8):
     exact = ort.InferenceSession(str(path), plain, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(22).standard_normal((2, 4, 8, 8)).astype(np.float32)
     want = exact.run(None, {"x": x})[0]
-    got = list(run_graph(graph, {"x": x}).values())[0]
+    got = next(iter(run_graph(graph, {"x": x}).values()))
     if fp8:  # float8 products are summed in float32 in a different order than ORT's
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
     else:

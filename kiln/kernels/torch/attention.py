@@ -46,6 +46,7 @@ class _Sdpa(Tactic):
         scale = attrs.get("scale")
         bshd_out = attrs.get("out_layout", "bhsd") == "bshd"
         causal = bool(attrs.get("is_causal", 0))
+        zero_nan = bool(attrs.get("zero_nan_rows", 0))
         backend = getattr(SDPBackend, self.backend) if self.backend else None
 
         def run(q, k, v, mask=None):
@@ -54,9 +55,14 @@ class _Sdpa(Tactic):
                 k = k.contiguous()
             if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
                 mask = mask.to(q.dtype)
+            if mask is not None and mask.dim() < 2:  # SDPA wants [.., q, kv]; a scalar or
+                mask = mask.reshape((1,) * (2 - mask.dim()) + tuple(mask.shape))  # row bias
+
             with sdpa_kernel(backend) if backend is not None else nullcontext():
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
                                                      is_causal=causal)
+            if zero_nan:
+                out = torch.nan_to_num(out, nan=0.0, posinf=float("inf"), neginf=float("-inf"))
             return out.transpose(1, 2) if bshd_out else out
 
         return run

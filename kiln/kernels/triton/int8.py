@@ -9,7 +9,6 @@ epilogue factors, the bias and the weight sums for zero-point correction go besi
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -18,11 +17,11 @@ import torch
 
 from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
 from kiln.kernels.torch.quantized import epilogue_tensors
+from kiln.kernels.triton import usable_on
 from kiln.ops.conv import resolve_pads
 from kiln.ops.quantized import inverse_scale
 from kiln.ops.tensors import to_torch
 
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 GEMM_CONFIGS = {"a": (128, 128, 128, 8, 3), "b": (128, 256, 64, 8, 3),
                 "c": (64, 128, 128, 4, 4), "d": (64, 64, 128, 4, 3)}
@@ -49,10 +48,11 @@ def epilogue_attrs(layer: LayerSpec) -> dict[str, Any]:
 
 def _usable(layer: LayerSpec, target: Target) -> bool:
     w = layer.constant_inputs.get(1)
-    if not HAVE_TRITON or target.device.type != "cuda" or w is None:
+    if not usable_on(target.device.type) or w is None:
         return False
     fp8 = w.dtype.name == "float8_e4m3fn"
-    if fp8 and torch.cuda.get_device_capability(target.device) < (8, 9):
+    if fp8 and target.device.type == "cuda" and torch.cuda.get_device_capability(
+            target.device) < (8, 9):
         return False
     x_type = layer.input_dtypes[0] if layer.input_dtypes else None
     return (w.dtype == np.int8 or fp8) and x_type in _INPUT_TYPES

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
-from kiln.kernels.triton.int8 import HAVE_TRITON, kernels
+from kiln.kernels.triton import usable_on
+from kiln.kernels.triton.int8 import kernels
 from kiln.quant import arith
 
 
@@ -28,7 +29,7 @@ class QuantizeTriton(Tactic):
     priority = 10
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
-        return HAVE_TRITON and target.device.type == "cuda" and _per_tensor(layer) \
+        return usable_on(target.device.type) and _per_tensor(layer) \
             and layer.attrs.get("to", "int8") in ("int8", "uint8", "fp8e4m3")
 
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
@@ -51,7 +52,7 @@ class DequantizeTriton(Tactic):
     priority = 10
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
-        return HAVE_TRITON and target.device.type == "cuda" and _per_tensor(layer)
+        return usable_on(target.device.type) and _per_tensor(layer)
 
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[..., Any]:

@@ -1,0 +1,111 @@
+"""The `triton-maxpool-nhwc` tactic: 2-D max pooling over channels-last tensors.
+
+torch's CUDA max_pool2d always computes the argmax indices too (int64, four times the
+bytes of fp16 values), which ONNX inference never reads; this kernel writes only the
+values. One program per output pixel and block of channels: channels are contiguous in
+NHWC, so every load is coalesced.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
+from kiln.kernels.triton import AVAILABLE, usable_on
+from kiln.ops.conv import resolve_pads
+
+if AVAILABLE:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _maxpool_nhwc(
+        x, out,                     # NHWC input and output
+        H, W, C, OH, OW,            # sizes
+        sxn, sxh, sxw, sxc,         # input strides (elements)
+        son, soh, sow, soc,         # output strides
+        pad_h, pad_w,               # top / left padding
+        KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
+        # for output pixel (n, oh, ow) and a block of channels:
+        #   out = max over the window, reading -inf outside the input
+        pixel = tl.program_id(0)
+        cblock = tl.program_id(1)
+        ow = pixel % OW
+        oh = (pixel // OW) % OH
+        n = pixel // (OW * OH)
+        c = cblock * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = c < C
+        best = tl.full([BLOCK_C], float("-inf"), tl.float32)
+        for kh in tl.static_range(KH):
+            for kw in tl.static_range(KW):
+                ih = oh * SH - pad_h + kh
+                iw = ow * SW - pad_w + kw
+                inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                offset = n * sxn + ih * sxh + iw * sxw + c * sxc
+                value = tl.load(x + offset, mask=cmask & inside, other=float("-inf"))
+                best = tl.maximum(best, value.to(tl.float32))
+        tl.store(out + n * son + oh * soh + ow * sow + c * soc,
+                 best.to(out.dtype.element_ty), mask=cmask)
+
+
+def output_size(size: int, kernel: int, stride: int, begin: int, end: int, ceil: bool) -> int:
+    span = size + begin + end - kernel
+    out = (math.ceil if ceil else math.floor)(span / stride) + 1
+    if ceil and (out - 1) * stride >= size + begin:  # a window may not start in the padding
+        out -= 1
+    return out
+
+
+def maxpool_nhwc(x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int],
+                 ceil: bool) -> torch.Tensor:
+    n, c, h, w = x.shape
+    oh = output_size(h, kernel[0], strides[0], pads[0], pads[2], ceil)
+    ow = output_size(w, kernel[1], strides[1], pads[1], pads[3], ceil)
+    out = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last)
+    if out.numel() == 0:
+        return out
+    block_c = min(128, triton.next_power_of_2(c))
+    grid = (n * oh * ow, triton.cdiv(c, block_c))
+    _maxpool_nhwc[grid](
+        x, out, h, w, c, oh, ow,
+        x.stride(0), x.stride(2), x.stride(3), x.stride(1),
+        out.stride(0), out.stride(2), out.stride(3), out.stride(1),
+        pads[0], pads[1], KH=kernel[0], KW=kernel[1], SH=strides[0], SW=strides[1],
+        BLOCK_C=block_c)
+    return out
+
+
+@register_tactic
+class TritonMaxPoolNHWC(Tactic):
+    name = "triton-maxpool-nhwc"
+    ops = (("", "MaxPool"),)
+    channels_last = True
+    priority = 10
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        attrs = layer.attrs
+        return (usable_on(target.device.type) and len(attrs.get("kernel_shape", [])) == 2
+                and len([o for o in layer.outputs if o is not None]) == 1
+                and all(d == 1 for d in attrs.get("dilations") or [1, 1])
+                and layer.input_dtypes[:1] in (["fp32"], ["fp16"], ["bf16"]))
+
+    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[..., Any]:
+        attrs = layer.attrs
+        kernel = list(attrs["kernel_shape"])
+        strides = list(attrs.get("strides") or [1, 1])
+        auto_pad, pads = attrs.get("auto_pad", "NOTSET"), attrs.get("pads")
+        ceil = bool(attrs.get("ceil_mode", 0))
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            full = resolve_pads(x, kernel, strides, [1, 1], pads, auto_pad)
+            return maxpool_nhwc(x, kernel, strides, list(full), ceil)
+
+        return run

@@ -1,0 +1,39 @@
+"""The NHWC max-pool Triton kernel under the interpreter, against kiln's MaxPool op."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs CUDA or Triton's interpreter (set by tests/conftest.py on CPU machines)")
+
+from kiln.kernels.triton.pool import maxpool_nhwc  # noqa: E402
+from kiln.ops.conv import resolve_pads  # noqa: E402
+from kiln.ops.pool import max_pool  # noqa: E402
+
+CASES = [  # shape, kernel, strides, pads, ceil_mode, auto_pad
+    ((2, 5, 9, 7), [3, 3], [2, 2], [1, 1, 1, 1], 0, "NOTSET"),
+    ((1, 3, 8, 8), [2, 2], [2, 2], [0, 0, 0, 0], 0, "NOTSET"),
+    ((1, 4, 7, 6), [3, 2], [2, 1], [0, 1, 1, 0], 1, "NOTSET"),
+    ((2, 3, 6, 5), [2, 2], [2, 2], None, 0, "SAME_UPPER"),
+    ((1, 130, 4, 4), [3, 3], [1, 1], [1, 1, 1, 1], 0, "NOTSET"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_matches_reference(case, dtype):
+    shape, kernel, strides, pads, ceil, auto_pad = case
+    g = torch.Generator().manual_seed(len(str(case)))
+    x = torch.randn(shape, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    want = max_pool(x.contiguous(), kernel_shape=kernel, strides=strides, pads=pads,
+                    ceil_mode=ceil, auto_pad=auto_pad)
+    full = resolve_pads(x, kernel, strides, [1, 1], pads, auto_pad)
+    got = maxpool_nhwc(x, kernel, strides, list(full), bool(ceil))
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want)
