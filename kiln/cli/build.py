@@ -20,6 +20,7 @@ from kiln.cli.common import (
     load_inputs,
 )
 from kiln.cli.main import command
+from kiln.errors import KilnError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 @command("build", add_arguments)
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if config.precision not in ("int8", "fp8") and (args.calib or args.calibCache):
+        raise KilnError("--calib/--calibCache were given without --int8 or --fp8",
+                        hint="add --int8 (or --fp8) to build a quantized engine")
     if args.loadInputs:
         config.probe_inputs = load_inputs(args.loadInputs)
     output = Path(args.output or Path(args.model).with_suffix(".kiln").name)

@@ -85,10 +85,10 @@ def _precision(args: argparse.Namespace) -> str:
 
 
 def calibrator_from_args(args: argparse.Namespace) -> Calibrator | None:
-    if _precision(args) not in ("int8", "fp8"):
-        if getattr(args, "calib", None) or getattr(args, "calibCache", None):
-            raise KilnError("--calib/--calibCache were given without --int8 or --fp8",
-                            hint="add --int8 (or --fp8) to build a quantized engine")
+    """The calibration flags, for INT8/FP8 builds (and `kiln bench`'s kiln-int8 peers)."""
+    wanted = _precision(args) in ("int8", "fp8") or getattr(args, "calib", None) or getattr(
+        args, "calibCache", None)
+    if not wanted:
         return None
     return Calibrator(data=args.calib, method=args.calibMethod, batches=args.calibBatches,
                       cache=args.calibCache, percentile=args.calibPercentile,
