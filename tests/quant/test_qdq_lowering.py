@@ -199,3 +199,46 @@ def test_modelopt_style_float_weights_behind_qdq(tmp_path, fp8):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
     else:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_qdq_model_file_builds_and_runs(cnn_file, tmp_path):
+    """From the file, through the reader's operator check (the standard Q/DQ operators are
+    registered), to an INT8 engine that agrees with ONNX Runtime's Q/DQ semantics."""
+    target = tmp_path / "q.onnx"
+    quantize_with_ort(cnn_file, target, calibration_batches((4, 3, 16, 16), 3),
+                      per_channel=True)
+    engine = build_engine(str(target), BuilderConfig(precision="int8", device="cpu",
+                                                     fallback_precision="fp32",
+                                                     optimization_level=0))
+    assert sum(layer["precision"] == "int8" for layer in engine.layers()) == 5
+    exact, _ = _sessions(target)
+    x = np.random.default_rng(10).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(ExecutionContext(engine).run({"x": x})["y"],
+                               exact.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_dynamically_quantized_models_run(tmp_path):
+    """ONNX Runtime's quantize_dynamic: DynamicQuantizeLinear + MatMulInteger (scales
+    computed from the data at run time) run through the standard operators, matching
+    ONNX's reference evaluator. (ONNX Runtime's own x86 u8s8 kernels saturate pairs of
+    products to int16, so it is no reference for MatMulInteger here.)"""
+    import logging
+
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = export(SmallMLP(), torch.randn(2, 3, 20), tmp_path / "mlp.onnx")
+    target = tmp_path / "dynamic.onnx"
+    logging.getLogger().setLevel(logging.ERROR)
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    model = onnx.load(str(target))
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= {n.op_type for n in model.graph.node}
+    x = np.random.default_rng(11).standard_normal((4, 3, 20)).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    for precision in ("fp32", "int8"):
+        engine = build_engine(str(target), BuilderConfig(precision=precision, device="cpu",
+                                                         fallback_precision="fp32",
+                                                         optimization_level=0))
+        got = ExecutionContext(engine).run({"x": x})["y"]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
