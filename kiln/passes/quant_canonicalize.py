@@ -86,7 +86,8 @@ def _quantize_linear(graph: Graph, node: Node) -> bool:
         q = arith.quantize_np(array, p.scale, p.zero_point, p.axis, p.qtype)
         _replace_with_constant(graph, node, q)
         return True
-    swap_node(graph, node, "Quantize", [x], p.attrs(to=p.qtype), _QTYPE_DTYPES[p.qtype])
+    new = swap_node(graph, node, "Quantize", [x], p.attrs(to=p.qtype), _QTYPE_DTYPES[p.qtype])
+    new.meta["precision_class"] = "follow"  # quantize whatever float type arrives: no cast
     return True
 
 

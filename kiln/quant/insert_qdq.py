@@ -106,6 +106,7 @@ def _fake_quant(graph: Graph, value: Value, amax: float, qtype: str, user: Node,
     q = graph.add_node("Quantize", [value], {"scale": scale, "zero_point": 0, "to": qtype},
                        domain="kiln", name=f"{base}_quantize", before=user)
     q.output.dtype, q.output.shape = qtype_dtype(qtype), value.shape
+    q.meta["precision_class"] = "follow"  # quantize whatever float type arrives: no cast
     dq = graph.add_node("Dequantize", [q.output], {"scale": scale, "zero_point": 0},
                         domain="kiln", name=f"{base}_dequantize", before=user)
     dq.output.dtype, dq.output.shape = DType.FLOAT, value.shape
