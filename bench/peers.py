@@ -175,17 +175,32 @@ def host_time(fn, warmup: int = 3, runs: int = 20) -> float:
     return statistics.median(times)
 
 
-def measure(fn, device: str) -> tuple[float, float]:
-    """(median ms, peak MiB allocated during the runs)."""
+def measure(fn, device: str, base: int = 0) -> tuple[float, float]:
+    """(median ms, MiB of device memory the peer needs in steady state: the peak allocated
+    during the timed runs minus `base`, what was allocated before the peer's weights went
+    to the device). Warm-up (graph capture, cuDNN autotuning) is left out of the peak."""
     if device == "cuda":
         for _ in range(3):  # first runs capture graphs and autotune: not steady state
             fn()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
         ms = cuda_time(fn)
         return ms, (torch.cuda.max_memory_allocated() - base) / 2**20
     return host_time(fn), float("nan")
+
+
+def _cudnn_workspace_mb() -> float:
+    """What the caching allocator holds in blocks of cuDNN's workspace size class is not
+    reported by torch; report the largest single segment instead, a workspace's hint."""
+    segments = torch.cuda.memory_snapshot()
+    return max((s["total_size"] for s in segments), default=0) / 2**20
+
+
+def allocated(device: str) -> int:
+    if device != "cuda":
+        return 0
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated()
 
 
 # ----------------------------------------------------------------------------- peers
@@ -193,13 +208,14 @@ def torch_peers(model: torch.nn.Module, inputs: tuple, device: str, wanted: set[
                 case: Case) -> dict[str, Any]:
     """Eager FP16, eager FP16 + CUDA graph, torch.compile FP16; returns eager outputs."""
     dtype = torch.float16 if device == "cuda" else torch.float32
+    base = allocated(device)
     module = model.to(device=device, dtype=dtype).eval()
     args = tuple(t.to(device) if not t.is_floating_point() else t.to(device, dtype)
                  for t in inputs)
     outputs = {}
     with torch.inference_mode():
         if "eager" in wanted:
-            ms, mb = measure(lambda: module(*args), device)
+            ms, mb = measure(lambda: module(*args), device, base)
             case.results["eager_fp16"], case.memory_mb["eager_fp16"] = ms, mb
             outputs["eager_fp16"] = _first_tensor(module(*args))
         if "eager_cl" in wanted and device == "cuda" and args[0].dim() == 4:
@@ -207,19 +223,19 @@ def torch_peers(model: torch.nn.Module, inputs: tuple, device: str, wanted: set[
             cl_args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
             with torch.backends.cudnn.flags(enabled=True, benchmark=True):
                 graph_fn = _cuda_graphed(cl, cl_args)
-                ms, mb = measure(graph_fn, device)
+                ms, mb = measure(graph_fn, device, base)
             case.results["eager_fp16_nhwc_cudagraph"] = ms
             module = module.to(memory_format=torch.contiguous_format)
         if "cudagraph" in wanted and device == "cuda":
             graph_fn = _cuda_graphed(module, args)
-            ms, mb = measure(graph_fn, device)
+            ms, mb = measure(graph_fn, device, base)
             case.results["eager_fp16_cudagraph"], case.memory_mb["eager_fp16_cudagraph"] = ms, mb
         if "compile" in wanted:
             t0 = time.perf_counter()
             compiled = torch.compile(module)
             compiled(*args)
             case.build_s["torch_compile"] = time.perf_counter() - t0
-            ms, mb = measure(lambda: compiled(*args), device)
+            ms, mb = measure(lambda: compiled(*args), device, base)
             case.results["torch_compile_fp16"], case.memory_mb["torch_compile_fp16"] = ms, mb
             del compiled
             torch._dynamo.reset()
@@ -267,8 +283,13 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
         engine = build_engine(onnx_bytes, config)
         label = f"kiln_{precision}"
         case.build_s[label] = time.perf_counter() - t0
+        base = allocated(device)
         context = ExecutionContext(engine)
-        ms, mb = measure(lambda c=context: c.run(feeds), device)
+        case.memory_mb[f"{label}_on_device_at_load"] = (allocated(device) - base) / 2**20
+        ms, mb = measure(lambda c=context: c.run(feeds), device, base)
+        if device == "cuda":
+            case.memory_mb[f"{label}_held_after_runs"] = (allocated(device) - base) / 2**20
+            case.memory_mb[f"{label}_cudnn_workspace"] = _cudnn_workspace_mb()
         case.results[label] = ms
         case.memory_mb[label] = mb
         case.memory_mb[f"{label}_weights"] = engine.weight_bytes() / 2**20
@@ -359,6 +380,9 @@ def table(cases: list[Case]) -> str:
                          f"{weights_text}  {acc_text}")
         for key, seconds in case.build_s.items():
             lines.append(f"  build {key:18s} {seconds:7.1f} s")
+        extra = {k: v for k, v in case.memory_mb.items() if k not in case.results}
+        if extra:
+            lines.append("  memory MiB: " + ", ".join(f"{k} {v:.1f}" for k, v in extra.items()))
         lines.extend(f"  note: {n}" for n in case.notes)
     return "\n".join(lines)
 

@@ -141,13 +141,17 @@ def _override(node: Node, run: _Run) -> str | None:
 
 
 def _promoted(node: Node, inputs: list[int]) -> str:
-    """fp32 if any non-constant input is fp32 (or of unknown type), fp16 if one is fp16."""
+    """fp32 if any non-constant input is fp32 (or of unknown type), fp16 if one is fp16.
+
+    A layer whose only float inputs are constants (an embedding lookup: Gather from a
+    weight table by integer ids) reads weights, which are narrowed as a compute layer's
+    are (halving the biggest table of a transformer)."""
     if any(v is not None and v.dtype is None for v in node.inputs):
         return "fp32"
     live = [node.inputs[i] for i in inputs if not node.inputs[i].is_const]
     if any(v.dtype is DType.FLOAT for v in live):
         return "fp32"
-    return "fp16" if live else "fp32"
+    return "fp16" if live or inputs else "fp32"
 
 
 def _counted(kind: str, run: _Run) -> str:

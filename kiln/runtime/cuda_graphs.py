@@ -40,6 +40,9 @@ class GraphRunner:
         self.flags = flags
         self.graphs: OrderedDict[Key, Captured | None] = OrderedDict()
         self.failures: dict[Key, str] = {}
+        # one side stream for every warm-up and capture of this context: each stream gets
+        # its own cuBLAS workspace, so a new stream per capture would hold one more each
+        self.stream: torch.cuda.Stream | None = None
 
     def run(self, feeds: dict[str, Any]) -> list[Any] | None:
         """The outputs (fresh tensors), or None when this shape cannot be captured."""
@@ -63,7 +66,7 @@ class GraphRunner:
     def _capture(self, key: Key, feeds: dict[str, torch.Tensor]) -> Captured | None:
         static = {n: t.clone() for n, t in feeds.items()}
         try:
-            stream = torch.cuda.Stream(self.device)
+            stream = self.stream = self.stream or torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
                 for _ in range(2):  # warm-up: cuDNN autotuning, lazy allocations
@@ -72,7 +75,7 @@ class GraphRunner:
             graph = torch.cuda.CUDAGraph()
             buffers = captured_host_buffers()
             buffers.clear()
-            with torch.cuda.graph(graph), warnings.catch_warnings():
+            with torch.cuda.graph(graph, stream=stream), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. "graph is empty" for host-only engines
                 outputs = self.program.run(static)
             pinned = list(buffers)

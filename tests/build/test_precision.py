@@ -423,8 +423,51 @@ def test_fused_elementwise_programs_are_classed_by_what_they_compute(
 
 @pytest.mark.parametrize("op, expected", [
     ("FusedConv", "fp16"), ("FusedGemm", "fp16"), ("Attention", "fp16"),
-    ("LayerNorm", "fp32"), ("Gelu", "follow")])
+    ("LayerNorm", "fp16"), ("Gelu", "follow")])
 def test_fused_layers_are_classed_as_the_ops_they_replace(op: str, expected: str) -> None:
     node = Node(op, [Value("a", DType.FLOAT, (2,))], [Value("y", DType.FLOAT, (2,))],
                 domain="kiln", name="n")
     assert op_class(node) == expected
+
+
+def test_fused_layernorm_in_fp16_keeps_fp32_statistics() -> None:
+    """kiln's LayerNorm is classed fp16 because its statistics stay fp32: with a large
+    common offset (where fp16 variance would lose everything) it still matches float64."""
+    import torch
+
+    from kiln.ops.fused import layer_norm
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(4, 256, generator=g) * 0.5 + 300.0).to(torch.float16)
+    r = torch.randn(4, 256, generator=g).to(torch.float16)
+    scale = torch.rand(256, generator=g).to(torch.float16) + 0.5
+    got = layer_norm(x, r, scale, None, epsilon=1e-5)
+    summed = (x.double() + r.double()).to(torch.float16).double()  # the sum rounds once
+    want = (summed - summed.mean(-1, keepdim=True)) / torch.sqrt(
+        summed.var(-1, unbiased=False, keepdim=True) + 1e-5) * scale.double()
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=2e-3)
+
+
+def test_lookup_in_a_weight_table_reads_fp16_weights() -> None:
+    """Gather from a constant float table by integer ids (an embedding) runs in fp16: the
+    table is stored narrowed, and the lookup returns its fp16 rounding exactly."""
+    rng = np.random.default_rng(RNG_SEED)
+    table = _weights(rng, 50, 8, scale=1.0)
+    model = _model(
+        [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+         helper.make_node("MatMul", ["e", "w"], ["y"], name="proj")],
+        [_in("ids", ["N", 5], INT64)], [_out("y")],
+        [("table", table), ("w", _weights(rng, 8, 4))])
+    graph, _ = _graph(model)
+    embed = _node(graph, "embed")
+    assert embed.meta["precision"] == "fp16"
+    assert embed.inputs[0].const.dtype == np.float16
+    assert not any(n.inputs[0].name == "e" for n in _casts(graph))
+    ids = rng.integers(0, 50, (3, 5)).astype(np.int64)
+    engine = build_engine(model, BuilderConfig(precision="fp16", device="cpu",
+                                               optimization_level=0))
+    got = ExecutionContext(engine).run({"ids": ids})["y"]
+    w16 = _node(graph, "proj").inputs[1].const.astype(np.float64)
+    want = table.astype(np.float16).astype(np.float64)[ids] @ w16
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)

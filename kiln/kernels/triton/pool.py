@@ -2,8 +2,8 @@
 
 torch's CUDA max_pool2d always computes the argmax indices too (int64, four times the
 bytes of fp16 values), which ONNX inference never reads; this kernel writes only the
-values. One program per output pixel and block of channels: channels are contiguous in
-NHWC, so every load is coalesced.
+values. Each program takes a tile of output pixels by channels; channels are contiguous
+in NHWC, so every load is coalesced.
 """
 
 from __future__ import annotations
@@ -25,33 +25,35 @@ if AVAILABLE:
     @triton.jit
     def _maxpool_nhwc(
         x, out,                     # NHWC input and output
-        H, W, C, OH, OW,            # sizes
+        H, W, C, OH, OW, P,         # sizes; P = N * OH * OW output pixels
         sxn, sxh, sxw, sxc,         # input strides (elements)
         son, soh, sow, soc,         # output strides
         pad_h, pad_w,               # top / left padding
         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-        BLOCK_C: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
-        # for output pixel (n, oh, ow) and a block of channels:
-        #   out = max over the window, reading -inf outside the input
-        pixel = tl.program_id(0)
-        cblock = tl.program_id(1)
-        ow = pixel % OW
-        oh = (pixel // OW) % OH
-        n = pixel // (OW * OH)
-        c = cblock * BLOCK_C + tl.arange(0, BLOCK_C)
+        # a tile of BLOCK_P output pixels x BLOCK_C channels:
+        #   out[p, c] = max over the window of x, reading -inf outside the input
+        p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        pmask = p < P
         cmask = c < C
-        best = tl.full([BLOCK_C], float("-inf"), tl.float32)
+        ow = p % OW
+        oh = (p // OW) % OH
+        n = p // (OW * OH)
+        best = tl.full([BLOCK_P, BLOCK_C], float("-inf"), tl.float32)
         for kh in tl.static_range(KH):
             for kw in tl.static_range(KW):
                 ih = oh * SH - pad_h + kh
                 iw = ow * SW - pad_w + kw
-                inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                offset = n * sxn + ih * sxh + iw * sxw + c * sxc
-                value = tl.load(x + offset, mask=cmask & inside, other=float("-inf"))
+                inside = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                row = n * sxn + ih * sxh + iw * sxw
+                value = tl.load(x + row[:, None] + c[None, :] * sxc,
+                                mask=inside[:, None] & cmask[None, :], other=float("-inf"))
                 best = tl.maximum(best, value.to(tl.float32))
-        tl.store(out + n * son + oh * soh + ow * sow + c * soc,
-                 best.to(out.dtype.element_ty), mask=cmask)
+        target = n * son + oh * soh + ow * sow
+        tl.store(out + target[:, None] + c[None, :] * soc, best.to(out.dtype.element_ty),
+                 mask=pmask[:, None] & cmask[None, :])
 
 
 def output_size(size: int, kernel: int, stride: int, begin: int, end: int, ceil: bool) -> int:
@@ -71,14 +73,16 @@ def maxpool_nhwc(x: torch.Tensor, kernel: list[int], strides: list[int], pads: l
                       memory_format=torch.channels_last)
     if out.numel() == 0:
         return out
-    block_c = min(128, triton.next_power_of_2(c))
-    grid = (n * oh * ow, triton.cdiv(c, block_c))
+    block_c = min(64, triton.next_power_of_2(c))
+    block_p = max(1, 4096 // block_c)  # a few KB of values per program
+    pixels = n * oh * ow
+    grid = (triton.cdiv(pixels, block_p), triton.cdiv(c, block_c))
     _maxpool_nhwc[grid](
-        x, out, h, w, c, oh, ow,
+        x, out, h, w, c, oh, ow, pixels,
         x.stride(0), x.stride(2), x.stride(3), x.stride(1),
         out.stride(0), out.stride(2), out.stride(3), out.stride(1),
         pads[0], pads[1], KH=kernel[0], KW=kernel[1], SH=strides[0], SW=strides[1],
-        BLOCK_C=block_c)
+        BLOCK_P=block_p, BLOCK_C=block_c)
     return out
 
 
