@@ -36,10 +36,6 @@ from kiln.quant import arith
 _FLOAT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def float_dtype(name: str) -> torch.dtype:
-    return _FLOAT[name]
-
-
 def inverse_scale(scale: float) -> float:
     """1 / scale, rounded to float32 the way every tactic computes it."""
     return float(np.float32(1.0) / np.float32(scale))

@@ -28,25 +28,6 @@ _TORCH_QTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int32": torch.int32,
                  "fp8e5m2": torch.float8_e5m2}
 
 
-def qtype_of(dtype: Any) -> str:
-    """kiln's name of a quantized element type, from a torch or numpy dtype."""
-    if isinstance(dtype, torch.dtype):
-        for name, t in _TORCH_QTYPES.items():
-            if t == dtype:
-                return name
-        raise TypeError(f"{dtype} is not a quantized type")
-    name = np.dtype(dtype).name
-    aliases = {"float8_e4m3fn": "fp8e4m3", "float8_e5m2": "fp8e5m2"}
-    name = aliases.get(name, name)
-    if name not in _TORCH_QTYPES:
-        raise TypeError(f"{name} is not a quantized type")
-    return name
-
-
-def torch_qtype(name: str) -> torch.dtype:
-    return _TORCH_QTYPES[name]
-
-
 def is_fp8(name: str) -> bool:
     return name.startswith("fp8")
 

@@ -25,7 +25,6 @@ DEFAULT_VERSION = "8601"
 # kiln's calibration methods and the algorithm names TensorRT writes in the header
 ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration",
               "percentile": "LegacyCalibration"}
-KNOWN_ALGORITHMS = {*ALGORITHMS.values(), "EntropyCalibration"}
 _HEADER = re.compile(r"^TRT-(\d+)-([A-Za-z0-9_]+)$")
 _HEX = re.compile(r"^[0-9a-fA-F]{8}$")
 

@@ -134,7 +134,7 @@ def test_layer_precisions_keep_layers_out_of_int8(model):
     assert sum(layer["precision"] == "int8" for layer in engine.layers()) == 4
 
 
-def test_fp8_builds_use_the_same_calibration(model):
+def test_fp8_builds_use_the_same_calibration(model, tmp_path):
     path, calib = model
     engine = build_engine(str(path), BuilderConfig(
         precision="fp8", device="cpu", optimization_level=0,
@@ -146,6 +146,9 @@ def test_fp8_builds_use_the_same_calibration(model):
     want = ExecutionContext(fp32).run({"x": x})["y"]
     got = ExecutionContext(engine).run({"x": x})["y"]
     assert np.abs(got - want).max() < 0.15 * np.abs(want).max()
+    engine.save(tmp_path / "fp8.kiln")  # float8 weights go through the engine file
+    again = ExecutionContext(Engine.load(tmp_path / "fp8.kiln")).run({"x": x})["y"]
+    np.testing.assert_array_equal(again, got)
 
 
 def test_the_builder_refuses_int8_without_calibration(model):
