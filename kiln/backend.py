@@ -18,12 +18,15 @@ import onnx
 from onnx.backend.base import Backend, BackendRep
 
 from kiln.build import BuilderConfig, build_engine
+from kiln.errors import InputError
 from kiln.runtime import ExecutionContext
 
 
 def _device(device: str) -> str:
-    kind = device.split(":")[0].upper()
-    return "cuda" if kind == "CUDA" else "cpu"
+    kind, _, index = device.partition(":")
+    if kind.upper() == "CUDA":
+        return f"cuda:{index}" if index else "cuda"
+    return "cpu"
 
 
 class KilnRep(BackendRep):
@@ -39,6 +42,10 @@ class KilnRep(BackendRep):
         else:
             if not isinstance(inputs, Sequence) or isinstance(inputs, np.ndarray):
                 inputs = [inputs]
+            if len(inputs) > len(self.input_names):
+                raise InputError(
+                    f"{len(inputs)} inputs given; the model takes {len(self.input_names)} "
+                    f"({', '.join(self.input_names)})", hint="pass one array per model input")
             feeds = dict(zip(self.input_names, inputs))
         outputs = self.context.run(feeds)
         return tuple(outputs.values())

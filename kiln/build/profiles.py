@@ -54,6 +54,8 @@ class Profile:
             shape = shapes.get(name)
             if shape is None:
                 continue
+            if len(shape) != len(ranges):
+                return f"{name} has rank {len(shape)}, the profile has rank {len(ranges)}"
             for axis, (size, rng) in enumerate(zip(shape, ranges)):
                 if not rng.contains(size):
                     return f"{name} axis {axis} is {size}, the profile allows {rng.text()}"
@@ -73,12 +75,15 @@ def parse_shapes(text: str | None, flag: str = "--shapes") -> dict[str, list[int
     if not text:
         return {}
     shapes: dict[str, list[int]] = {}
-    for item in _split_outside_quotes(text, ","):
+    for item in _split_outside_quotes(text, ",", flag):
         name, sep, dims = item.rpartition(":")
         name = name.strip().strip("'\"")
         if not sep or not name:
             raise KilnError(f"{flag}: {item!r} is not name:dims",
                             hint=f"write {flag}=input:1x3x224x224,mask:1x128")
+        if name in shapes:
+            raise KilnError(f"{flag}: {name!r} is given twice in {text!r}",
+                            hint="give each input once")
         try:
             shapes[name] = [int(d) for d in dims.lower().split("x")] if dims.strip() else []
         except ValueError:
@@ -89,7 +94,7 @@ def parse_shapes(text: str | None, flag: str = "--shapes") -> dict[str, list[int
     return shapes
 
 
-def _split_outside_quotes(text: str, sep: str) -> list[str]:
+def _split_outside_quotes(text: str, sep: str, flag: str) -> list[str]:
     parts, current, quote = [], [], None
     for ch in text:
         if ch in "'\"" and quote in (None, ch):
@@ -99,6 +104,9 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
             current = []
         else:
             current.append(ch)
+    if quote is not None:
+        raise KilnError(f"{flag}: {text!r} has an unclosed {quote} quote",
+                        hint=f"close it: {flag}='in:0':1x3x224x224")
     parts.append("".join(current))
     return [p for p in (p.strip() for p in parts) if p]
 
@@ -132,19 +140,22 @@ def _input_ranges(value: Value, lo: list[int] | None, opt: list[int] | None,
     """min/opt/max per axis. Only opt given: a static engine at that shape (trtexec's
     --shapes). min or max given: all three are needed. None given: the defaults."""
     if (lo is None) != (hi is None) or (lo is not None and opt is None):
+        flags = (("--minShapes", lo), ("--optShapes", opt), ("--maxShapes", hi))
+        given = " and ".join(f for f, shape in flags if shape is not None)
+        missing = " and ".join(f for f, shape in flags if shape is None)
         raise KilnError(
-            f"{value.name!r} has only some of --minShapes/--optShapes/--maxShapes",
+            f"{value.name!r} is in {given} but not in {missing}",
             hint="give all three for an input (or only --optShapes for one fixed shape)")
-    lo = lo if lo is not None else opt
-    hi = hi if hi is not None else opt
     declared = list(value.shape) if value.shape is not None else None
     rank = len(declared) if declared is not None else (len(opt) if opt is not None else 0)
     declared = declared if declared is not None else [None] * rank
-    for flag, shape in (("min", lo), ("opt", opt), ("max", hi)):
+    for flag, shape in (("--optShapes", opt), ("--minShapes", lo), ("--maxShapes", hi)):
         if shape is not None and len(shape) != rank:
             raise KilnError(
-                f"the {flag} shape of {value.name!r} has {len(shape)} dims, the input has {rank} "
-                f"({_dims_text(declared)})", hint=f"give {rank} dims joined by 'x'")
+                f"{flag} gives {value.name!r} {len(shape)} dims ({_dims_text(shape)}), the input "
+                f"has {rank} ({_dims_text(declared)})", hint=f"give {rank} dims joined by 'x'")
+    lo = lo if lo is not None else opt
+    hi = hi if hi is not None else opt
     ranges = []
     for axis, dim in enumerate(declared):
         if opt is None:
@@ -156,8 +167,8 @@ def _input_ranges(value: Value, lo: list[int] | None, opt: list[int] | None,
         if isinstance(dim, int) and (mn, o, mx) != (dim, dim, dim):
             raise KilnError(f"the shapes given for {value.name!r} set axis {axis} to "
                             f"{mn}/{o}/{mx}, but the model fixes it at {dim} "
-                            f"({_dims_text(declared)})")
-        if not mn <= o <= mx:
+                            f"({_dims_text(declared)})", hint=f"give {dim} for axis {axis}")
+        if not 0 <= mn <= o <= mx:
             raise KilnError(f"{value.name!r} axis {axis}: need min <= opt <= max, got "
                             f"{mn} / {o} / {mx}")
         ranges.append(DimRange(mn, o, mx))

@@ -147,6 +147,11 @@ def load_inputs(spec: str | None, engine: Engine | None = None) -> dict[str, np.
     path = Path(spec)
     if path.suffix == ".npz" and path.is_file():
         return _from_npz(path, engine)
+    if path.suffix == ".npz" and ":" not in spec:
+        raise KilnError(f"input file not found: {path}")
+    if path.suffix == ".npy" and ":" not in spec:
+        raise KilnError(f"--inputs {spec}: a .npy file holds one array, without its input's name",
+                        hint=f"name the input: --inputs=<input name>:{spec}")
     inputs = {}
     for item in spec.split(","):
         name, sep, file = item.rpartition(":")
@@ -172,9 +177,14 @@ def _read_array(path: Path) -> np.ndarray:
     if not path.is_file():
         raise KilnError(f"input file not found: {path}")
     try:
-        return np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise KilnError(f"cannot read {path} as a .npy array: {exc}") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        array.close()
+        raise KilnError(f"{path} is an .npz archive, not one .npy array",
+                        hint=f"pass the archive alone: --inputs={path}")
+    return array
 
 
 def human_bytes(n: float | None) -> str:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from kiln.errors import KilnError
 
@@ -49,11 +51,18 @@ def _unavailable(name: str, exc: ImportError) -> Handler:
     return handler
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags get the same one-message form as every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n  fix: see `{self.prog} --help`\n")
+
+
 def parser() -> argparse.ArgumentParser:
     _load_commands()
-    top = argparse.ArgumentParser(prog="kiln", description=__doc__.splitlines()[0])
+    top = _Parser(prog="kiln", description=__doc__.splitlines()[0])
     top.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = top.add_subparsers(dest="command", metavar="COMMAND")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (doc, add_arguments, handler) in sorted(_COMMANDS.items()):
         p = sub.add_parser(name, help=doc.splitlines()[0], description=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,10 +73,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args, extra = top.parse_known_args(argv)
     if not getattr(args, "handler", None):
-        parser().print_help()
+        if extra:
+            top.error(f"unrecognized arguments: {' '.join(extra)}")
+        top.print_help()
         return 2
+    if extra:  # named with the command, whose --help lists what it takes
+        top.prog = f"kiln {args.command}"
+        top.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.handler(args)
     except KilnError as exc:
@@ -78,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `kiln inspect --json | head`: the reader left, nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # as Python's docs advise: no flush error at exit
+        return 0
 
 
 if __name__ == "__main__":

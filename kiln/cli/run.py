@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             np.savez(args.output, **{k: np.asarray(v) for k, v in outputs.items()})
         except OSError as exc:
-            raise KilnError(f"cannot write {args.output}: {exc}") from None
+            raise KilnError(f"cannot write {args.output}: {exc.strerror or exc}") from None
         print(f"saved outputs to {args.output}")
     return 0
 

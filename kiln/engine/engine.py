@@ -11,6 +11,8 @@ import torch
 from kiln.build.profiles import Profile
 from kiln.ir import DType
 
+ALIGNMENT = 64  # bytes; torch's CPU allocator aligns every allocation this way
+
 if TYPE_CHECKING:
     from kiln.runtime.context import ExecutionContext
 
@@ -46,7 +48,7 @@ class Engine:
 
     def __init__(self, plan: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         self.plan = plan
-        self.tensors = tensors
+        self.tensors = {key: aligned(t) for key, t in tensors.items()}
 
     # ------------------------------------------------------------- metadata
     @property
@@ -107,6 +109,19 @@ class Engine:
         from kiln.runtime.context import ExecutionContext
 
         return ExecutionContext(self, device=device)
+
+
+def aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, contiguous and at a 64-byte boundary (a copy when it is not).
+
+    CPU kernels (MKL, oneDNN) pick their vector paths by alignment, so the same weights at
+    another address can round differently. safetensors hands out tensors at whatever offset
+    the file's header length leaves them; copying into torch's allocator (64-byte aligned)
+    makes a loaded engine compute bit for bit what the built one did.
+    """
+    if tensor.numel() and (not tensor.is_contiguous() or tensor.data_ptr() % ALIGNMENT):
+        return tensor.clone(memory_format=torch.contiguous_format)
+    return tensor
 
 
 def _collect_layers(graph: dict[str, Any], found: list[dict[str, Any]]) -> None:

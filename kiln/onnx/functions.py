@@ -81,11 +81,13 @@ def _function_body(
     if schema.has_function:
         raw = schema.get_function_with_opset_version(opset)
         if not raw:
-            return schema.function_body
-        if isinstance(raw, onnx.FunctionProto):
-            return raw
-        body = onnx.FunctionProto()  # onnx hands the body over serialized
-        body.ParseFromString(raw)
+            body = schema.function_body
+        elif isinstance(raw, onnx.FunctionProto):
+            body = raw
+        else:
+            body = onnx.FunctionProto()  # onnx hands the body over serialized
+            body.ParseFromString(raw)
+        _add_default_attributes(node, schema)
         return body
     if schema.has_context_dependent_function:
         input_types = []
@@ -101,6 +103,17 @@ def _function_body(
         body.ParseFromString(raw)
         return body
     return None
+
+
+def _add_default_attributes(node: onnx.NodeProto, schema: defs.OpSchema) -> None:
+    """Writes the schema's defaults onto the node: a body refers to attributes by name, and
+    the inliner drops a reference the call site does not set (leaving, e.g., an empty
+    Constant)."""
+    given = {attr.name for attr in node.attribute}
+    for name, attr in schema.attributes.items():
+        default = attr.default_value
+        if name not in given and default.type != onnx.AttributeProto.UNDEFINED:
+            node.attribute.append(default)
 
 
 def _as_local_function(

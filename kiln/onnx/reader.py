@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-import onnx.inliner
+import onnx.inliner  # a submodule `import onnx` does not load
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
@@ -30,9 +30,9 @@ MIN_OPSET = 7
 def load_model(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
     """Loads an ONNX file (with external data from beside it) or parses bytes."""
     if isinstance(source, onnx.ModelProto):
-        return source
+        return _no_unloaded_external_data(source, "the model")
     if isinstance(source, bytes):
-        return _parse(source, "<bytes>", None)
+        return _no_unloaded_external_data(_parse(source, "<bytes>", None), "<bytes>")
     path = Path(source)
     if not path.exists():
         raise KilnError(f"model file not found: {path}", hint="check the path")
@@ -50,20 +50,56 @@ def _parse(data: bytes, label: str, base_dir: Path | None) -> onnx.ModelProto:
             f"{label} is not a readable ONNX model (truncated or not ONNX: {exc})",
             hint="re-export the model, or check that the download completed",
         ) from None
+    if not data:
+        raise KilnError(f"{label} is empty (0 bytes), not an ONNX model",
+                        hint="check that the export or download completed")
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise KilnError(
             f"{label} is not an ONNX model (no IR version or graph found)",
             hint="pass a .onnx file exported by a framework",
         )
     if base_dir is not None and _has_external_data(model):
+        missing = _missing_external_files(model, base_dir)
+        if missing:
+            raise KilnError(
+                f"{label} keeps its weights in external data file(s) "
+                f"{', '.join(missing)}, which are not in {base_dir}",
+                hint="keep the .data file(s) beside the .onnx file, with their original names",
+            )
         try:
             external_data_helper.load_external_data_for_model(model, str(base_dir))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
             raise KilnError(
                 f"{label} keeps its weights in external data that could not be read: {exc}",
                 hint="keep the .data file(s) beside the .onnx file, with their original names",
             ) from None
     return model
+
+
+def _no_unloaded_external_data(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """A model given in memory cannot say where its external data lives: refuse it early
+    (onnx would otherwise look for the files in the current directory)."""
+    if _has_external_data(model):
+        files = sorted({external_data_helper.ExternalDataInfo(t).location
+                        for t in external_data_helper._get_all_tensors(model)
+                        if t.data_location == onnx.TensorProto.EXTERNAL})
+        raise KilnError(
+            f"{label} keeps its weights in external data file(s) {', '.join(files)}, which "
+            "kiln cannot find for a model given in memory",
+            hint="pass the .onnx file's path (with the data beside it), or onnx.load() it "
+                 "with its external data first")
+    return model
+
+
+def _missing_external_files(model: onnx.ModelProto, base_dir: Path) -> list[str]:
+    missing: list[str] = []
+    for tensor in external_data_helper._get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = external_data_helper.ExternalDataInfo(tensor).location
+        if not (base_dir / location).is_file() and location not in missing:
+            missing.append(location)
+    return missing
 
 
 def _has_external_data(model: onnx.ModelProto) -> bool:

@@ -9,6 +9,7 @@ arena's size is the engine's peak activation memory. Tensors that alias their in
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,32 +30,56 @@ class Buffer:
 
 def trace(program: Program, feeds: Mapping[str, Any]) -> tuple[list[Buffer], dict[str, list]]:
     """Runs `program` once; returns the buffers it allocates and every value's shape."""
-    owners: set[int] = {_storage(t) for t in program.constants.values()
-                        if isinstance(t, torch.Tensor)}
-    owners |= {_storage(t) for t in feeds.values() if isinstance(t, torch.Tensor)}
+    # storage address -> (the buffer's name, the tensors seen on it). A value whose storage
+    # a live tensor already uses is a view; once they are all freed, the allocator may hand
+    # the address to a new value, which then owns a buffer of its own.
+    owners: dict[int, tuple[str | None, list[weakref.ref]]] = {}
+    for value in [*program.constants.values(), *feeds.values()]:
+        if isinstance(value, torch.Tensor):
+            owners.setdefault(_storage(value), (None, []))[1].append(weakref.ref(value))
     buffers: dict[str, Buffer] = {}
+    alias: dict[str, str] = {}  # a view's name -> the buffer it lives in
     shapes: dict[str, list] = {n: list(v.shape) for n, v in feeds.items()
                                if isinstance(v, torch.Tensor)}
 
+    def touch(name: str | None, index: int) -> None:
+        owner = alias.get(name, name) if name is not None else None
+        if owner in buffers:
+            buffers[owner].last = index
+
     def record(index: int, step: Step, scope: Scope) -> None:
-        for name in step.inputs:
-            if name in buffers:
-                buffers[name].last = index
+        for name in [*step.inputs, *_captures(step)]:
+            touch(name, index)
         for name in step.outputs:
             value = scope.get(name) if name is not None else None
             if not isinstance(value, torch.Tensor):
                 continue
             shapes[name] = list(value.shape)
             key = _storage(value)
-            if key not in owners:  # a view of another value owns nothing new
-                owners.add(key)
+            owner, seen = owners.get(key, (None, []))
+            seen = [ref for ref in seen if ref() is not None]
+            if seen:  # a view of a live value
+                if owner is not None:
+                    alias[name] = owner
+                    touch(name, index)
+            else:
                 buffers[name] = Buffer(name, value.untyped_storage().nbytes(), index, index)
+                owner = name
+            owners[key] = (owner, [*seen, weakref.ref(value)])
 
     program.run(feeds, on_step=record)
     for name in program.outputs:
-        if name in buffers:
-            buffers[name].last = len(program.steps)
+        touch(name, len(program.steps))
     return list(buffers.values()), shapes
+
+
+def _captures(step: Step) -> list[str]:
+    """Outer values a step's subgraph bodies read: alive until the step is done."""
+    names: list[str] = []
+    for body in step.subgraphs.values():
+        for program in body if isinstance(body, list) else [body]:
+            names.extend(program.captures())
+    return names
 
 
 def _storage(t: torch.Tensor) -> int:

@@ -14,7 +14,7 @@ import torch
 from kiln.engine.engine import Engine, IOSpec
 from kiln.errors import InputError
 from kiln.ir import DType
-from kiln.ops.tensors import CARRIERS, kiln_dtype
+from kiln.ops.tensors import CARRIERS, kiln_dtype, torch_dtype
 
 
 def _dtype_of(value: Any) -> DType | None:
@@ -30,6 +30,11 @@ def _dtype_of(value: Any) -> DType | None:
 
 def check_inputs(engine: Engine, inputs: Mapping[str, Any]) -> None:
     specs = {spec.name: spec for spec in engine.inputs}
+    if not isinstance(inputs, Mapping):
+        raise InputError(
+            f"inputs must be a mapping of input name to array, got a {type(inputs).__name__}; "
+            f"the engine's inputs are {', '.join(_describe(s) for s in specs.values())}",
+            hint=f"pass {{{', '.join(repr(n) + ': ...' for n in specs)}}}")
     unknown = [name for name in inputs if name not in specs]
     if unknown:
         raise InputError(
@@ -68,8 +73,7 @@ def _check_one(spec: IOSpec, value: Any) -> tuple[int, ...]:
         given = dtype.short if dtype else str(value.dtype)
         raise InputError(
             f"input {spec.name!r} has dtype {given}; the engine takes {spec.dtype.short}",
-            hint=f"convert it first, e.g. x.astype(np.{np.dtype(spec.dtype.numpy).name})"
-            if spec.dtype.numpy is not None and spec.dtype is not DType.STRING else None)
+            hint=_convert_hint(spec.dtype, value))
     shape = tuple(int(d) for d in value.shape)
     if spec.shape is not None:
         if len(shape) != len(spec.shape):
@@ -82,6 +86,17 @@ def _check_one(spec: IOSpec, value: Any) -> tuple[int, ...]:
                     f"input {spec.name!r} has shape {_text(shape)}; axis {axis} must be {want} "
                     f"(the engine takes {spec.shape_text()})")
     return shape
+
+
+def _convert_hint(dtype: DType, value: Any) -> str | None:
+    if isinstance(value, torch.Tensor):
+        try:
+            return f"convert it first, e.g. x.to({torch_dtype(dtype)})"
+        except TypeError:  # no torch equivalent (strings, int4)
+            return None
+    if dtype.numpy is None or dtype is DType.STRING:
+        return None
+    return f"convert it first, e.g. x.astype(np.{np.dtype(dtype.numpy).name})"
 
 
 def _check_sequence(spec: IOSpec, value: Any) -> None:
@@ -125,13 +140,15 @@ def _check_profiles(engine: Engine, shapes: dict[str, tuple[int, ...]]) -> None:
     reasons = [p.accepts(shapes) for p in profiles]
     if any(r is None for r in reasons):
         return
+    given = ", ".join(f"{n} {_text(s)}" for n, s in shapes.items())
     ranges = "; ".join(
-        f"profile {i}: " + ", ".join(
-            f"{n} {'x'.join(d.text() for d in dims)}" for n, dims in p.dims.items())
-        for i, p in enumerate(profiles))
-    raise InputError(f"input shapes are outside every optimization profile ({reasons[0]}); "
-                     f"the engine accepts {ranges}",
-                     hint="rebuild with --minShapes/--optShapes/--maxShapes that cover them")
+        f"profile {i} takes " + ", ".join(
+            f"{n} {' x '.join(d.text() for d in dims) or 'scalar'}" for n, dims in p.dims.items())
+        + f" ({reason})" for i, (p, reason) in enumerate(zip(profiles, reasons)))
+    raise InputError(f"input shapes {given} are outside every optimization profile of the "
+                     f"engine: {ranges}",
+                     hint="pass shapes inside a profile, or rebuild with --minShapes/--optShapes/"
+                     "--maxShapes that cover them")
 
 
 def _text(shape: tuple[int, ...]) -> str:
