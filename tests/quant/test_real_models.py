@@ -11,7 +11,6 @@ precision problem, see the FP16 tests). Skipped when ../shared/models is absent.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,25 +18,21 @@ import pytest
 from kiln.build import BuilderConfig, build_engine
 from kiln.quant import Calibrator
 from kiln.runtime import ExecutionContext
+from tests.models import zoo
+from tests.shared_models import model_path, samples
 
-MODELS = Path(__file__).resolve().parents[2] / ".." / "shared" / "models"
-pytestmark = pytest.mark.skipif(not MODELS.is_dir(),
-                                reason="the shared real models (../shared/models) are absent")
+pytestmark = pytest.mark.skipif(not zoo.available(), reason=zoo.SKIP_REASON)
 
 
 def _samples(name: str) -> tuple[list[dict], list[dict]]:
-    feeds, refs = [], []
-    for path in sorted((MODELS / name / "samples").glob("[0-9]*.npz")):
-        with np.load(path) as data:
-            feeds.append({k[6:]: data[k] for k in data.files if k.startswith("input.")})
-            refs.append({k[7:]: data[k] for k in data.files if k.startswith("output.")})
-    return feeds, refs
+    pairs = samples(name)
+    return [inputs for inputs, _ in pairs], [outputs for _, outputs in pairs]
 
 
 @functools.cache
 def _int8(name: str) -> ExecutionContext:
     feeds, _ = _samples(name)
-    engine = build_engine(str(MODELS / name / "model.onnx"), BuilderConfig(
+    engine = build_engine(str(model_path(name)), BuilderConfig(
         precision="int8", fallback_precision="fp32", device="cpu", optimization_level=0,
         calibrator=Calibrator(feeds)))
     assert engine.plan["build"]["quantization"]["quantized_layers"] >= 3
