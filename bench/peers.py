@@ -2,7 +2,8 @@
 
 For each model (exported to ONNX from its PyTorch definition with random weights: the
 GPU machine has torchvision and transformers but no network) and batch size, it builds
-kiln FP32 and FP16 engines and times them beside PyTorch eager FP16, eager FP16 replayed
+kiln FP32 and FP16 (and with --precisions INT8/FP8, calibrated on other random batches)
+engines and times them beside PyTorch eager FP16, eager FP16 replayed
 as a CUDA graph, and torch.compile (default mode). Latency is the median of CUDA-event
 timed runs after warm-up, inputs already on the device, outputs left there. It prints a
 table of milliseconds and kiln/peer ratios and writes everything to JSON.
@@ -31,12 +32,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kiln.build import BuilderConfig, build_engine
+from kiln.quant import Calibrator
 from kiln.runtime import ExecutionContext
 from kiln.runtime.profile import profile_layers
 
 PROFILE = False
 
 THROUGHPUT_BATCH = {"resnet50": 64, "bert": 32, "vit": 64, "tiny_cnn": 8, "tiny_bert": 8}
+CALIBRATION_BATCHES = (16, 15, 14, 13)  # INT8/FP8 calibration: other inputs than the timed
 
 
 @dataclass
@@ -265,14 +268,17 @@ def _first_tensor(out: Any) -> torch.Tensor:
 
 
 def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
-               precisions: list[str], case: Case, cache: Path | None) -> dict[str, Any]:
+               precisions: list[str], case: Case, cache: Path | None,
+               calibration: list[dict] | None = None) -> dict[str, Any]:
     feeds = {n: t.to(device) for n, t in zip(names, inputs)}
     shapes = {n: list(t.shape) for n, t in feeds.items()}
     outputs = {}
     for precision in precisions:
         t0 = time.perf_counter()
+        # INT8/FP8: calibrated (entropy) on a few other batches; other layers in FP16
+        calibrator = Calibrator(calibration) if precision in ("int8", "fp8") else None
         config = BuilderConfig(precision=precision, device=device,
-                               profiles=[{"opt": shapes}],
+                               profiles=[{"opt": shapes}], calibrator=calibrator,
                                timing_cache=str(cache) if cache else None)
         engine = build_engine(onnx_bytes, config)
         label = f"kiln_{precision}"
@@ -347,7 +353,10 @@ def run_case(name: str, batch: int, device: str, peers: set[str], precisions: li
     reference = reference_fp32(model, inputs, device)
     outputs = {}
     if "kiln" in peers:
-        outputs.update(kiln_peers(onnx_bytes, inputs, names, device, precisions, case, cache))
+        calibration = [dict(zip(names, (t.numpy() for t in make_inputs(size))))
+                       for size in CALIBRATION_BATCHES]
+        outputs.update(kiln_peers(onnx_bytes, inputs, names, device, precisions, case, cache,
+                                  calibration))
     outputs.update(torch_peers(model, inputs, device, peers, case))
     accuracy(reference, outputs, case)
     return case
@@ -362,9 +371,13 @@ def table(cases: list[Case]) -> str:
             ratio = f"{ms / base:6.2f}x" if base else ""
             acc = case.accuracy.get(peer, {})
             acc_text = f"maxabs {acc['max_abs']:.2e} cos {acc['cosine']:.6f}" if acc else ""
+            if "top1_agree" in acc:
+                acc_text += f" top1 {acc['top1_agree']:.3f}"
             mem = case.memory_mb.get(peer, float("nan"))
+            weights = case.memory_mb.get(f"{peer}_weights")
+            weights_text = f"  weights {weights:7.1f} MiB" if weights is not None else ""
             lines.append(f"  {peer:24s} {ms:9.3f} ms  peer/kiln {ratio}  mem {mem:8.1f} MiB"
-                         f"  {acc_text}")
+                         f"{weights_text}  {acc_text}")
         for key, seconds in case.build_s.items():
             lines.append(f"  build {key:18s} {seconds:7.1f} s")
         extra = {k: v for k, v in case.memory_mb.items() if k not in case.results}
@@ -380,7 +393,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,throughput",
                         help="comma list; 'throughput' = 64 for ResNet/ViT, 32 for BERT")
     parser.add_argument("--peers", default="kiln,eager,cudagraph,compile")
-    parser.add_argument("--precisions", default="fp32,fp16")
+    parser.add_argument("--precisions", default="fp32,fp16",
+                        help="kiln engines to build: fp32, fp16, int8, fp8")
     parser.add_argument("--out", default=None, help="folder for results.json")
     parser.add_argument("--timing-cache", default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny models (works on CPU)")

@@ -34,6 +34,7 @@ from kiln.kernels import Target
 from kiln.onnx import load_model, read_onnx
 from kiln.passes import PassContext, run_pipeline
 from kiln.passes.eliminate_dead import eliminate_dead
+from kiln.quant import stage as quant_stage
 
 Stage = Callable[[str], None]
 
@@ -61,14 +62,18 @@ def build_engine(
         # one shape per input: infer every shape from it, so shape arithmetic folds away
         graph = read_onnx(specialize_inputs(load_model(model), fixed))
     mark_model_dtypes(graph)
+    quantization = quant_stage.prepare(graph, config.precision, config.calibrator, device, stage)
 
     stage("optimize")
-    passes = PassContext(precision=config.precision, device=device.type)
+    passes = PassContext(precision=config.precision, device=device.type,
+                         options={"layer_precisions": config.layer_precisions})
     if config.optimize:
         run_pipeline(graph, passes)
+    quant_stage.apply(graph, quantization, passes)
 
     stage("precision")
-    precision = assign_precision(graph, config.precision, config.layer_precisions)
+    precision = assign_precision(graph, config.float_precision, config.layer_precisions)
+    quantized = quant_stage.finalize(graph, quantization)
     eliminate_dead(graph, passes)  # constants that precision replaced with converted copies
     assign_placement(graph, device.type)
     place_constants(graph)
@@ -85,12 +90,15 @@ def build_engine(
         "device": _target_description(device),
         "build": {
             "precision": config.precision,
+            **({"fallback_precision": config.fallback_precision}
+               if config.precision in ("int8", "fp8") else {}),
             "source": _source_name(model),
             "producer": graph.meta.get("producer", ""),
             "optimization_level": config.optimization_level,
             "optimize": config.optimize,
             "passes": passes.applied,
             "precision_layers": precision,
+            **({"quantization": quantized} if quantized else {}),
         },
         "inputs": [s.to_json() for s in inputs],
         "outputs": [s.to_json() for s in outputs],

@@ -16,12 +16,18 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 class BuilderConfig:
     """Build settings, named after trtexec's flags where one exists.
 
-    precision: the lowest precision layers may use ("fp32", "fp16"); sensitive layers stay
-        in fp32 whatever it is. `io_precision` keeps the engine's inputs and outputs in
-        the model's own types unless set to "fp16" (trtexec's --inputIOFormats).
+    precision: the lowest precision layers may use ("fp32", "fp16", "int8", "fp8");
+        sensitive layers stay in fp32 whatever it is. "int8" / "fp8" quantize convolutions
+        and dense layers; `fallback_precision` ("fp16" or "fp32") is what the other
+        layers of such a build use (trtexec's --int8 alone means "fp32", --int8 --fp16
+        "fp16"). `io_precision` keeps
+        the engine's inputs and outputs in the model's own types unless set to "fp16"
+        (trtexec's --inputIOFormats).
     device: "cpu", "cuda" or "cuda:N"; "auto" takes CUDA when there is one.
     profiles: min/opt/max shapes (dicts of name -> dims), one dict per profile.
     layer_precisions: per layer (node name) precision overrides, e.g. {"conv1": "fp32"}.
+    calibrator: for "int8"/"fp8" builds of models without Q/DQ nodes, a
+        `kiln.quant.Calibrator` (data, method, cache).
     optimization_level: 0 picks tactics by heuristics without timing; 1..5 time every
         candidate the level offers on the device (higher levels offer more) and keep the
         fastest; `timing_cache` makes those timings persistent.
@@ -38,6 +44,8 @@ class BuilderConfig:
     timing_cache: str | None = None  # path of a timing cache file to read and extend
     optimize: bool = True
     probe_inputs: dict[str, Any] | None = None  # real inputs for the build's shape probe
+    calibrator: Any = None  # kiln.quant.Calibrator: INT8/FP8 calibration data, method, cache
+    fallback_precision: str = "fp16"  # int8/fp8 builds: the precision of unquantized layers
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -48,12 +56,20 @@ class BuilderConfig:
             if precision not in PRECISIONS:
                 raise KilnError(f"--layerPrecisions: {layer}:{precision} is not a precision",
                                 hint=f"use one of {', '.join(PRECISIONS)}")
+        if self.fallback_precision not in ("fp16", "fp32"):
+            raise KilnError(f"fallback_precision must be fp16 or fp32, got "
+                            f"{self.fallback_precision!r}")
         if not 0 <= self.optimization_level <= 5:
             raise KilnError(f"--builderOptimizationLevel must be 0..5, got "
                             f"{self.optimization_level}")
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
+
+    @property
+    def float_precision(self) -> str:
+        """The precision of layers that are not quantized."""
+        return self.fallback_precision if self.precision in ("int8", "fp8") else self.precision
 
 
 def resolve_device(name: str) -> torch.device:

@@ -115,6 +115,14 @@ def run(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _precision_label(config: Any) -> str:
+    """trtexec's spelling: FP32, FP32+FP16, FP32+INT8, FP32+FP16+INT8 (and FP8)."""
+    if config.precision in ("int8", "fp8"):
+        floats = "FP32+FP16" if config.fallback_precision == "fp16" else "FP32"
+        return f"{floats}+{config.precision.upper()}"
+    return "FP32+FP16" if config.precision == "fp16" else config.precision.upper()
+
+
 def _batch(run: PeerRun) -> str:
     return f" (batch {run.batch})" if run.batch is not None else ""
 
@@ -132,7 +140,7 @@ def _print_options(log: TrtexecLog, args: argparse.Namespace, bench: Benchmark,
     if engine is not None:
         log.info(f"Precision: {engine.precision} (from the engine)")
     else:
-        log.info(f"Precision: {'FP32+FP16' if args.fp16 else 'FP32'}")
+        log.info(f"Precision: {_precision_label(bench.context.config)}")
         log.info(f"Optimization level: {args.builderOptimizationLevel}")
     profiles = bench.context.config.profiles
     log.info(f"Profiles: {len(profiles) if profiles else 'default'}")

@@ -2,6 +2,8 @@
 
   kiln build model.onnx -o model.kiln [--fp16] [--minShapes=x:1x3x224x224 --optShapes=...
              --maxShapes=...] [--device cpu|cuda]
+  kiln build model.onnx --int8 --calib=DATA [--calibMethod=entropy|minmax|percentile]
+             [--calibBatches=N] [--calibCache=FILE]      (post-training quantization)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from kiln.cli.common import (
     load_inputs,
 )
 from kiln.cli.main import command
+from kiln.errors import KilnError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 @command("build", add_arguments)
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if config.precision not in ("int8", "fp8") and (args.calib or args.calibCache):
+        raise KilnError("--calib/--calibCache were given without --int8 or --fp8",
+                        hint="add --int8 (or --fp8) to build a quantized engine")
     if args.loadInputs:
         config.probe_inputs = load_inputs(args.loadInputs)
     output = Path(args.output or Path(args.model).with_suffix(".kiln").name)
@@ -48,4 +54,20 @@ def run(args: argparse.Namespace) -> int:
         f"{engine.plan['build']['seconds']:.2f} s")
     if "note" in memory:
         console.print(f"[yellow]note:[/] {memory['note']}")
+    quant = engine.plan["build"].get("quantization")
+    if quant:
+        _print_quantization(quant)
     return 0
+
+
+def _print_quantization(quant: dict) -> None:
+    source = f"cache {quant['cache']}" if "cache" in quant else (
+        f"{quant.get('method')} calibration over {quant.get('batches')} batches"
+        if "method" in quant else quant.get("mode", ""))
+    console.print(f"quantized {quant.get('quantized_layers', 0)} layers ({source})")
+    if "cache_written" in quant:
+        console.print(f"wrote calibration cache {quant['cache_written']}")
+    for layer, why in (quant.get("skipped") or {}).items():
+        console.print(f"[yellow]note:[/] {layer} stays in floating point: {why}")
+    if "note" in quant:
+        console.print(f"[yellow]note:[/] {quant['note']}")

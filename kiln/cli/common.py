@@ -14,6 +14,8 @@ from kiln.build import BuilderConfig, build_engine
 from kiln.build.profiles import parse_shapes
 from kiln.engine.engine import Engine
 from kiln.errors import KilnError
+from kiln.quant import METHODS, Calibrator
+from kiln.quant.calibrators import DEFAULT_PERCENTILE
 
 console = Console(stderr=True)
 
@@ -30,6 +32,30 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layerPrecisions", help="per-layer precision, e.g. conv1:fp32,fc:fp16")
     g.add_argument("--builderOptimizationLevel", type=int, default=3,
                    help="0 (heuristics only) .. 5 (widest search); default 3")
+    add_quantization_arguments(p)
+
+
+def add_quantization_arguments(p: argparse.ArgumentParser) -> None:
+    """INT8/FP8: trtexec's --int8/--fp8/--calib, plus the calibration method and batches."""
+    g = p.add_argument_group("quantization")
+    g.add_argument("--int8", action="store_true",
+                   help="INT8 convolutions and dense layers; the rest in FP32, or in FP16 "
+                        "with --fp16")
+    g.add_argument("--fp8", action="store_true", help="FP8 (E4M3) instead of INT8 (Hopper)")
+    g.add_argument("--best", action="store_true", help="--int8 --fp16")
+    g.add_argument("--calib", metavar="DATA",
+                   help="calibration data: a folder of .npz batches or one .npz of samples")
+    g.add_argument("--calibMethod", choices=METHODS, default="entropy",
+                   help="entropy (TensorRT's EntropyCalibration2, default), minmax, percentile")
+    g.add_argument("--calibBatches", type=int, metavar="N", help="use at most N batches")
+    g.add_argument("--calibBatchSize", type=int, metavar="N",
+                   help="samples per batch when --calib is one .npz (default 32)")
+    g.add_argument("--calibPercentile", type=float, default=DEFAULT_PERCENTILE,
+                   help=f"percentile of |x| for --calibMethod=percentile "
+                        f"(default {DEFAULT_PERCENTILE})")
+    g.add_argument("--calibCache", metavar="FILE",
+                   help="TensorRT-format calibration cache: used if it exists (no calibration),"
+                        " written after calibrating otherwise")
 
 
 def config_from_args(args: argparse.Namespace) -> BuilderConfig:
@@ -40,17 +66,46 @@ def config_from_args(args: argparse.Namespace) -> BuilderConfig:
         maxs = parse_shapes(args.maxShapes, "--maxShapes")
         profile = {"min": mins or None, "opt": opt or None, "max": maxs or None}
     return BuilderConfig(
-        precision="fp16" if args.fp16 else "fp32",
+        precision=_precision(args),
         device=args.device,
         profiles=[profile] if profile else [],
         layer_precisions=parse_layer_precisions(args.layerPrecisions),
         optimization_level=args.builderOptimizationLevel,
+        calibrator=calibrator_from_args(args),
+        fallback_precision="fp16" if args.fp16 or getattr(args, "best", False) else "fp32",
     )
 
 
+def _precision(args: argparse.Namespace) -> str:
+    if getattr(args, "fp8", False):
+        return "fp8"
+    if getattr(args, "int8", False) or getattr(args, "best", False):
+        return "int8"
+    return "fp16" if args.fp16 else "fp32"
+
+
+def calibrator_from_args(args: argparse.Namespace) -> Calibrator | None:
+    """The calibration flags, for INT8/FP8 builds (and `kiln bench`'s kiln-int8 peers)."""
+    wanted = _precision(args) in ("int8", "fp8") or getattr(args, "calib", None) or getattr(
+        args, "calibCache", None)
+    if not wanted:
+        return None
+    return Calibrator(data=args.calib, method=args.calibMethod, batches=args.calibBatches,
+                      cache=args.calibCache, percentile=args.calibPercentile,
+                      batch_size=args.calibBatchSize)
+
+
 def parse_layer_precisions(text: str | None) -> dict[str, str]:
+    """`conv1:fp32,fc:fp16`, or `@FILE` holding that (what `kiln debug precision` writes);
+    a name may contain colons (the last one separates the precision)."""
+    if text and text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise KilnError(f"--layerPrecisions: file {path} not found",
+                            hint="write it with kiln debug precision -o FILE")
+        text = path.read_text().strip()
     result = {}
-    for item in (text or "").split(","):
+    for item in (text or "").replace("\n", ",").split(","):
         if not item.strip():
             continue
         name, sep, precision = item.rpartition(":")

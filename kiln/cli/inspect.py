@@ -90,6 +90,8 @@ def _print_engine(out: Console, engine: Engine, max_rows: int) -> None:
               f"{human_bytes(memory.get('activations_total_bytes'))} without reuse)")
     if memory.get("note"):
         out.print(f"  note: {memory['note']}")
+    if build.get("quantization"):
+        out.print(f"  {_quantization_text(build['quantization'], info['layers'])}")
     layers = info["layers"]
     counts = Counter(layer["precision"] for layer in layers)
     out.print(f"  {len(layers)} layers: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
@@ -109,6 +111,21 @@ def _print_engine(out: Console, engine: Engine, max_rows: int) -> None:
     out.print(table)
     if len(layers) > max_rows:
         out.print(f"  ... {len(layers) - max_rows} more layers (--max-layers)")
+
+
+def _quantization_text(quant: dict, layers: list[dict]) -> str:
+    """How the engine was quantized and which kernels its quantized layers run."""
+    details = [quant.get("mode", "")]
+    details += [f"{key} {quant[key]}" for key in ("method", "batches", "cache") if key in quant]
+    tactics = Counter(layer["tactic"] for layer in layers
+                      if layer["precision"] in ("int8", "fp8"))
+    kernels = ", ".join(f"{name} x{count}" for name, count in tactics.items())
+    text = f"quantization: {', '.join(details)}; {quant.get('quantized_layers', 0)} layers"
+    if kernels:
+        text += f" run {kernels}"
+    if "int8-exact-sim" in tactics:
+        text += " (int8-exact-sim: exact simulation of the GPU's integer arithmetic)"
+    return text
 
 
 def _print_passes(out: Console) -> None:

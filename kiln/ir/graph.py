@@ -21,6 +21,7 @@ import numpy as np
 from kiln.ir.dtype import DType
 
 Dim = int | str | None
+SOURCE_NAME = "source_name"  # Value.meta key: the model's name for the tensor
 Shape = tuple[Dim, ...]
 
 
@@ -309,8 +310,12 @@ class Graph:
         """Makes every consumer of `old` (and the graph outputs) read `new` instead.
 
         A graph output keeps its name: `new` takes the name when it can (see
-        `can_take_name`), otherwise an Identity node carries it.
+        `can_take_name`), otherwise an Identity node carries it. `new` stands for `old`
+        from now on, so it inherits the model's name for the tensor (meta["source_name"],
+        what calibration caches are keyed by) unless it has one of its own.
         """
+        if SOURCE_NAME in old.meta:
+            new.meta.setdefault(SOURCE_NAME, old.meta[SOURCE_NAME])
         for node in list(old.consumers):
             for i, value in enumerate(node.inputs):
                 if value is old:

@@ -1,0 +1,383 @@
+"""INT8 / FP8 tensor-core kernels with the quantized epilogue fused.
+
+- `qgemm`: y[m, n] = epilogue(sum_k a[m, k] * w[n, k])      (kiln.QGemm, 1x1 convs)
+- `qconv2d`: implicit-GEMM convolution over NHWC activations and [OC, KH, KW, C] weights
+  (kiln.QConv, 2-D, one group): the im2col tile is gathered in the K loop, never stored.
+
+The epilogue is kiln.ops.quantized's: the zero-point correction in int32
+(acc - zp * sum_k w[n, k]), then float32 per-channel scale, bias, residual (float, or
+int8 with its own scale), activation, and either the float output or requantization
+(round half to even, saturate) to int8/uint8/fp8, so quantized activations go from one
+layer to the next without a float round trip. uint8 inputs are shifted to int8 on load
+(the tensor cores multiply signed bytes) and the zero point with them.
+
+Loop bounds are compile-time constants (the layer's weights fix K, C, N and the kernel
+window), so one compiled kernel serves every batch size and the kernels also run under
+TRITON_INTERPRET=1 on the CPU, where the tests check them against the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+ACTIVATIONS = {"": 0, "Relu": 1, "Sigmoid": 2, "Tanh": 3, "SiLU": 4, "GeluErf": 5,
+               "GeluTanh": 6, "LeakyRelu": 7, "Clip": 8, "HardSigmoid": 9, "HardSwish": 10}
+# output modes: float types, then quantized types
+OUT_MODES = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3, "uint8": 4, "fp8e4m3": 5}
+_OUT_TORCH = {0: torch.float32, 1: torch.float16, 2: torch.bfloat16, 3: torch.int8,
+              4: torch.uint8, 5: torch.float8_e4m3fn}
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _activate(y, ACT: tl.constexpr, p0, p1):
+    if ACT == 1:
+        y = tl.maximum(y, 0.0)
+    elif ACT == 2:
+        y = _sigmoid(y)
+    elif ACT == 3:
+        y = 2.0 * _sigmoid(2.0 * y) - 1.0
+    elif ACT == 4:
+        y = y * _sigmoid(y)
+    elif ACT == 5:
+        y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+    elif ACT == 6:
+        y = y * _sigmoid(1.5957691216057308 * (y + 0.044715 * y * y * y))
+    elif ACT == 7:
+        y = tl.where(y >= 0.0, y, y * p0)
+    elif ACT == 8:
+        y = tl.minimum(tl.maximum(y, p0), p1)
+    elif ACT == 9:
+        y = tl.minimum(tl.maximum(y * p0 + p1, 0.0), 1.0)
+    elif ACT == 10:
+        y = y * tl.minimum(tl.maximum(y + 3.0, 0.0), 6.0) / 6.0
+    return y
+
+
+@triton.jit
+def _round_half_even(v):
+    r = tl.floor(v + 0.5)
+    tie = (r - v) == 0.5
+    odd = (r.to(tl.int32) & 1) == 1
+    return tl.where(tie & odd, r - 1.0, r)
+
+
+@triton.jit
+def _finish(acc, rm, rn, M, N: tl.constexpr, out_ptr, stride_om, scales_ptr, bias_ptr,
+            wsum_ptr, res_ptr, stride_rm, zp, res_scale, res_zp, out_inv_scale, out_zp,
+            p0, p1, HAS_ZP: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
+            ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr):
+    mask_n = rn < N
+    mask = (rm[:, None] < M) & mask_n[None, :]
+    if HAS_ZP:
+        wsum = tl.load(wsum_ptr + rn, mask=mask_n, other=0)
+        acc = acc - zp * wsum[None, :]
+    scales = tl.load(scales_ptr + rn, mask=mask_n, other=0.0)
+    y = acc.to(tl.float32) * scales[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + rn, mask=mask_n, other=0.0)[None, :]
+    if RES_MODE == 1:
+        r = tl.load(res_ptr + rm[:, None] * stride_rm + rn[None, :], mask=mask, other=0.0)
+        y = y + r.to(tl.float32)
+    elif RES_MODE == 2:
+        r = tl.load(res_ptr + rm[:, None] * stride_rm + rn[None, :], mask=mask, other=0)
+        y = y + (r.to(tl.int32) - res_zp).to(tl.float32) * res_scale
+    y = _activate(y, ACT, p0, p1)
+    out = out_ptr + rm[:, None] * stride_om + rn[None, :]
+    if OUT_MODE == 0:
+        tl.store(out, y, mask=mask)
+    elif OUT_MODE == 1:
+        tl.store(out, y.to(tl.float16), mask=mask)
+    elif OUT_MODE == 2:
+        tl.store(out, y.to(tl.bfloat16), mask=mask)
+    elif OUT_MODE == 5:  # FP8 outputs are written as their bytes
+        q = tl.minimum(tl.maximum(y * out_inv_scale, -448.0), 448.0)
+        q = q.to(tl.float8e4nv, fp_downcast_rounding="rtne")
+        tl.store(out, q.to(tl.uint8, bitcast=True), mask=mask)
+    else:
+        q = tl.minimum(tl.maximum(y * out_inv_scale, -512.0), 512.0)
+        q = _round_half_even(q) + out_zp
+        if OUT_MODE == 3:
+            q = tl.minimum(tl.maximum(q, -128.0), 127.0)
+            tl.store(out, q.to(tl.int32).to(tl.int8), mask=mask)
+        else:
+            q = tl.minimum(tl.maximum(q, 0.0), 255.0)
+            tl.store(out, q.to(tl.int32).to(tl.uint8), mask=mask)
+
+
+@triton.jit
+def _load_a(ptrs, mask, other, A_UINT8: tl.constexpr, IS_FP8: tl.constexpr):
+    """FP8 tensors arrive as their bytes (masked lanes read byte 0 = +0.0)."""
+    a = tl.load(ptrs, mask=mask, other=other)
+    if A_UINT8:
+        a = (a.to(tl.int16) - 128).to(tl.int8)
+    if IS_FP8:
+        a = a.to(tl.float8e4nv, bitcast=True)
+    return a
+
+
+@triton.jit
+def _load_w(ptrs, mask, IS_FP8: tl.constexpr):
+    w = tl.load(ptrs, mask=mask, other=0)
+    if IS_FP8:
+        w = w.to(tl.float8e4nv, bitcast=True)
+    return w
+
+
+@triton.jit
+def _tile_start(M, N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                GROUP_M: tl.constexpr):
+    """Grouped ordering of output tiles, so neighbouring programs share A rows in L2."""
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = (N + BLOCK_N - 1) // BLOCK_N
+    width = GROUP_M * grid_n
+    group = pid // width
+    first_m = group * GROUP_M
+    size_m = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _qgemm_kernel(a_ptr, w_ptr, out_ptr, scales_ptr, bias_ptr, wsum_ptr, res_ptr,
+                  M, stride_am, stride_om, stride_rm, zp, res_scale, res_zp, out_inv_scale,
+                  out_zp, p0, p1,
+                  N: tl.constexpr, K: tl.constexpr, A_UINT8: tl.constexpr,
+                  HAS_ZP: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
+                  ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  GROUP_M: tl.constexpr):
+    pid_m, pid_n = _tile_start(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    if IS_FP8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + rk
+        a = _load_a(a_ptr + rm[:, None] * stride_am + kk[None, :],
+                    (rm[:, None] < M) & (kk[None, :] < K), 0, A_UINT8, IS_FP8)
+        b = _load_w(w_ptr + rn[None, :] * K + kk[:, None],
+                    (rn[None, :] < N) & (kk[:, None] < K), IS_FP8)
+        acc += tl.dot(a, b)
+    _finish(acc, rm, rn, M, N, out_ptr, stride_om, scales_ptr, bias_ptr, wsum_ptr, res_ptr,
+            stride_rm, zp, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, HAS_ZP,
+            HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8)
+
+
+@triton.jit
+def _qconv_kernel(x_ptr, w_ptr, out_ptr, scales_ptr, bias_ptr, wsum_ptr, res_ptr,
+                  M, H, W, OH, OW, sxb, sxh, sxw, stride_om, stride_rm, zp, pad_value,
+                  res_scale, res_zp, out_inv_scale, out_zp, p0, p1,
+                  C: tl.constexpr, N: tl.constexpr, K: tl.constexpr, KH: tl.constexpr,
+                  KW: tl.constexpr,
+                  SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+                  DH: tl.constexpr, DW: tl.constexpr, A_UINT8: tl.constexpr,
+                  HAS_ZP: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
+                  ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  GROUP_M: tl.constexpr):
+    pid_m, pid_n = _tile_start(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    ow = rm % OW
+    oh = (rm // OW) % OH
+    b = rm // (OW * OH)
+    in_m = rm < M
+    if IS_FP8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    if C % BLOCK_K == 0:
+        # one loop over K: each step stays inside one kernel tap, so it pipelines
+        for k0 in range(0, K, BLOCK_K):
+            tap = k0 // C
+            c = k0 % C + rk
+            ih = oh * SH - PH + (tap // KW) * DH
+            iw = ow * SW - PW + (tap % KW) * DW
+            inside = in_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            rows = b * sxb + ih * sxh + iw * sxw
+            a = _load_a(x_ptr + rows[:, None] + c[None, :], inside[:, None], pad_value,
+                        A_UINT8, IS_FP8)
+            w = _load_w(w_ptr + rn[None, :] * K + (k0 + rk)[:, None], rn[None, :] < N, IS_FP8)
+            acc += tl.dot(a, w)
+    else:
+        for kh in tl.static_range(KH):
+            for kw in tl.static_range(KW):
+                ih = oh * SH - PH + kh * DH
+                iw = ow * SW - PW + kw * DW
+                inside = in_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                rows = b * sxb + ih * sxh + iw * sxw
+                for c0 in range(0, C, BLOCK_K):
+                    c = c0 + rk
+                    a = _load_a(x_ptr + rows[:, None] + c[None, :],
+                                inside[:, None] & (c[None, :] < C), pad_value, A_UINT8, IS_FP8)
+                    w = _load_w(w_ptr + rn[None, :] * K + ((kh * KW + kw) * C + c)[:, None],
+                                (rn[None, :] < N) & (c[:, None] < C), IS_FP8)
+                    acc += tl.dot(a, w)
+    _finish(acc, rm, rn, M, N, out_ptr, stride_om, scales_ptr, bias_ptr, wsum_ptr, res_ptr,
+            stride_rm, zp, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, HAS_ZP,
+            HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8)
+
+
+# ----------------------------------------------------------------------------- launchers
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
+
+
+def _epilogue_args(epi: dict, device: torch.device) -> tuple[dict, dict]:
+    """Runtime scalars and compile-time flags of the shared epilogue."""
+    params = list(epi.get("activation_params") or []) + [0.0, 0.0]
+    if epi.get("activation") == "LeakyRelu" and not epi.get("activation_params"):
+        params[0] = 0.01
+    out_mode = OUT_MODES[epi["out_type"]] if epi.get("out_scale") else OUT_MODES[
+        epi.get("out_dtype", "fp32")]
+    runtime = dict(res_scale=float(epi.get("residual_scale", 0.0)),
+                   res_zp=int(epi.get("residual_zero_point", 0)),
+                   out_inv_scale=float(epi.get("out_inv_scale", 1.0)),
+                   out_zp=int(epi.get("out_zero_point", 0)),
+                   p0=float(params[0]), p1=float(params[1]))
+    flags = dict(ACT=ACTIVATIONS[epi.get("activation", "")], OUT_MODE=out_mode)
+    return runtime, flags
+
+
+def _residual(residual: torch.Tensor | None, epi: dict, rows: int, n: int, device):
+    if residual is None:
+        return torch.empty(1, device=device), 0, 0
+    mode = 2 if epi.get("residual_scale") else 1
+    return residual, mode, n
+
+
+def qgemm(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+          wsum: torch.Tensor | None, zp: int, epi: dict, config: tuple,
+          residual: torch.Tensor | None = None) -> torch.Tensor:
+    """a: [M, K] (int8, uint8 or float8, rows contiguous), w: [N, K] contiguous."""
+    block_m, block_n, block_k, warps, stages = config
+    m, k = a.shape
+    n = w.shape[0]
+    runtime, flags = _epilogue_args(epi, a.device)
+    out = torch.empty((m, n), dtype=_OUT_TORCH[flags["OUT_MODE"]], device=a.device)
+    res, res_mode, stride_rm = _residual(residual, epi, m, n, a.device)
+    a_uint8 = a.dtype == torch.uint8
+    fp8 = a.dtype == torch.float8_e4m3fn
+    zp = zp - 128 if a_uint8 else zp
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+    _qgemm_kernel[grid](
+        _bytes(a), _bytes(w), _bytes(out), scales, bias if bias is not None else scales,
+        wsum if wsum is not None else scales, res, m, a.stride(0), out.stride(0), stride_rm,
+        zp, **runtime, N=n, K=k, A_UINT8=a_uint8, HAS_ZP=zp != 0, HAS_BIAS=bias is not None,
+        RES_MODE=res_mode, IS_FP8=fp8, **flags,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
+        num_warps=warps, num_stages=stages)
+    return out
+
+
+def qconv2d(x: torch.Tensor, w: torch.Tensor, kernel: tuple[int, int], stride: tuple,
+            pads: tuple, dilation: tuple, scales: torch.Tensor, bias: torch.Tensor | None,
+            wsum: torch.Tensor | None, zp: int, epi: dict, config: tuple,
+            residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x: [B, C, H, W] in channels-last memory; w: [OC, KH*KW*C] (taps major, C minor);
+    pads: (top, left, bottom, right). Returns [B, OC, OH, OW] in channels-last memory."""
+    block_m, block_n, block_k, warps, stages = config
+    batch, c, h, wd = x.shape
+    kh, kw = kernel
+    oc = w.shape[0]
+    oh = (h + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wd + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    x = x.contiguous(memory_format=torch.channels_last)
+    runtime, flags = _epilogue_args(epi, x.device)
+    out = torch.empty((batch, oc, oh, ow), dtype=_OUT_TORCH[flags["OUT_MODE"]],
+                      device=x.device, memory_format=torch.channels_last)
+    m = batch * oh * ow
+    if residual is not None:
+        residual = residual.contiguous(memory_format=torch.channels_last)
+    res, res_mode, stride_rm = _residual(residual, epi, m, oc, x.device)
+    a_uint8 = x.dtype == torch.uint8
+    fp8 = x.dtype == torch.float8_e4m3fn
+    pad_value = zp  # a padded tap holds the zero point: it stands for a real 0
+    zp = zp - 128 if a_uint8 else zp
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(oc, block_n),)
+    _qconv_kernel[grid](
+        _bytes(x), _bytes(w), _bytes(out), scales, bias if bias is not None else scales,
+        wsum if wsum is not None else scales, res, m, h, wd, oh, ow, x.stride(0),
+        x.stride(2), x.stride(3), oc, stride_rm, zp, pad_value, **runtime,
+        C=c, N=oc, K=kh * kw * c, KH=kh, KW=kw, SH=stride[0], SW=stride[1], PH=pads[0], PW=pads[1],
+        DH=dilation[0], DW=dilation[1], A_UINT8=a_uint8, HAS_ZP=zp != 0,
+        HAS_BIAS=bias is not None, RES_MODE=res_mode, IS_FP8=fp8, **flags,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
+        num_warps=warps, num_stages=stages)
+    return out
+
+
+@triton.jit
+def _quantize_kernel(x_ptr, out_ptr, n, scale, zp, OUT_MODE: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    q = tl.math.div_rn(x, scale)  # ONNX divides; round to nearest like the reference
+    if OUT_MODE == 5:
+        q = tl.minimum(tl.maximum(q, -448.0), 448.0)
+        q = q.to(tl.float8e4nv, fp_downcast_rounding="rtne")
+        tl.store(out_ptr + offsets, q.to(tl.uint8, bitcast=True), mask=mask)
+    else:
+        q = _round_half_even(tl.minimum(tl.maximum(q, -512.0), 512.0)) + zp
+        if OUT_MODE == 3:
+            q = tl.minimum(tl.maximum(q, -128.0), 127.0)
+            tl.store(out_ptr + offsets, q.to(tl.int32).to(tl.int8), mask=mask)
+        else:
+            q = tl.minimum(tl.maximum(q, 0.0), 255.0)
+            tl.store(out_ptr + offsets, q.to(tl.int32).to(tl.uint8), mask=mask)
+
+
+@triton.jit
+def _dequantize_kernel(q_ptr, out_ptr, n, scale, zp, IS_FP8: tl.constexpr,
+                       OUT_MODE: tl.constexpr, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    q = tl.load(q_ptr + offsets, mask=mask, other=0)
+    if IS_FP8:
+        y = q.to(tl.float8e4nv, bitcast=True).to(tl.float32) * scale
+    else:
+        y = (q.to(tl.int32) - zp).to(tl.float32) * scale
+    if OUT_MODE == 0:
+        tl.store(out_ptr + offsets, y, mask=mask)
+    elif OUT_MODE == 1:
+        tl.store(out_ptr + offsets, y.to(tl.float16), mask=mask)
+    else:
+        tl.store(out_ptr + offsets, y.to(tl.bfloat16), mask=mask)
+
+
+def dense(t: torch.Tensor) -> bool:
+    """Whether t's elements fill its storage in some standard order (so an elementwise
+    kernel can walk memory and an empty_like output has the same layout)."""
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(
+        memory_format=torch.channels_last))
+
+
+def quantize(x: torch.Tensor, scale: float, zp: int, qtype: str) -> torch.Tensor:
+    out = torch.empty_like(x, dtype=_OUT_TORCH[OUT_MODES[qtype]])
+    n = x.numel()
+    _quantize_kernel[(triton.cdiv(n, 1024),)](x, _bytes(out), n, scale, zp,
+                                              OUT_MODE=OUT_MODES[qtype], BLOCK=1024)
+    return out
+
+
+def dequantize(q: torch.Tensor, scale: float, zp: int, out_dtype: str) -> torch.Tensor:
+    out = torch.empty_like(q, dtype=_OUT_TORCH[OUT_MODES[out_dtype]])
+    n = q.numel()
+    _dequantize_kernel[(triton.cdiv(n, 1024),)](
+        _bytes(q), out, n, scale, zp, IS_FP8=q.dtype == torch.float8_e4m3fn,
+        OUT_MODE=OUT_MODES[out_dtype], BLOCK=1024)
+    return out

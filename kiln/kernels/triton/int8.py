@@ -1,0 +1,149 @@
+"""Triton INT8/FP8 tactics for kiln.QGemm and kiln.QConv (kiln/kernels/triton/_int8_kernels.py).
+
+Each tile configuration is a tactic of its own, so the builder's tuner times them like
+any other candidates and the engine records the winner (no autotuning at run time).
+Weights are stored quantized (a quarter of FP32), re-laid-out for the kernels: [N, K] for
+GEMMs, [OC, KH, KW, C] (taps major, channels minor) for NHWC convolutions; the per-channel
+epilogue factors, the bias and the weight sums for zero-point correction go beside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
+from kiln.kernels.torch.quantized import epilogue_tensors
+from kiln.kernels.triton import usable_on
+from kiln.ops.conv import resolve_pads
+from kiln.ops.quantized import inverse_scale
+from kiln.ops.tensors import to_torch
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
+GEMM_CONFIGS = {"a": (128, 128, 128, 8, 3), "b": (128, 256, 64, 8, 3),
+                "c": (64, 128, 128, 4, 4), "d": (64, 64, 128, 4, 3)}
+CONV_CONFIGS = {"a": (128, 128, 64, 8, 3), "b": (128, 64, 64, 4, 4),
+                "c": (64, 128, 64, 4, 4), "d": (64, 64, 64, 4, 3),
+                "e": (128, 128, 128, 8, 3)}  # K steps of 128: Hopper's int8 MMA depth x4
+_INPUT_TYPES = ("int8", "uint8", "fp8e4m3")
+
+
+def kernels():
+    from kiln.kernels.triton import _int8_kernels
+
+    return _int8_kernels
+
+
+def epilogue_attrs(layer: LayerSpec) -> dict[str, Any]:
+    attrs = layer.attrs
+    epi = {k: attrs.get(k) for k in ("activation", "activation_params", "residual_scale",
+                                      "residual_zero_point", "out_scale", "out_zero_point",
+                                      "out_type", "out_dtype") if attrs.get(k) is not None}
+    if attrs.get("out_scale"):
+        epi["out_inv_scale"] = inverse_scale(attrs["out_scale"])
+    return epi
+
+
+def _usable(layer: LayerSpec, target: Target) -> bool:
+    w = layer.constant_inputs.get(1)
+    if not usable_on(target.device.type) or w is None:
+        return False
+    fp8 = w.dtype.name == "float8_e4m3fn"
+    if fp8 and target.device.type == "cuda" and torch.cuda.get_device_capability(
+            target.device) < (8, 9):
+        return False
+    x_type = layer.input_dtypes[0] if layer.input_dtypes else None
+    return (w.dtype == np.int8 or fp8) and x_type in _INPUT_TYPES
+
+
+class _TritonGemm(Tactic):
+    ops = (("kiln", "QGemm"),)
+    replaces_inputs = (1,)
+    config: tuple = ()
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        return _usable(layer, target) and layer.constant_inputs[1].ndim == 2
+
+    def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
+        w = to_torch(layer.constant_inputs[1]).contiguous()  # [N, K]
+        tensors = epilogue_tensors(layer, "a_scale")
+        tensors["weight"] = w
+        if not w.is_floating_point():
+            tensors["weight_sums"] = w.to(torch.int32).sum(dim=1)
+        return tensors
+
+    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[..., Any]:
+        k = kernels()
+        weight, scales = tensors["weight"], tensors["scales"]
+        bias, sums = tensors.get("bias"), tensors.get("weight_sums")
+        zp = int(layer.attrs.get("a_zero_point", 0))
+        epi, config = epilogue_attrs(layer), self.config
+
+        def run(a, _w=None):
+            rows = a.reshape(-1, a.shape[-1])
+            if rows.stride(-1) != 1:
+                rows = rows.contiguous()
+            y = k.qgemm(rows, weight, scales, bias, sums, zp, epi, config)
+            return y.reshape(*a.shape[:-1], weight.shape[0])
+
+        return run
+
+
+class _TritonConv(Tactic):
+    ops = (("kiln", "QConv"),)
+    replaces_inputs = (1,)
+    channels_last = True
+    config: tuple = ()
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        if not _usable(layer, target):
+            return False
+        w = layer.constant_inputs[1]
+        return w.ndim == 4 and layer.attrs.get("group", 1) == 1
+
+    def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
+        w = to_torch(layer.constant_inputs[1])  # [OC, C, KH, KW]
+        tensors = epilogue_tensors(layer)
+        tensors["weight"] = w.permute(0, 2, 3, 1).contiguous()  # [OC, KH, KW, C]
+        if not w.is_floating_point():
+            tensors["weight_sums"] = w.to(torch.int32).sum(dim=(1, 2, 3))
+        return tensors
+
+    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[..., Any]:
+        k = kernels()
+        attrs = layer.attrs
+        taps, scales = tensors["weight"], tensors["scales"]
+        weight = taps.reshape(taps.shape[0], -1)  # [OC, KH*KW*C]: taps major, C minor
+        bias, sums = tensors.get("bias"), tensors.get("weight_sums")
+        kernel = (int(taps.shape[1]), int(taps.shape[2]))
+        strides = tuple(attrs.get("strides") or (1, 1))
+        dilations = tuple(attrs.get("dilations") or (1, 1))
+        pads, auto_pad = attrs.get("pads"), attrs.get("auto_pad", "NOTSET")
+        zp = int(attrs.get("x_zero_point", 0))
+        epi, config = epilogue_attrs(layer), self.config
+
+        def run(x, _w=None, residual=None):
+            full = resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
+            return k.qconv2d(x, weight, kernel, strides, (full[0], full[1], full[2], full[3]),
+                             dilations, scales, bias, sums, zp, epi, config, residual)
+
+        return run
+
+
+def _register() -> None:
+    for key, config in GEMM_CONFIGS.items():
+        register_tactic(type(f"TritonQGemm_{key}", (_TritonGemm,), {
+            "name": f"int8-triton-gemm-{key}", "config": config,
+            "priority": 10 + ord(key) - ord("a"), "min_level": 0 if key == "a" else 1}))
+    for key, config in CONV_CONFIGS.items():
+        register_tactic(type(f"TritonQConv_{key}", (_TritonConv,), {
+            "name": f"int8-triton-conv-{key}", "config": config,
+            "priority": 10 + ord(key) - ord("a"), "min_level": 0 if key == "a" else 1}))
+
+
+_register()

@@ -1,0 +1,193 @@
+"""The Triton INT8/FP8 kernels against kiln's reference quantized operators. Without a GPU
+they run in Triton's interpreter (tests/quant/conftest.py), at small sizes; on a GPU the
+same cases run compiled (bit-exact integer accumulation; the float epilogue may differ by
+an ulp, so requantized outputs may differ by one step in rare elements)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kiln.ops.quantized import combined_scales, inverse_scale, qconv, qgemm
+
+triton = pytest.importorskip("triton")
+kernels = pytest.importorskip("kiln.kernels.triton._int8_kernels")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SMALL = (32, 32, 32, 4, 1)  # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages
+# the interpreter's numpy exp overflows to inf for very negative inputs (sigmoid -> 0)
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp")
+# Triton's interpreter rounds float32 -> float8 without carrying into the exponent (31.9
+# becomes 16); the GPU's conversion is exact, so FP8 outputs are checked there only
+FP8_OUT = pytest.mark.skipif(DEVICE == "cpu", reason="the Triton interpreter's float32 -> "
+                             "float8 conversion is wrong; run on a GPU")
+
+
+def _ints(rng, shape, dtype):
+    lo, hi = (0, 256) if dtype == torch.uint8 else (-128, 128)
+    return torch.from_numpy(rng.integers(lo, hi, shape)).to(dtype)
+
+
+def _epi(out_scale=0.0, **extra):
+    epi = {"out_scale": out_scale, "out_type": "int8", "out_dtype": "fp32", **extra}
+    if out_scale:
+        epi["out_inv_scale"] = inverse_scale(out_scale)
+    return epi
+
+
+def _close(got, want):
+    got, want = got.cpu(), want.cpu()
+    if want.is_floating_point():
+        np.testing.assert_allclose(got.float().numpy(), want.float().numpy(), rtol=1e-5,
+                                   atol=1e-5)
+    else:
+        diff = (got.int() - want.int()).abs()
+        assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 1e-3
+
+
+GEMM_CASES = [  # (M, K, N, input type, zero point, out_scale, activation, out dtype)
+    (37, 70, 45, torch.int8, 0, 0.0, "", "fp32"),
+    (20, 64, 16, torch.int8, 5, 0.05, "Relu", "fp32"),
+    (33, 40, 24, torch.uint8, 131, 0.0, "GeluErf", "fp16"),
+    (16, 96, 40, torch.int8, -3, 0.02, "GeluTanh", "fp32"),
+    (9, 33, 8, torch.uint8, 128, 0.0, "SiLU", "fp32"),
+]
+
+
+@pytest.mark.parametrize("case", GEMM_CASES)
+def test_qgemm_kernel_matches_the_reference(case):
+    m, k, n, dtype, zp, out_scale, act, out_dtype = case
+    rng = np.random.default_rng(m * n)
+    a, w = _ints(rng, (m, k), dtype), _ints(rng, (n, k), torch.int8)
+    w_scale = rng.uniform(0.001, 0.01, n).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    want = qgemm(a, w, a_scale=0.02, a_zero_point=zp, w_scale=w_scale, bias=bias,
+                 out_scale=out_scale, activation=act, out_dtype=out_dtype)
+    got = kernels.qgemm(a.to(DEVICE), w.to(DEVICE),
+                        torch.from_numpy(combined_scales(0.02, w_scale)).to(DEVICE),
+                        torch.from_numpy(bias).to(DEVICE), w.int().sum(1).to(DEVICE), zp,
+                        _epi(out_scale, activation=act, out_dtype=out_dtype), SMALL)
+    assert got.dtype == want.dtype
+    _close(got, want)
+
+
+CONV_CASES = [  # (B, C, H, W, OC, kernel, stride, pads, dilation, type, zp, residual, out)
+    (2, 8, 9, 7, 12, (3, 3), (2, 2), (1, 1, 1, 0), (1, 1), torch.uint8, 128, "int8", 0.1),
+    (1, 5, 6, 6, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), torch.int8, 4, None, 0.0),
+    (2, 32, 5, 6, 16, (3, 3), (1, 1), (1, 1, 1, 1), (2, 1), torch.int8, -7, "float", 0.0),
+    (1, 32, 4, 4, 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), torch.int8, 0, "int8", 0.05),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_qconv_kernel_matches_the_reference(case):
+    b, c, h, wd, oc, kernel, stride, pads, dil, dtype, zp, residual, out_scale = case
+    rng = np.random.default_rng(b * c * h)
+    x = _ints(rng, (b, c, h, wd), dtype)
+    w = _ints(rng, (oc, c, *kernel), torch.int8)
+    w_scale = rng.uniform(0.001, 0.01, oc).astype(np.float32)
+    bias = rng.standard_normal(oc).astype(np.float32)
+    attrs = {"strides": list(stride), "pads": [pads[0], pads[1], pads[2], pads[3]],
+             "dilations": list(dil)}
+    shape = qconv(x, w, x_scale=0.03, x_zero_point=zp, w_scale=w_scale, **attrs).shape
+    r, epi = None, _epi(out_scale, activation="Relu")
+    if residual == "int8":
+        r = _ints(rng, tuple(shape), torch.int8)
+        epi.update(residual_scale=0.05, residual_zero_point=2)
+    elif residual == "float":
+        r = torch.from_numpy(rng.standard_normal(tuple(shape)).astype(np.float32))
+    want = qconv(x, w, r, x_scale=0.03, x_zero_point=zp, w_scale=w_scale, bias=bias,
+                 residual_scale=epi.get("residual_scale", 0.0),
+                 residual_zero_point=epi.get("residual_zero_point", 0), out_scale=out_scale,
+                 activation="Relu", **attrs)
+    packed = w.permute(0, 2, 3, 1).reshape(oc, -1).contiguous()
+    got = kernels.qconv2d(
+        x.to(DEVICE).contiguous(memory_format=torch.channels_last), packed.to(DEVICE), kernel,
+        stride, pads, dil, torch.from_numpy(combined_scales(0.03, w_scale)).to(DEVICE),
+        torch.from_numpy(bias).to(DEVICE), packed.int().sum(1).to(DEVICE), zp, epi,
+        (32, 32, 16, 4, 1), None if r is None else r.to(DEVICE))
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    _close(got, want)
+
+
+def test_fp8_gemm_kernel():
+    rng = np.random.default_rng(11)
+    a = torch.from_numpy(rng.standard_normal((24, 64)).astype(np.float32) * 30).to(
+        torch.float8_e4m3fn)
+    w = torch.from_numpy(rng.standard_normal((16, 64)).astype(np.float32) * 30).to(
+        torch.float8_e4m3fn)
+    bias = rng.standard_normal(16).astype(np.float32)
+    want = qgemm(a, w, a_scale=0.02, w_scale=[0.003] * 16, bias=bias, out_dtype="fp16")
+    got = kernels.qgemm(a.to(DEVICE), w.to(DEVICE),
+                        torch.from_numpy(combined_scales(0.02, [0.003] * 16)).to(DEVICE),
+                        torch.from_numpy(bias).to(DEVICE), None, 0,
+                        _epi(out_dtype="fp16"), SMALL)
+    np.testing.assert_allclose(got.cpu().float().numpy(), want.float().numpy(), rtol=2e-3,
+                               atol=2e-3)
+
+
+def test_triton_tactics_prepare_and_bind_like_the_reference():
+    """The tactics' weight re-layout and epilogue plumbing (bound here on the CPU device,
+    which the interpreter runs; the builder offers them only on CUDA)."""
+    from kiln.kernels import LayerSpec, Target, get_tactic
+
+    rng = np.random.default_rng(12)
+    w = rng.integers(-127, 128, (24, 16, 3, 3)).astype(np.int8)
+    attrs = {"x_scale": 0.03, "x_zero_point": 3, "w_scale": rng.uniform(0.001, 0.01, 24)
+             .astype(np.float32), "bias": rng.standard_normal(24).astype(np.float32),
+             "pads": [1, 1, 1, 1], "strides": [1, 1], "activation": "Relu",
+             "out_scale": 0.04, "out_zero_point": 0, "out_type": "int8"}
+    spec = LayerSpec("conv", "QConv", "kiln", 1, ["x", "w"], ["y"], attrs,
+                     constant_inputs={1: w}, input_dtypes=["int8", "int8"])
+    tactic = get_tactic("int8-triton-conv-d")
+    device = torch.device(DEVICE)
+    tensors = {k: t.to(device) for k, t in tactic.prepare(spec, Target(device, "int8")).items()}
+    x = _ints(rng, (2, 16, 5, 5), torch.int8)
+    got = tactic.bind(spec, tensors, device)(x.to(device))
+    _close(got, qconv(x, torch.from_numpy(w), **attrs))
+
+    wg = rng.integers(-127, 128, (40, 48)).astype(np.int8)
+    attrs = {"a_scale": 0.05, "a_zero_point": 0, "w_scale": rng.uniform(0.001, 0.01, 40)
+             .astype(np.float32), "activation": "GeluTanh", "out_dtype": "fp16"}
+    spec = LayerSpec("fc", "QGemm", "kiln", 1, ["a", "w"], ["y"], attrs,
+                     constant_inputs={1: wg}, input_dtypes=["int8", "int8"])
+    tactic = get_tactic("int8-triton-gemm-d")
+    tensors = {k: t.to(device) for k, t in tactic.prepare(spec, Target(device, "int8")).items()}
+    a = _ints(rng, (3, 7, 48), torch.int8)
+    got = tactic.bind(spec, tensors, device)(a.to(device))
+    assert got.shape == (3, 7, 40)
+    _close(got, qgemm(a, torch.from_numpy(wg), **attrs))
+
+
+@pytest.mark.parametrize("qtype,zp", [("int8", 0), ("int8", -5), ("uint8", 128),
+                                      pytest.param("fp8e4m3", 0, marks=FP8_OUT)])
+def test_quantize_and_dequantize_kernels(qtype, zp):
+    from kiln.ops.quantized import dequantize, quantize
+
+    rng = np.random.default_rng(len(qtype) + abs(zp))
+    x = torch.from_numpy(rng.standard_normal((2, 6, 5, 7)).astype(np.float32) * 4)
+    x.view(-1)[:8] = torch.tensor([0.05, 0.15, -0.25, 1e4, -1e4, 0.0, 2.5, -2.5])  # ties
+    x = x.contiguous(memory_format=torch.channels_last)
+    want = quantize(x, scale=0.1, zero_point=zp, to=qtype)
+    got = kernels.quantize(x.to(DEVICE), 0.1, zp, qtype)
+    assert got.dtype == want.dtype and got.stride() == x.stride()
+    np.testing.assert_array_equal(got.cpu().float().numpy(), want.float().numpy())
+    back = kernels.dequantize(got, 0.1, zp, "fp16")
+    np.testing.assert_array_equal(back.cpu().numpy(), dequantize(
+        want, scale=0.1, zero_point=zp, out_dtype="fp16").numpy())
+
+
+@FP8_OUT
+def test_fp8_layers_requantize_to_fp8():
+    rng = np.random.default_rng(14)
+    a = torch.from_numpy(rng.standard_normal((20, 32)).astype(np.float32) * 30).to(
+        torch.float8_e4m3fn)
+    w = torch.from_numpy(rng.standard_normal((16, 32)).astype(np.float32) * 30).to(
+        torch.float8_e4m3fn)
+    want = qgemm(a, w, a_scale=0.02, w_scale=[0.003] * 16, out_scale=0.01,
+                 out_type="fp8e4m3")
+    got = kernels.qgemm(a.to(DEVICE), w.to(DEVICE),
+                        torch.from_numpy(combined_scales(0.02, [0.003] * 16)).to(DEVICE),
+                        None, None, 0, _epi(0.01, out_type="fp8e4m3"), SMALL)
+    assert got.dtype == torch.float8_e4m3fn
+    np.testing.assert_allclose(got.cpu().float().numpy(), want.float().numpy(), rtol=0.07)
