@@ -274,6 +274,7 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
     shapes = {n: list(t.shape) for n, t in feeds.items()}
     outputs = {}
     for precision in precisions:
+        print(f"  building kiln_{precision} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         # INT8/FP8: calibrated (entropy) on a few other batches; other layers in FP16
         calibrator = Calibrator(calibration) if precision in ("int8", "fp8") else None

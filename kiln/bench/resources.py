@@ -82,8 +82,9 @@ class ResourceMonitor:
         return self
 
     def start_timing(self) -> None:
-        """Utilization counts only while queries run, not while building."""
-        if self._util is not None:
+        """Utilization counts from the first timed query on, not while building (called
+        once per batch size; the sampler starts with the first)."""
+        if self._util is not None and self._util.ident is None:
             self._util.start()
 
     def stop(self) -> dict[str, Any]:

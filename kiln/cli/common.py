@@ -32,6 +32,8 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layerPrecisions", help="per-layer precision, e.g. conv1:fp32,fc:fp16")
     g.add_argument("--builderOptimizationLevel", type=int, default=3,
                    help="0 (heuristics only) .. 5 (widest search); default 3")
+    g.add_argument("--timingCacheFile", metavar="FILE",
+                   help="tactic timings: read if it exists, extended and written after the build")
     add_quantization_arguments(p)
 
 
@@ -71,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> BuilderConfig:
         profiles=[profile] if profile else [],
         layer_precisions=parse_layer_precisions(args.layerPrecisions),
         optimization_level=args.builderOptimizationLevel,
+        timing_cache=args.timingCacheFile,
         calibrator=calibrator_from_args(args),
         fallback_precision="fp16" if args.fp16 or getattr(args, "best", False) else "fp32",
     )

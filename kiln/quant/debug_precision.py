@@ -186,10 +186,17 @@ class _Search:
         return order[:hi]
 
     def prune(self, chosen: list[str]) -> list[str]:
+        """Drops layers the target does without. Passes repeat until one removes nothing,
+        so every layer kept was tried against the final set (the metric need not be
+        monotonic in the set)."""
         kept = list(chosen)
-        for name in list(chosen):
-            if len(kept) > 1 and self.trial([n for n in kept if n != name]).met:
-                kept.remove(name)
+        changed = True
+        while changed:
+            changed = False
+            for name in list(kept):
+                if len(kept) > 1 and self.trial([n for n in kept if n != name]).met:
+                    kept.remove(name)
+                    changed = True
         return kept
 
 

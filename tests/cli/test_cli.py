@@ -264,7 +264,9 @@ def test_python_m_kiln_build_and_run(tmp_path):
     assert ran.returncode == 0, ran.stderr
     expected = ExecutionContext(Engine.load(tmp_path / "d.kiln")).run({"image": images})
     with np.load(tmp_path / "out.npz") as saved:
-        assert all(np.array_equal(saved[k], v) for k, v in expected.items())
+        assert set(saved.files) == set(expected)
+        for name, value in expected.items():  # on a GPU, another process may get other
+            np.testing.assert_allclose(saved[name], value, rtol=1e-5, atol=1e-6)  # kernels
 
 
 def test_python_m_kiln_user_error(tmp_path):

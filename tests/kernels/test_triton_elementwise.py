@@ -1,6 +1,6 @@
-"""The generated element-wise Triton kernels, run by Triton's interpreter on the CPU,
-against the torch reference of the same programs (several shapes, broadcasting, strided
-inputs, float32 and float16)."""
+"""The generated element-wise Triton kernels (compiled on a GPU, else run by Triton's
+interpreter on the CPU) against the torch reference of the same programs (several shapes,
+broadcasting, strided inputs, float32 and float16)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ SHAPES = [  # (output shape, shape of the other inputs: broadcast against it)
     ((2, 4, 6, 9), (1, 4, 1, 1)),
     ((1, 1030), (1030,)),
 ]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # compiled on a GPU, else interpreted
 
 
 pytestmark = pytest.mark.skipif(
@@ -50,6 +51,7 @@ def test_kernel_matches_reference(name, shapes, dtype):
     full, other = shapes
     inputs = [torch.randn(full, generator=g).to(dtype)]
     inputs += [torch.randn(other, generator=g).to(dtype) for _ in range(n_inputs - 1)]
+    inputs = [t.to(DEVICE) for t in inputs]
     got = elementwise.launch(program, inputs)
     want = run_program(program, inputs)
     assert got.shape == want.shape and got.dtype == want.dtype
@@ -61,6 +63,7 @@ def test_strided_inputs_and_output_layout():
     g = torch.Generator().manual_seed(7)
     x = torch.randn(2, 6, 5, 3, generator=g).contiguous(memory_format=torch.channels_last)
     y = torch.randn(2, 3, 5, 6, generator=g).permute(0, 3, 2, 1)  # a transposed view
+    x, y = x.to(DEVICE), y.to(DEVICE)  # .to keeps both layouts
     program = [["Mul", ["i0", "i1"], []], ["Relu", ["t0"], []]]
     got = elementwise.launch(program, [x, y])
     torch.testing.assert_close(got, torch.relu(x * y))
@@ -69,6 +72,6 @@ def test_strided_inputs_and_output_layout():
 
 def test_rank_above_four_falls_back_to_reference():
     g = torch.Generator().manual_seed(8)
-    x = torch.randn(2, 1, 3, 1, 4, generator=g)
+    x = torch.randn(2, 1, 3, 1, 4, generator=g).to(DEVICE)
     program = [["Exp", ["i0"], []], ["Neg", ["t0"], []]]
     torch.testing.assert_close(elementwise.launch(program, [x]), -torch.exp(x))

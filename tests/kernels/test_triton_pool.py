@@ -1,4 +1,5 @@
-"""The NHWC max-pool Triton kernel under the interpreter, against kiln's MaxPool op."""
+"""The NHWC max-pool Triton kernel (compiled on a GPU, else under the interpreter), against
+kiln's MaxPool op."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from kiln.kernels.triton.pool import maxpool_nhwc  # noqa: E402
 from kiln.ops.conv import resolve_pads  # noqa: E402
 from kiln.ops.pool import max_pool  # noqa: E402
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # compiled on a GPU, else interpreted
 CASES = [  # shape, kernel, strides, pads, ceil_mode, auto_pad
     ((2, 5, 9, 7), [3, 3], [2, 2], [1, 1, 1, 1], 0, "NOTSET"),
     ((1, 3, 8, 8), [2, 2], [2, 2], [0, 0, 0, 0], 0, "NOTSET"),
@@ -30,7 +32,8 @@ CASES = [  # shape, kernel, strides, pads, ceil_mode, auto_pad
 def test_matches_reference(case, dtype):
     shape, kernel, strides, pads, ceil, auto_pad = case
     g = torch.Generator().manual_seed(len(str(case)))
-    x = torch.randn(shape, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(shape, generator=g).to(DEVICE, dtype).contiguous(
+        memory_format=torch.channels_last)
     want = max_pool(x.contiguous(), kernel_shape=kernel, strides=strides, pads=pads,
                     ceil_mode=ceil, auto_pad=auto_pad)
     full = resolve_pads(x, kernel, strides, [1, 1], pads, auto_pad)

@@ -105,7 +105,7 @@ def test_qconv_kernel_matches_the_reference(case):
         x.to(DEVICE).contiguous(memory_format=torch.channels_last), packed.to(DEVICE), kernel,
         stride, pads, dil, torch.from_numpy(combined_scales(0.03, w_scale)).to(DEVICE),
         torch.from_numpy(bias).to(DEVICE), packed.int().sum(1).to(DEVICE), zp, epi,
-        (32, 32, 16, 4, 1), None if r is None else r.to(DEVICE))
+        SMALL, None if r is None else r.to(DEVICE))
     assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
     _close(got, want)
 

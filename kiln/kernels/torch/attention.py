@@ -57,6 +57,10 @@ class _Sdpa(Tactic):
                 mask = mask.to(q.dtype)
             if mask is not None and mask.dim() < 2:  # SDPA wants [.., q, kv]; a scalar or
                 mask = mask.reshape((1,) * (2 - mask.dim()) + tuple(mask.shape))  # row bias
+            if mask is not None and (mask.shape[-1] != k.shape[-2] or mask.stride(-1) != 1):
+                # CUDA's kernels need the key axis dense: SDPA would broadcast a mask of one
+                # key column with stride 0 there
+                mask = mask.expand(*mask.shape[:-1], k.shape[-2]).contiguous()
 
             with sdpa_kernel(backend) if backend is not None else nullcontext():
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,

@@ -87,7 +87,10 @@ def _finish(acc, rm, rn, M, N: tl.constexpr, out_ptr, stride_om, scales_ptr, bia
         y = y + r.to(tl.float32)
     elif RES_MODE == 2:
         r = tl.load(res_ptr + rm[:, None] * stride_rm + rn[None, :], mask=mask, other=0)
-        y = y + (r.to(tl.int32) - res_zp).to(tl.float32) * res_scale
+        if IS_FP8:  # an FP8 residual arrives as its bytes, with no zero point
+            y = y + r.to(tl.float8e4nv, bitcast=True).to(tl.float32) * res_scale
+        else:
+            y = y + (r.to(tl.int32) - res_zp).to(tl.float32) * res_scale
     y = _activate(y, ACT, p0, p1)
     out = out_ptr + rm[:, None] * stride_om + rn[None, :]
     if OUT_MODE == 0:
@@ -256,7 +259,7 @@ def _residual(residual: torch.Tensor | None, epi: dict, rows: int, n: int, devic
     if residual is None:
         return torch.empty(1, device=device), 0, 0
     mode = 2 if epi.get("residual_scale") else 1
-    return residual, mode, n
+    return _bytes(residual), mode, n
 
 
 def qgemm(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,

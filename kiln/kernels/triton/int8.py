@@ -135,15 +135,22 @@ class _TritonConv(Tactic):
         return run
 
 
+# The optimization level from which each tile is timed: each (layer, tile) pair is one Triton
+# compile of a second or two, so the default level (3) times two tiles per layer and the
+# wider search is left to levels 4 and 5.
+GEMM_LEVELS = {"a": 0, "c": 2, "b": 4, "d": 4}
+CONV_LEVELS = {"a": 0, "e": 2, "b": 4, "c": 4, "d": 4}
+
+
 def _register() -> None:
     for key, config in GEMM_CONFIGS.items():
         register_tactic(type(f"TritonQGemm_{key}", (_TritonGemm,), {
             "name": f"int8-triton-gemm-{key}", "config": config,
-            "priority": 10 + ord(key) - ord("a"), "min_level": 0 if key == "a" else 1}))
+            "priority": 10 + ord(key) - ord("a"), "min_level": GEMM_LEVELS[key]}))
     for key, config in CONV_CONFIGS.items():
         register_tactic(type(f"TritonQConv_{key}", (_TritonConv,), {
             "name": f"int8-triton-conv-{key}", "config": config,
-            "priority": 10 + ord(key) - ord("a"), "min_level": 0 if key == "a" else 1}))
+            "priority": 10 + ord(key) - ord("a"), "min_level": CONV_LEVELS[key]}))
 
 
 _register()
