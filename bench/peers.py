@@ -298,6 +298,7 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
         if planned is not None:
             case.memory_mb[f"{label}_activations_planned"] = planned / 2**20
         outputs[label] = next(iter(context.run(feeds).values()))
+        _note_precision_choice(label, engine, case)
         if PROFILE:
             _print_profile(label, case, profile_layers(context, feeds))
         if context.graphs is not None and context.graphs.failures:
@@ -306,6 +307,24 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
         del context, engine
         gc.collect()
     return outputs
+
+
+def _note_precision_choice(label: str, engine, case: Case) -> None:
+    """How many quantized layers beat their fallback-precision twins, and the sums."""
+    choice = engine.plan["build"].get("precision_choice")
+    if not choice:
+        return
+    times = choice["layer_ms"]
+    if not times:
+        return
+    low, high = next(iter(times.values()))  # {quantized precision: ms, fallback: ms}
+    kept = next(v for k, v in choice.items() if k.startswith("kept_in_"))
+    total_low = sum(t[low] for t in times.values())
+    total_high = sum(t[high] for t in times.values())
+    case.notes.append(
+        f"{label}: {len(times) - len(kept)} of {len(times)} layers faster in {low}, kept "
+        f"there; quantizable layers sum {total_low:.3f} ms in {low} vs {total_high:.3f} ms "
+        f"in {high} (eager, per layer)")
 
 
 def _print_profile(label: str, case: Case, layers: list) -> None:

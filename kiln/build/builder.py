@@ -20,6 +20,7 @@ import onnx
 import torch
 
 import kiln
+from kiln.build import precision_choice
 from kiln.build.config import BuilderConfig
 from kiln.build.lower import Lowering, place_constants
 from kiln.build.placement import assign_placement
@@ -46,7 +47,13 @@ def build_engine(
     on_stage: Stage | None = None,
 ) -> Engine:
     config = config or BuilderConfig()
-    stage = on_stage or (lambda _name: None)
+    if precision_choice.applies(config, model):
+        return precision_choice.build_fastest(
+            config, lambda c: _build(model, c, on_stage or (lambda _name: None)))
+    return _build(model, config, on_stage or (lambda _name: None))
+
+
+def _build(model: Any, config: BuilderConfig, stage: Stage) -> Engine:
     started = time.perf_counter()
     device = config.torch_device()
 

@@ -31,6 +31,10 @@ class BuilderConfig:
     optimization_level: 0 picks tactics by heuristics without timing; 1..5 time every
         candidate the level offers on the device (higher levels offer more) and keep the
         fastest; `timing_cache` makes those timings persistent.
+    precision_constraints: for calibrated "int8"/"fp8" builds, "none" keeps a quantized
+        layer only where it is faster than in `fallback_precision` (timed on the device,
+        as TensorRT chooses), "obey" quantizes every layer it can; "auto" (the default) is
+        "none" on CUDA and "obey" on the CPU, where INT8 simulates the GPU's arithmetic.
     optimize: False skips the pass pipeline (no folding, no fusion): the model runs node
         by node as written, the "framework as is" baseline `kiln bench` compares against.
     """
@@ -46,6 +50,7 @@ class BuilderConfig:
     probe_inputs: dict[str, Any] | None = None  # real inputs for the build's shape probe
     calibrator: Any = None  # kiln.quant.Calibrator: INT8/FP8 calibration data, method, cache
     fallback_precision: str = "fp16"  # int8/fp8 builds: the precision of unquantized layers
+    precision_constraints: str = "auto"  # calibrated int8/fp8: "none", "obey" or "auto"
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -59,6 +64,9 @@ class BuilderConfig:
         if self.fallback_precision not in ("fp16", "fp32"):
             raise KilnError(f"fallback_precision must be fp16 or fp32, got "
                             f"{self.fallback_precision!r}")
+        if self.precision_constraints not in ("auto", "none", "obey"):
+            raise KilnError(f"--precisionConstraints must be none or obey, got "
+                            f"{self.precision_constraints!r}")
         if not 0 <= self.optimization_level <= 5:
             raise KilnError(f"--builderOptimizationLevel must be 0..5, got "
                             f"{self.optimization_level}")

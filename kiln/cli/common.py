@@ -45,6 +45,9 @@ def add_quantization_arguments(p: argparse.ArgumentParser) -> None:
                         "with --fp16")
     g.add_argument("--fp8", action="store_true", help="FP8 (E4M3) instead of INT8 (Hopper)")
     g.add_argument("--best", action="store_true", help="--int8 --fp16")
+    g.add_argument("--precisionConstraints", choices=("none", "obey"), default=None,
+                   help="none: a quantized layer stays INT8/FP8 only where faster than "
+                        "the fallback (default on CUDA); obey: every quantizable layer does")
     g.add_argument("--calib", metavar="DATA",
                    help="calibration data: a folder of .npz batches or one .npz of samples")
     g.add_argument("--calibMethod", choices=METHODS, default="entropy",
@@ -75,6 +78,7 @@ def config_from_args(args: argparse.Namespace) -> BuilderConfig:
         optimization_level=args.builderOptimizationLevel,
         timing_cache=args.timingCacheFile,
         calibrator=calibrator_from_args(args),
+        precision_constraints=getattr(args, "precisionConstraints", None) or "auto",
         fallback_precision="fp16" if args.fp16 or getattr(args, "best", False) else "fp32",
     )
 

@@ -81,8 +81,11 @@ def bernoulli(x: torch.Tensor, *, dtype: int | None = None,
               seed: float | None = None) -> torch.Tensor:
     """1 with probability x, else 0, in `dtype` (default: x's)."""
     probability = x.to(torch.promote_types(x.dtype, torch.float32))
-    draws = torch.bernoulli(probability, generator=generator(seed, x.device))
-    return draws.to(_dtype(dtype, x))
+    # uniform draws below p, not torch.bernoulli: on CUDA that kernel asserts p in [0, 1] on
+    # the device, which kills the process (the builder probes with random inputs)
+    uniform = torch.rand(probability.shape, dtype=probability.dtype, device=x.device,
+                         generator=generator(seed, x.device))
+    return (uniform < probability).to(_dtype(dtype, x))
 
 
 @register("Multinomial", 7)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from kiln.build import BuilderConfig, build_engine
+from kiln.build.precision_choice import calibrate_once
 from kiln.engine.engine import Engine
 from kiln.errors import KilnError
 from kiln.quant.calibrators import Calibrator
@@ -116,8 +117,10 @@ def find_precision_overrides(model: Any, config: BuilderConfig, inputs: list[dic
         config, precision="fp32", calibrator=None, layer_precisions={}))
     expected = _outputs(reference, inputs)
     higher = config.fallback_precision if config.precision in ("int8", "fp8") else "fp32"
+    # the search itself decides which layers leave low precision: no choice by speed
+    config = dataclasses.replace(config, precision_constraints="obey")
     with tempfile.TemporaryDirectory() as folder:
-        config = _with_reusable_calibration(config, Path(folder) / "calibration.cache")
+        config = calibrate_once(config, Path(folder) / "calibration.cache")
         search = _Search(model, config, inputs, expected, metric, higher, say)
         first = search.build([])
         candidates = [_layer_name(layer) for layer in first.layers()
@@ -204,17 +207,6 @@ def _layer_name(layer: dict) -> str:
     """The model's name for a layer: its first fused node (the Conv/MatMul it came from)."""
     fused = layer.get("fused") or []
     return fused[0] if fused else layer["name"]
-
-
-def _with_reusable_calibration(config: BuilderConfig, cache: Path) -> BuilderConfig:
-    """Calibrate once: the first build writes a cache every later build reads."""
-    calibrator = config.calibrator
-    if config.precision not in ("int8", "fp8") or calibrator is None:
-        return config
-    if calibrator.cache and Path(calibrator.cache).exists():
-        return config
-    return dataclasses.replace(config, calibrator=dataclasses.replace(
-        calibrator, cache=str(calibrator.cache or cache)))
 
 
 def _outputs(engine: Engine, inputs: list[dict]) -> list[dict[str, np.ndarray]]:

@@ -80,6 +80,14 @@ def test_bernoulli_frequencies(dtype_attr: int | None) -> None:
     assert np.all(np.abs(y.mean(axis=0) - p) < 5 * np.sqrt(p * (1 - p) / rows) + 1e-3)
 
 
+def test_bernoulli_outside_zero_one_saturates() -> None:
+    """Not valid probabilities, but a build probes with random inputs: no device assert."""
+    x = np.array([-2.0, -1e-3, 1.0 + 1e-3, 5.0], np.float32)
+    proto = model([helper.make_node("Bernoulli", ["x"], ["y"])], [tensor("x", F, x.shape)],
+                  [tensor("y", F)])
+    np.testing.assert_array_equal(run_kiln(proto, {"x": x})[0], [0.0, 0.0, 1.0, 1.0])
+
+
 def test_multinomial_frequencies_follow_softmax() -> None:
     logits = np.log(np.array([[0.1, 0.6, 0.3], [0.5, 0.25, 0.25]], np.float32))
     proto = model([helper.make_node("Multinomial", ["x"], ["y"], sample_size=N, dtype=7)],

@@ -25,7 +25,8 @@ def _engines(path, precision, cache, data):
                                                 optimization_level=0, calibrator=calibrator))
     gpu = build_engine(str(path), BuilderConfig(precision=precision, device="cuda",
                                                 fallback_precision="fp32",
-                                                optimization_level=2, calibrator=calibrator))
+                                                optimization_level=2, calibrator=calibrator,
+                                                precision_constraints="obey"))
     return cpu, gpu
 
 

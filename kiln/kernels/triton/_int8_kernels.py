@@ -215,6 +215,20 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scales_ptr, bias_ptr, wsum_ptr, res_ptr
                         A_UINT8, IS_FP8)
             w = _load_w(w_ptr + rn[None, :] * K + (k0 + rk)[:, None], rn[None, :] < N, IS_FP8)
             acc += tl.dot(a, w)
+    elif C * 4 <= BLOCK_K:
+        # few channels (an RGB stem): K = (kh, kw, c) flattened, each column gathered from
+        # its own tap, so the steps are K / BLOCK_K and not one per tap, mostly masked
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            tap = kk // C
+            ih = oh[:, None] * SH - PH + (tap // KW)[None, :] * DH
+            iw = ow[:, None] * SW - PW + (tap % KW)[None, :] * DW
+            inside = in_m[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            ptrs = x_ptr + b[:, None] * sxb + ih * sxh + iw * sxw + (kk % C)[None, :]
+            a = _load_a(ptrs, inside & (kk[None, :] < K), pad_value, A_UINT8, IS_FP8)
+            w = _load_w(w_ptr + rn[None, :] * K + kk[:, None],
+                        (rn[None, :] < N) & (kk[:, None] < K), IS_FP8)
+            acc += tl.dot(a, w)
     else:
         for kh in tl.static_range(KH):
             for kw in tl.static_range(KW):

@@ -1,0 +1,94 @@
+"""kiln's INT8 Triton kernels against FP16 cuDNN/cuBLAS and torch._int_mm on single layers of
+ResNet-50's shapes (batch 64), one process, CUDA events, median of runs. It prints TOPS and
+the ratio to FP16 per layer and tile, to tell kernel speed from engine overheads.
+
+    PYTHONPATH=. python bench/int8_kernels.py
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+from kiln.kernels.triton import _int8_kernels as k
+from kiln.kernels.triton.int8 import CONV_CONFIGS, GEMM_CONFIGS
+
+# (name, batch, C, H, W, OC, kernel, stride)
+CONVS = [("3x3 c64 56", 64, 64, 56, 56, 64, 3, 1), ("3x3 c256 14", 64, 256, 14, 14, 256, 3, 1),
+         ("3x3 c512 7", 64, 512, 7, 7, 512, 3, 1)]
+GEMMS = [("1x1 64->256 @56", 64 * 56 * 56, 64, 256), ("1x1 1024->256 @14", 64 * 14 * 14, 1024, 256),
+         ("1x1 512->2048 @7", 64 * 7 * 7, 512, 2048)]
+
+
+def time_ms(fn, *args, runs: int = 30) -> float:
+    """Median milliseconds of fn(*args) (arguments bound here, not in loop closures)."""
+    for _ in range(5):
+        fn(*args)
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(*args)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _conv_relu(x, w, stride, pad):
+    return F.relu(F.conv2d(x, w, None, stride, pad))
+
+
+def _linear_relu(a, w):
+    return F.relu(F.linear(a, w))
+
+
+def _ints(shape, device="cuda"):
+    return torch.randint(-128, 128, shape, dtype=torch.int8, device=device)
+
+
+def main() -> None:
+    rows = []
+    epi = {"out_scale": 0.05, "out_inv_scale": 20.0, "out_type": "int8", "activation": "Relu"}
+    for name, b, c, h, w, oc, ks, s in CONVS:
+        x = _ints((b, c, h, w)).contiguous(memory_format=torch.channels_last)
+        wt = _ints((oc, ks * ks * c))
+        scales, bias = torch.rand(oc, device="cuda"), torch.rand(oc, device="cuda")
+        ops = 2 * b * h * w * oc * c * ks * ks / s / s
+        xf = torch.randn(b, c, h, w, device="cuda", dtype=torch.half).contiguous(
+            memory_format=torch.channels_last)
+        wf = torch.randn(oc, c, ks, ks, device="cuda", dtype=torch.half).contiguous(
+            memory_format=torch.channels_last)
+        fp16 = time_ms(_conv_relu, xf, wf, s, ks // 2)
+        rows.append((name, "cudnn fp16", fp16, ops / fp16 / 1e9, 1.0))
+        for key, config in CONV_CONFIGS.items():
+            try:
+                ms = time_ms(k.qconv2d, x, wt, (ks, ks), (s, s), (ks // 2,) * 4, (1, 1),
+                             scales, bias, None, 0, epi, config)
+            except Exception as exc:  # a tile that does not compile is a row, not a crash
+                rows.append((name, f"triton {key} {config}", float("nan"), 0, 0))
+                print(f"{name} {key}: {type(exc).__name__}: {str(exc)[:120]}")
+                continue
+            rows.append((name, f"triton {key} {config}", ms, ops / ms / 1e9, fp16 / ms))
+    for name, m, kk, n in GEMMS:
+        a, wt = _ints((m, kk)), _ints((n, kk))
+        scales, bias = torch.rand(n, device="cuda"), torch.rand(n, device="cuda")
+        ops = 2 * m * n * kk
+        af = torch.randn(m, kk, device="cuda", dtype=torch.half)
+        wf = torch.randn(n, kk, device="cuda", dtype=torch.half)
+        fp16 = time_ms(_linear_relu, af, wf)
+        rows.append((name, "cublas fp16", fp16, ops / fp16 / 1e9, 1.0))
+        ms = time_ms(torch._int_mm, a, wt.t())
+        rows.append((name, "torch._int_mm (no epilogue)", ms, ops / ms / 1e9, fp16 / ms))
+        for key, config in GEMM_CONFIGS.items():
+            ms = time_ms(k.qgemm, a, wt, scales, bias, None, 0, epi, config)
+            rows.append((name, f"triton {key} {config}", ms, ops / ms / 1e9, fp16 / ms))
+    print(f"\n{'layer':20} {'kernel':34} {'ms':>8} {'TOPS':>7} {'fp16/this':>9}")
+    for name, kernel, ms, tops, ratio in rows:
+        print(f"{name:20} {kernel:34} {ms:8.3f} {tops:7.1f} {ratio:9.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""INT8/FP8 allowed, not forced: each quantized layer keeps its low precision only where it
+is faster than the same layer in the fallback precision (TensorRT's default for `--int8
+--fp16`, `--precisionConstraints=none`; `obey` keeps every quantizable layer quantized).
+
+The calibrated build is timed layer by layer beside a build in the fallback precision, at
+the first profile's opt shape; quantized layers that lose are pinned to the fallback
+precision and the engine is built again, reusing the calibration. The choices, with both
+times, go into the plan (`build.precision_choice`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kiln.build.config import BuilderConfig
+from kiln.engine.engine import Engine
+
+QUANTIZED_OPS = ("QConv", "QGemm")
+Build = Callable[[BuilderConfig], Engine]
+
+
+def applies(config: BuilderConfig, model: Any) -> bool:
+    """Implicit INT8/FP8 builds on CUDA by default; `obey` or a Graph (built in place,
+    so only once) never; `none` anywhere."""
+    from kiln.ir import Graph
+
+    if config.precision not in ("int8", "fp8") or config.calibrator is None:
+        return False
+    if isinstance(model, Graph) or config.optimization_level < 1:
+        return False
+    mode = config.precision_constraints
+    if mode == "auto":
+        return config.torch_device().type == "cuda"
+    return mode == "none"
+
+
+def build_fastest(config: BuilderConfig, build: Build) -> Engine:
+    with tempfile.TemporaryDirectory() as folder:
+        config = calibrate_once(config, Path(folder) / "calibration.cache")
+        quantized = build(config)
+        floating = build(dataclasses.replace(config, precision=config.fallback_precision,
+                                             calibrator=None))
+        low, high = layer_times(quantized), layer_times(floating)
+        times = {name: (ms, high[name]) for name, ms in low.items() if name in high}
+        slower = sorted(name for name, (q, f) in times.items() if f < q)
+        engine = quantized
+        if slower:
+            overrides = {**{n: config.fallback_precision for n in slower},
+                         **config.layer_precisions}
+            engine = build(dataclasses.replace(config, layer_precisions=overrides))
+    engine.plan["build"]["precision_choice"] = {
+        "constraints": config.precision_constraints,
+        "kept_in_" + config.fallback_precision: slower,
+        "layer_ms": {n: {config.precision: round(q, 5), config.fallback_precision: round(f, 5)}
+                     for n, (q, f) in sorted(times.items())},
+    }
+    return engine
+
+
+def layer_times(engine: Engine) -> dict[str, float]:
+    """Milliseconds per model layer (its first fused node's name) of the engine's quantized
+    layers, or of all layers of a float engine, at the first profile's opt shape."""
+    from kiln.build.builder import probe_inputs
+    from kiln.build.profiles import Profile
+    from kiln.runtime import ExecutionContext
+    from kiln.runtime.profile import profile_layers
+
+    profile = Profile.from_json(engine.plan["profiles"][0])
+    context = ExecutionContext(engine)
+    timed = profile_layers(context, probe_inputs(engine, profile), runs=5, warmup=2)
+    names = {layer["name"]: _model_name(layer) for layer in engine.layers()}
+    quantized = any(t.op in QUANTIZED_OPS for t in timed)
+    return {names.get(t.name, t.name): t.ms for t in timed
+            if not quantized or t.op in QUANTIZED_OPS}
+
+
+def _model_name(layer: dict) -> str:
+    fused = layer.get("fused") or []
+    return fused[0] if fused else layer["name"]
+
+
+def calibrate_once(config: BuilderConfig, cache: Path) -> BuilderConfig:
+    """For several builds of one model: the first calibrates and writes a cache (`cache`,
+    unless the calibrator names one) that the later ones read."""
+    calibrator = config.calibrator
+    if config.precision not in ("int8", "fp8") or calibrator is None or calibrator.cache:
+        return config
+    return dataclasses.replace(config, calibrator=dataclasses.replace(calibrator,
+                                                                      cache=str(cache)))

@@ -1,0 +1,94 @@
+"""INT8 allowed, not forced (`precision_constraints`): quantized layers slower than their
+fallback-precision twins leave INT8, the rest stay, the calibration runs once, and the
+engine still computes what the model does. Layer times are stood in for (a CPU's timings
+would make the choice a coin toss); the timing itself is kiln.runtime.profile's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kiln.build import BuilderConfig, build_engine, precision_choice
+from kiln.quant import Calibrator
+from kiln.runtime import ExecutionContext
+from tests.quant._models import SmallCNN, calibration_batches, export
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return export(SmallCNN(), torch.randn(2, 3, 12, 12),
+                  tmp_path_factory.mktemp("choice") / "cnn.onnx")
+
+
+class Batches(list):
+    """Calibration batches that count how often they are read."""
+
+    reads = 0
+
+    def __iter__(self):
+        Batches.reads += 1
+        return super().__iter__()
+
+
+def _config(**extra) -> BuilderConfig:
+    return BuilderConfig(precision="int8", device="cpu", fallback_precision="fp32",
+                         calibrator=Calibrator(Batches(calibration_batches((4, 3, 12, 12), 3))),
+                         profiles=[{"opt": {"x": [4, 3, 12, 12]}}], **extra)
+
+
+def _input_scale(layer: dict) -> float:
+    return layer["attrs"].get("x_scale", layer["attrs"].get("a_scale"))  # QConv, QGemm
+
+
+def _quantized(engine) -> set[str]:
+    return {precision_choice._model_name(layer) for layer in engine.layers()
+            if layer["op"] in precision_choice.QUANTIZED_OPS}
+
+
+def test_layers_slower_in_int8_leave_it(model, monkeypatch):
+    real = precision_choice.layer_times
+    calls = []
+
+    def stand_in(engine):
+        times = real(engine)  # the real profile runs; the numbers are then set
+        quantized = bool(_quantized(engine))
+        calls.append(quantized)
+        # /c2 and /c4 lose in INT8, the others win
+        return {name: (2.0 if quantized and name in ("/c2/Conv", "/c4/Conv") else
+                       0.5 if quantized else 1.0) for name in times}
+
+    monkeypatch.setattr(precision_choice, "layer_times", stand_in)
+    forced = build_engine(str(model), _config(precision_constraints="obey"))
+    assert calls == []  # obey: no timing
+    reads = Batches.reads
+    chosen = build_engine(str(model), _config(precision_constraints="none"))
+    assert calls == [True, False]
+    assert Batches.reads - reads == reads  # one calibration, as for the forced build
+    assert {"/c2/Conv", "/c4/Conv"} <= _quantized(forced)
+    assert _quantized(chosen) == _quantized(forced) - {"/c2/Conv", "/c4/Conv"}
+    choice = chosen.plan["build"]["precision_choice"]
+    assert choice["kept_in_fp32"] == ["/c2/Conv", "/c4/Conv"]
+    assert choice["layer_ms"]["/c2/Conv"] == {"int8": 2.0, "fp32": 1.0}
+    # the layers still in INT8 read the same thresholds as in the forced build
+    for name in _quantized(chosen):
+        scales = [_input_scale(layer) for e in (forced, chosen) for layer in e.layers()
+                  if layer["op"] in precision_choice.QUANTIZED_OPS
+                  and precision_choice._model_name(layer) == name]
+        assert len(scales) == 2 and scales[0] == pytest.approx(scales[1])
+    x = np.random.default_rng(5).standard_normal((4, 3, 12, 12)).astype(np.float32)
+    reference = ExecutionContext(build_engine(str(model), BuilderConfig(device="cpu"))).run(
+        {"x": x})["y"]
+    got = ExecutionContext(chosen).run({"x": x})["y"]
+    cos = float(np.dot(got.ravel(), reference.ravel()) /
+                (np.linalg.norm(got) * np.linalg.norm(reference)))
+    assert cos > 0.99
+
+
+def test_auto_obeys_on_the_cpu_and_a_bad_value_is_named(model):
+    assert not precision_choice.applies(_config(), str(model))
+    assert precision_choice.applies(_config(precision_constraints="none"), str(model))
+    assert not precision_choice.applies(_config(precision_constraints="none",
+                                                optimization_level=0), str(model))
+    with pytest.raises(Exception, match="--precisionConstraints must be none or obey"):
+        _config(precision_constraints="sometimes")
