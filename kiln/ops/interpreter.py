@@ -49,13 +49,33 @@ def node_step(node: Node, opsets: dict[str, int], device: torch.device | str) ->
         kwargs["num_outputs"] = len(node.outputs)
     if impl.wants_device:
         kwargs["device"] = torch.device(device)
+    fn = partial(impl.fn, **kwargs)
+    if torch.device(device).type != "cpu":
+        fn = _one_device(fn, torch.device(device), set(impl.host_inputs))
     return Step(
         name=node.name,
-        fn=partial(impl.fn, **kwargs),
+        fn=fn,
         inputs=tuple(None if v is None else v.name for v in node.inputs),
         outputs=tuple(None if v is None else v.name for v in node.outputs),
         subgraphs={k: v for k, v in bodies.items() if k in impl.attr_names or impl.takes_any_attr},
     )
+
+
+def _one_device(fn: Any, device: torch.device, host_inputs: set[int]) -> Any:
+    """Shape arithmetic runs on the host (Shape hands back a CPU tensor), so an op can meet
+    host and device tensors at once (a Concat of a computed shape and a constant): its
+    data inputs then all go to the device. Inputs read as numbers stay where they are."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if not any(t.device.type == device.type for t in tensors) or all(
+                t.device.type == device.type for t in tensors):
+            return fn(*args, **kwargs)
+        moved = [a.to(device) if isinstance(a, torch.Tensor) and i not in host_inputs
+                 and a.device.type == "cpu" else a for i, a in enumerate(args)]
+        return fn(*moved, **kwargs)
+
+    return run
 
 
 def _is_graph_attr(value: Any) -> bool:
