@@ -4,7 +4,7 @@
 #                (TESTS="tests/quant tests/cli" for a part)
 #   conformance  the ONNX node tests on CUDA (KILN_CONFORMANCE_CUDA=1), counts at the end
 #   int8         bench/peers.py INT8/FP8/FP16 engines on ResNet-50 and BERT
-#                (INT8_MODELS, INT8_PRECISIONS, INT8_TIMEOUT to choose)
+#                (INT8_MODELS, INT8_PRECISIONS, INT8_BATCHES, INT8_TIMEOUT to choose)
 #   rebuild      ResNet-50 FP16 built twice with one timing cache: cold, then warm build time
 # Usage: tools/gpu_check.sh tests conformance      (logs under $OUT, a short table last)
 # Missing Python packages travel as wheels in .whl (see the device notes); installed first.
@@ -38,7 +38,7 @@ for step in "$@"; do
       tally conformance "$OUT/conformance.log" ;;
     int8)
       timeout "${INT8_TIMEOUT:-420}" python3 bench/peers.py --models "${INT8_MODELS:-resnet50,bert}" \
-        --batches 1,throughput --peers kiln --precisions "${INT8_PRECISIONS:-fp16,int8,fp8}" \
+        --batches "${INT8_BATCHES:-1,throughput}" --peers kiln --precisions "${INT8_PRECISIONS:-fp16,int8,fp8}" \
         --out "$OUT" 2>&1 | tee "$OUT/int8.log" | tail -30
       summary+=("int8         see int8.log") ;;
     rebuild)

@@ -200,6 +200,8 @@ class Fp8ScaledMM(Tactic):
              device: torch.device) -> Callable[..., Any]:
         attrs = layer.attrs
         weight = tensors["weight_kn"]
+        if weight.stride(0) != 1:  # cuBLASLt takes B column-major; a saved or moved engine
+            weight = weight.t().contiguous().t()  # may hand the weight back row-major
         out_dtype = torch.bfloat16 if attrs.get("out_dtype") == "bf16" else torch.float16
         bias = tensors.get("bias")
         bias = None if bias is None else bias.to(out_dtype)
