@@ -72,13 +72,14 @@ def layer_times(engine: Engine) -> dict[str, float]:
     profile = Profile.from_json(engine.plan["profiles"][0])
     context = ExecutionContext(engine)
     timed = profile_layers(context, probe_inputs(engine, profile), runs=5, warmup=2)
-    names = {layer["name"]: _model_name(layer) for layer in engine.layers()}
+    names = {layer["name"]: model_layer_name(layer) for layer in engine.layers()}
     quantized = any(t.op in QUANTIZED_OPS for t in timed)
     return {names.get(t.name, t.name): t.ms for t in timed
             if not quantized or t.op in QUANTIZED_OPS}
 
 
-def _model_name(layer: dict) -> str:
+def model_layer_name(layer: dict) -> str:
+    """The model's name for a layer: its first fused node (the Conv/MatMul it came from)."""
     fused = layer.get("fused") or []
     return fused[0] if fused else layer["name"]
 

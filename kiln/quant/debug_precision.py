@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from kiln.build import BuilderConfig, build_engine
-from kiln.build.precision_choice import calibrate_once
+from kiln.build.precision_choice import calibrate_once, model_layer_name
 from kiln.engine.engine import Engine
 from kiln.errors import KilnError
 from kiln.quant.calibrators import Calibrator
@@ -123,7 +123,7 @@ def find_precision_overrides(model: Any, config: BuilderConfig, inputs: list[dic
         config = calibrate_once(config, Path(folder) / "calibration.cache")
         search = _Search(model, config, inputs, expected, metric, higher, say)
         first = search.build([])
-        candidates = [_layer_name(layer) for layer in first.layers()
+        candidates = [model_layer_name(layer) for layer in first.layers()
                       if layer["precision"] in LOW and layer["precision"] != higher]
         search.candidates = candidates
         low = search.trial([], first)
@@ -201,12 +201,6 @@ class _Search:
                     kept.remove(name)
                     changed = True
         return kept
-
-
-def _layer_name(layer: dict) -> str:
-    """The model's name for a layer: its first fused node (the Conv/MatMul it came from)."""
-    fused = layer.get("fused") or []
-    return fused[0] if fused else layer["name"]
 
 
 def _outputs(engine: Engine, inputs: list[dict]) -> list[dict[str, np.ndarray]]:

@@ -42,7 +42,7 @@ def _input_scale(layer: dict) -> float:
 
 
 def _quantized(engine) -> set[str]:
-    return {precision_choice._model_name(layer) for layer in engine.layers()
+    return {precision_choice.model_layer_name(layer) for layer in engine.layers()
             if layer["op"] in precision_choice.QUANTIZED_OPS}
 
 
@@ -74,7 +74,7 @@ def test_layers_slower_in_int8_leave_it(model, monkeypatch):
     for name in _quantized(chosen):
         scales = [_input_scale(layer) for e in (forced, chosen) for layer in e.layers()
                   if layer["op"] in precision_choice.QUANTIZED_OPS
-                  and precision_choice._model_name(layer) == name]
+                  and precision_choice.model_layer_name(layer) == name]
         assert len(scales) == 2 and scales[0] == pytest.approx(scales[1])
     x = np.random.default_rng(5).standard_normal((4, 3, 12, 12)).astype(np.float32)
     reference = ExecutionContext(build_engine(str(model), BuilderConfig(device="cpu"))).run(
