@@ -35,17 +35,16 @@ class ConvIm2col(Tactic):
         return layer.attrs.get("group", 1) == 1
 
     def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
-        weight = to_torch(layer.constant_inputs[1])
-        tensors = {"weight": weight.reshape(weight.shape[0], -1).contiguous()}
-        tensors["window"] = torch.tensor(list(weight.shape[2:]))
+        tensors = {"weight": to_torch(layer.constant_inputs[1]).contiguous()}
         if 2 in layer.constant_inputs:
-            tensors["bias"] = to_torch(layer.constant_inputs[2]).reshape(-1, 1)
+            tensors["bias"] = to_torch(layer.constant_inputs[2])
         return tensors
 
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[..., Any]:
-        weight, bias = tensors["weight"], tensors.get("bias")
-        kernel = [int(k) for k in tensors["window"]]
+        kernel = list(tensors["weight"].shape[2:])
+        weight = tensors["weight"].reshape(tensors["weight"].shape[0], -1)  # [OC, C*KH*KW]
+        bias = tensors["bias"].reshape(-1, 1) if "bias" in tensors else None
         attrs = layer.attrs
         strides = attrs.get("strides") or [1, 1]
         dilations = attrs.get("dilations") or [1, 1]
