@@ -68,6 +68,7 @@ def make_model(name: str) -> tuple[torch.nn.Module, callable, list[str], dict]:
         import torchvision
 
         model = torchvision.models.vit_b_16(weights=None)
+        torch.nn.init.normal_(model.heads.head.weight, std=0.02)  # zero-initialized there
         return model, lambda b: (torch.randn(b, 3, 224, 224),), ["images"], {
             "images": {0: "batch"}}
     if name == "bert":
@@ -203,12 +204,36 @@ def allocated(device: str) -> int:
     return torch.cuda.memory_allocated()
 
 
+def fresh_base(device: str) -> int:
+    """What is allocated before a peer starts, after dropping the cuBLAS workspaces earlier
+    peers left (one per stream used, 32 MiB and up on Hopper), so that each peer pays for
+    the workspaces it needs itself. Only between peers: no graph using them replays again."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        gc.collect()
+        clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+        if clear is not None:
+            clear()
+    return allocated(device)
+
+
+def allocated_by_pool() -> dict[str, float]:
+    """MiB in use per stream of the general pool and in CUDA-graph private pools: shows
+    where a peer's steady-state memory sits (weights, graph activations, workspaces)."""
+    found: dict[str, float] = {}
+    for segment in torch.cuda.memory_snapshot():
+        pool = tuple(segment.get("segment_pool_id", (0, 0)))
+        key = "graph_pools" if pool != (0, 0) else f"stream_{segment['stream']}"
+        found[key] = found.get(key, 0.0) + segment["allocated_size"] / 2**20
+    return {k: round(v, 1) for k, v in found.items() if v}
+
+
 # ----------------------------------------------------------------------------- peers
 def torch_peers(model: torch.nn.Module, inputs: tuple, device: str, wanted: set[str],
                 case: Case) -> dict[str, Any]:
     """Eager FP16, eager FP16 + CUDA graph, torch.compile FP16; returns eager outputs."""
     dtype = torch.float16 if device == "cuda" else torch.float32
-    base = allocated(device)
+    base = fresh_base(device)
     module = model.to(device=device, dtype=dtype).eval()
     args = tuple(t.to(device) if not t.is_floating_point() else t.to(device, dtype)
                  for t in inputs)
@@ -227,10 +252,12 @@ def torch_peers(model: torch.nn.Module, inputs: tuple, device: str, wanted: set[
             case.results["eager_fp16_nhwc_cudagraph"] = ms
             module = module.to(memory_format=torch.contiguous_format)
         if "cudagraph" in wanted and device == "cuda":
+            base = fresh_base(device) - _weight_bytes(module)
             graph_fn = _cuda_graphed(module, args)
             ms, mb = measure(graph_fn, device, base)
             case.results["eager_fp16_cudagraph"], case.memory_mb["eager_fp16_cudagraph"] = ms, mb
         if "compile" in wanted:
+            base = fresh_base(device) - _weight_bytes(module)
             t0 = time.perf_counter()
             compiled = torch.compile(module)
             compiled(*args)
@@ -241,6 +268,12 @@ def torch_peers(model: torch.nn.Module, inputs: tuple, device: str, wanted: set[
             torch._dynamo.reset()
     module.to("cpu", torch.float32)
     return outputs
+
+
+def _weight_bytes(module: torch.nn.Module) -> int:
+    """A peer's weights count in its memory even when an earlier peer moved them."""
+    return sum(t.numel() * t.element_size() for t in
+               [*module.parameters(), *module.buffers()] if t.is_cuda)
 
 
 def _cuda_graphed(module, args):
@@ -284,13 +317,15 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
         engine = build_engine(onnx_bytes, config)
         label = f"kiln_{precision}"
         case.build_s[label] = time.perf_counter() - t0
-        base = allocated(device)
+        base = fresh_base(device)
         context = ExecutionContext(engine)
         case.memory_mb[f"{label}_on_device_at_load"] = (allocated(device) - base) / 2**20
         ms, mb = measure(lambda c=context: c.run(feeds), device, base)
         if device == "cuda":
             case.memory_mb[f"{label}_held_after_runs"] = (allocated(device) - base) / 2**20
             case.memory_mb[f"{label}_cudnn_workspace"] = _cudnn_workspace_mb()
+            case.notes.append(f"{label} device memory in use by pool (MiB, base included): "
+                              f"{allocated_by_pool()}")
         case.results[label] = ms
         case.memory_mb[label] = mb
         case.memory_mb[f"{label}_weights"] = engine.weight_bytes() / 2**20

@@ -24,7 +24,8 @@ Rules, in order (the first that applies decides):
    near 600 have an fp16 spacing of 0.5. It is cheap: output-sized element-wise work.
 7. A layer whose constant input does not survive conversion to fp16 (a finite value
    beyond 65504, or a constant so small that rounding changes it by more than fp16's
-   relative precision, like an epsilon of 1e-12) runs in fp32.
+   relative precision, like an epsilon of 1e-12) runs in fp32. A compute layer's bias
+   only has to fit (its rounding stays below the result's; see BIAS_INPUTS).
 
 Inputs read on the host (shapes, axes, Resize scales) and the affine parameters of
 BatchNormalization (fp32 for fp16 data, as cuDNN takes them) keep the model's type.
@@ -70,6 +71,11 @@ KILN_CLASSES = {"FusedConv": "fp16", "FusedGemm": "fp16", "Attention": "fp16",
 SENSITIVE_ELEMENTWISE = frozenset({"Exp", "Log", "Pow", "Square", "Cube", "Softplus"})
 # Float inputs that keep the model's type whatever the layer computes in.
 PARAMETER_INPUTS = {"BatchNormalization": frozenset({1, 2, 3, 4})}
+# A compute layer's bias joins its fp32 accumulator: a bias that loses digits in fp16
+# (values below fp16's normal range, like torchvision ViT's 1e-6-scale initialization)
+# moves a result by at most 2**-25, under the result's own fp16 rounding unless it is
+# smaller than 2**-15. Only overflow keeps such a layer in fp32 (TensorRT flushes too).
+BIAS_INPUTS = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2, "FusedConv": 2, "FusedGemm": 2}
 
 FP16_MAX = float(np.finfo(np.float16).max)
 # a constant survives conversion when rounding moves it by at most fp16's relative
@@ -152,15 +158,16 @@ def is_model_float(value: Value) -> bool:
         DType.FLOAT, DType.FLOAT16)
 
 
-def fits_fp16(array: np.ndarray) -> bool:
-    """Whether converting a constant to fp16 keeps it (no overflow, no lost tiny values)."""
+def fits_fp16(array: np.ndarray, tiny_ok: bool = False) -> bool:
+    """Whether converting a constant to fp16 keeps it (no overflow and, unless `tiny_ok`,
+    no lost tiny values)."""
     finite = np.abs(array[np.isfinite(array)].astype(np.float64))
     if finite.size == 0:
         return True
     largest = float(finite.max())
     if largest > FP16_MAX:
         return False
-    if largest == 0.0:
+    if largest == 0.0 or tiny_ok:
         return True
     error = np.abs(finite.astype(np.float16).astype(np.float64) - finite).max()
     return bool(error <= FP16_RELATIVE * largest)
@@ -209,15 +216,17 @@ def _subgraph_owners(graph: Graph) -> dict[int, Node]:
 
 def constants_fit(node: Node, indices: list[int]) -> bool:
     """Whether every constant among the given inputs survives conversion to fp16."""
+    bias = BIAS_INPUTS.get(node.op_type) if node.domain in ("", "ai.onnx", "kiln") else None
     for i in indices:
         value = node.inputs[i]
-        if value is not None and value.is_const and not _fits_cached(value):
+        if value is not None and value.is_const and not _fits_cached(value, i == bias):
             return False
     return True
 
 
-def _fits_cached(value: Value) -> bool:
-    fits = value.meta.get("fits_fp16")
+def _fits_cached(value: Value, tiny_ok: bool) -> bool:
+    key = "fits_fp16_tiny_ok" if tiny_ok else "fits_fp16"
+    fits = value.meta.get(key)
     if fits is None:
-        fits = value.meta["fits_fp16"] = fits_fp16(np.asarray(value.const))
+        fits = value.meta[key] = fits_fp16(np.asarray(value.const), tiny_ok)
     return fits

@@ -76,14 +76,21 @@ def run_program(program: list, inputs: list[torch.Tensor]) -> torch.Tensor:
     device = inputs[0].device
     temps: list[torch.Tensor] = []
     for op, args, params in program:
-        values = [_operand(a, work, temps, device) for a in args]
+        values = [_operand(a, work, temps, device, op in SCALAR_OPERANDS) for a in args]
         temps.append(OPS[op].torch_fn(*values, *params))
     return temps[-1].to(out_dtype)
 
 
+# ops whose torch function takes a Python number for either operand
+SCALAR_OPERANDS = frozenset({"Add", "Sub", "Mul", "Div", "PRelu"})
+
+
 def _operand(arg, inputs: list[torch.Tensor], temps: list[torch.Tensor],
-             device: torch.device) -> torch.Tensor:
+             device: torch.device, scalar_ok: bool) -> torch.Tensor | float:
     if isinstance(arg, str):
         index = int(arg[1:])
         return inputs[index] if arg[0] == "i" else temps[index]
-    return torch.tensor(float(arg), dtype=torch.float32, device=device)
+    if scalar_ok:
+        return float(arg)
+    # a fill kernel, not a copy from the host: CUDA-graph capture allows it
+    return torch.full((), float(arg), dtype=torch.float32, device=device)
