@@ -1,0 +1,89 @@
+"""Where a kiln engine's time goes on the GPU, kernel by kernel, as it really runs (CUDA
+graph replays included: the per-layer profile runs layers eagerly, this does not).
+
+Builds the engine as bench/peers.py does, runs it under torch.profiler, and prints the
+kernels grouped by name with their share of the device time, beside eager PyTorch's.
+
+    PYTHONPATH=. python bench/kernel_profile.py --model vit --batch 64 [--precision fp16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers import export, make_model
+
+from kiln.build import BuilderConfig, build_engine
+from kiln.runtime import ExecutionContext
+
+
+def kernel_table(fn, runs: int, label: str, top: int) -> None:
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(runs):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.device_time_total for e in events) or 1.0
+    print(f"\n{label}: {total / runs / 1000:.3f} ms of kernels per run, "
+          f"{sum(e.count for e in events) // runs} kernels per run")
+    for e in sorted(events, key=lambda e: -e.device_time_total)[:top]:
+        share = 100 * e.device_time_total / total
+        print(f"  {e.device_time_total / runs / 1000:8.3f} ms {share:5.1f}%"
+              f"  x{e.count // runs:4d}  {e.key[:110]}")
+
+
+def overheads(context: ExecutionContext, feeds: dict) -> None:
+    """A run's latency against a bare replay of its CUDA graph: the host's share."""
+    from peers import cuda_time
+
+    with torch.inference_mode():
+        run_ms = cuda_time(lambda: context.run(feeds))
+        graphs = context.graphs
+        captured = [g for g in (graphs.graphs.values() if graphs else []) if g is not None]
+        line = f"\nkiln run {run_ms:.3f} ms"
+        if captured:
+            replay_ms = cuda_time(captured[-1].graph.replay)
+            line += f", bare graph replay {replay_ms:.3f} ms"
+        else:
+            line += f", no CUDA graph ({graphs.failures if graphs else 'off'})"
+        eager = ExecutionContext(context.engine, cuda_graph=False)
+        line += f", eager layers {cuda_time(lambda: eager.run(feeds)):.3f} ms"
+    print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vit")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--precision", default="fp16")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    model, make_inputs, names, dynamic = make_model(args.model)
+    inputs = make_inputs(args.batch)
+    engine = build_engine(export(model, make_inputs(2), names, dynamic), BuilderConfig(
+        precision=args.precision, device="cuda",
+        profiles=[{"opt": {n: list(t.shape) for n, t in zip(names, inputs)}}]))
+    feeds = {n: t.cuda() for n, t in zip(names, inputs)}
+    context = ExecutionContext(engine)
+    kernel_table(lambda: context.run(feeds), args.runs, f"kiln {args.precision}", args.top)
+    overheads(context, feeds)
+    module = model.cuda().half().eval()
+    args_half = tuple(t.cuda() if not t.is_floating_point() else t.cuda().half() for t in inputs)
+    with torch.inference_mode():
+        kernel_table(lambda: module(*args_half), args.runs, "eager fp16", args.top)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The `layernorm-triton` tactic: the residual add and LayerNorm in one Triton kernel.
+
+One program normalizes one row. Rows are addressed through two leading strides per input,
+so the permuted views transformer exports hand over (torch's MultiheadAttention returns
+its output through a [1, 0, 2] Transpose) are read in place: torch's add reads those on
+its slow strided path and layer_norm then needs a contiguous copy. The sum is rounded to
+the input type before the statistics, as the two-kernel reference computes them, and
+written out only when the graph reads it (the next residual).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
+from kiln.kernels.triton import AVAILABLE, usable_on
+
+MAX_ROW = 8192  # one row lives in registers
+
+if AVAILABLE:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _add_layer_norm(x, res, w, b, y, total, d1, n, eps,
+                        x_s0, x_s1, r_s0, r_s1,
+                        HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                        STORE_SUM: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        i0 = row // d1
+        i1 = row % d1
+        cols = tl.arange(0, BLOCK)
+        mask = cols < n
+        v = tl.load(x + i0 * x_s0 + i1 * x_s1 + cols, mask=mask, other=0.0)
+        if HAS_RES:
+            v = v + tl.load(res + i0 * r_s0 + i1 * r_s1 + cols, mask=mask, other=0.0)
+        if STORE_SUM:
+            tl.store(total + row * n + cols, v, mask=mask)
+        v = v.to(tl.float32)
+        mean = tl.sum(v, axis=0) / n
+        centered = tl.where(mask, v - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=0) / n + eps)
+        out = centered * rstd
+        if HAS_W:
+            out = out * tl.load(w + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_B:
+            out = out + tl.load(b + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(y + row * n + cols, out.to(y.dtype.element_ty), mask=mask)
+
+
+def rows_view(t: torch.Tensor, lead: int) -> tuple[int, int, int, int] | None:
+    """(d0, d1, stride0, stride1) addressing `t`'s leading dims as two, when its trailing
+    (normalized) dims are one contiguous run; None otherwise."""
+    tail = t.shape[lead:]
+    expected = 1
+    for size, stride in zip(reversed(tail), reversed(t.stride()[lead:])):
+        if size != 1 and stride != expected:
+            return None
+        expected *= size
+    dims = [(s, st) for s, st in zip(t.shape[:lead], t.stride()[:lead]) if s != 1]
+    while len(dims) > 2:  # merge neighbours that are contiguous with each other
+        for k in range(len(dims) - 1):
+            (a, sa), (b, sb) = dims[k], dims[k + 1]
+            if sa == b * sb:
+                dims[k:k + 2] = [(a * b, sb)]
+                break
+        else:
+            return None
+    dims = [(1, 0)] * (2 - len(dims)) + dims
+    (d0, s0), (d1, s1) = dims
+    return d0, d1, s0, s1
+
+
+def add_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
+                   bias: torch.Tensor | None, axis: int, eps: float, want_sum: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    lead = axis if axis >= 0 else x.dim() + axis
+    if residual is not None and residual.shape != x.shape:
+        residual = residual.expand(x.shape)
+    n = math.prod(x.shape[lead:])
+    views = [rows_view(t, lead) for t in (x, residual) if t is not None]
+    if any(v is None for v in views) or (len(views) == 2 and views[0][:2] != views[1][:2]):
+        x = x.contiguous()
+        residual = residual.contiguous() if residual is not None else None
+        views = [rows_view(t, lead) for t in (x, residual) if t is not None]
+    (d0, d1, x_s0, x_s1), (_, _, r_s0, r_s1) = views[0], views[-1]
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    total = torch.empty(x.shape, dtype=x.dtype, device=x.device) if want_sum else y
+    if y.numel():
+        _add_layer_norm[(d0 * d1,)](
+            x, residual if residual is not None else x, weight if weight is not None else x,
+            bias if bias is not None else x, y, total, d1, n, eps, x_s0, x_s1, r_s0, r_s1,
+            HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None,
+            STORE_SUM=want_sum, BLOCK=triton.next_power_of_2(n),
+            num_warps=4 if n <= 2048 else 8)
+    return y, (total if want_sum else None)
+
+
+@register_tactic
+class LayerNormTriton(Tactic):
+    name = "layernorm-triton"
+    ops = (("kiln", "LayerNorm"),)
+    priority = 5
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        return usable_on(target.device.type) and layer.precision in ("fp16", "fp32")
+
+    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[..., Any]:
+        axis = layer.attrs.get("axis", -1)
+        eps = float(layer.attrs.get("epsilon", 1e-5))
+        want_sum = len(layer.outputs) > 1 and layer.outputs[1] is not None
+
+        def run(x, residual=None, scale=None, shift=None):
+            lead = axis if axis >= 0 else x.dim() + axis
+            if math.prod(x.shape[lead:]) > MAX_ROW or not x.is_floating_point():
+                from kiln.ops.fused import layer_norm
+
+                return layer_norm(x, residual, scale, shift, axis=axis, epsilon=eps,
+                                  num_outputs=2 if want_sum else 1)
+            y, total = add_layer_norm(x, residual, scale, shift, axis, eps, want_sum)
+            return (y, total) if want_sum else y
+
+        return run

@@ -1,0 +1,67 @@
+"""The fused residual-add + LayerNorm Triton kernel (compiled on a GPU, else run by Triton's
+interpreter) against kiln's reference LayerNorm: several shapes and axes, permuted and
+broadcast residuals, with and without scale, shift and the sum output, fp32 and fp16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from kiln.kernels.triton.layernorm import add_layer_norm, rows_view  # noqa: E402
+from kiln.ops.fused import layer_norm  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # compiled on a GPU, else interpreted
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1",
+    reason="needs CUDA or Triton's interpreter (set by tests/conftest.py on CPU machines)")
+
+
+def _random(shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g) * 2 + 0.5).to(dtype).to(DEVICE)
+
+
+CASES = [  # (shape, axis, residual layout)
+    ((4, 6, 32), -1, "same"),
+    ((4, 6, 32), -1, "permuted"),     # MHA's output: a [1, 0, 2] view of [6, 4, 32]
+    ((3, 5, 40), -1, "broadcast"),    # a [40] residual (a bias)
+    ((2, 3, 4, 10), 2, "same"),       # two normalized dims
+    ((7, 100), -1, None),
+    ((1, 1, 1030), -1, "permuted"),   # a row wider than one warp's share, odd size
+]
+
+
+@pytest.mark.parametrize("shape, axis, layout", CASES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("affine", [True, False])
+def test_matches_reference(shape, axis, layout, dtype, affine):
+    seed = hash((shape, axis, layout, affine)) % 2**31
+    x = _random(shape, dtype, seed)
+    lead = axis if axis >= 0 else len(shape) + axis
+    residual = None
+    if layout == "same":
+        residual = _random(shape, dtype, seed + 1)
+    elif layout == "permuted":
+        residual = _random((shape[1], shape[0], *shape[2:]), dtype, seed + 1).transpose(0, 1)
+    elif layout == "broadcast":
+        residual = _random(shape[lead:], dtype, seed + 1)
+    scale = _random(shape[lead:], dtype, seed + 2) if affine else None
+    shift = _random(shape[lead:], dtype, seed + 3) if affine else None
+    y, total = add_layer_norm(x, residual, scale, shift, axis, 1e-5, want_sum=residual is not None)
+    want_y, want_sum = layer_norm(x, residual, scale, shift, axis=axis, epsilon=1e-5,
+                                  num_outputs=2)
+    tol = 1e-5 if dtype == torch.float32 else 4e-3
+    assert y.dtype == dtype and y.shape == want_y.shape
+    torch.testing.assert_close(y.float(), want_y.float(), atol=tol, rtol=tol)
+    if residual is not None:
+        torch.testing.assert_close(total, want_sum, atol=0, rtol=0)  # the same rounded sum
+
+
+def test_rows_view_reads_strides_and_refuses_split_rows():
+    t = torch.empty(6, 4, 32).transpose(0, 1)            # [4, 6, 32] with strides (32, 128, 1)
+    assert rows_view(t, 2) == (4, 6, 32, 128)
+    assert rows_view(torch.empty(2, 3, 5, 8), 3) == (6, 5, 40, 8)  # leading dims merged
+    assert rows_view(torch.empty(8, 4).t(), 1) is None            # a row that is not contiguous
