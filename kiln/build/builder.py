@@ -115,27 +115,27 @@ def _build(model: Any, config: BuilderConfig, stage: Stage) -> Engine:
     engine = Engine(plan, lowering.tensors)
 
     stage("probe")
-    plan["memory"] = _probe(engine, profiles[0], config.probe_inputs, device)
+    plan["memory"], layouts = _probe(engine, profiles[0], config.probe_inputs, device)
     if config.optimization_level >= 1 and "value_shapes" in plan:
         stage("tune")
-        engine = _tune(engine, graph, lowering, config, target, profiles[0])
+        engine = _tune(engine, graph, lowering, config, target, profiles[0], layouts)
     engine.plan["build"]["seconds"] = round(time.perf_counter() - started, 3)
     return engine
 
 
 def _tune(engine: Engine, graph: Graph, lowering: Lowering, config: BuilderConfig,
-          target: Target, profile: Profile) -> Engine:
+          target: Target, profile: Profile, layouts: dict[str, list[int]]) -> Engine:
     """Times the candidate tactics; lowers again if the fastest differ from the guesses."""
     cache = TimingCache(config.timing_cache)
     report = tune(lowering.layers, engine.plan["value_shapes"], target,
-                  config.optimization_level, cache)
+                  config.optimization_level, cache, layouts)
     cache.save()
     plan = engine.plan
     if any(report.choices.get(s.name, s.tactic) != s.tactic for s in lowering.layers):
         relowered = Lowering(target, config.optimization_level, report.choices)
         plan["graph"] = relowered.graph(graph)
         engine = Engine(plan, relowered.tensors)
-        plan["memory"] = _probe(engine, profile, config.probe_inputs, target.device)
+        plan["memory"], _ = _probe(engine, profile, config.probe_inputs, target.device)
     for layer in engine.layers():
         if layer["name"] in report.timings:
             layer["timings"] = report.timings[layer["name"]]
@@ -197,8 +197,9 @@ def probe_inputs(engine: Engine, profile: Profile, seed: int = 0) -> dict[str, n
 
 
 def _probe(engine: Engine, profile: Profile, given: dict[str, Any] | None,
-           device: torch.device) -> dict[str, Any]:
-    """One traced run: activation memory (planned with reuse) and every value's shape."""
+           device: torch.device) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """One traced run: activation memory (planned with reuse), every value's shape, and
+    the memory order of the values that arrive as permuted views (for the tuner)."""
     from kiln.ops.tensors import to_torch
     from kiln.runtime.bind import compile_plan
     from kiln.runtime.memory import peak_live, plan_arena, trace
@@ -206,16 +207,18 @@ def _probe(engine: Engine, profile: Profile, given: dict[str, Any] | None,
     weights = engine.weight_bytes()
     report: dict[str, Any] = {"weights_bytes": weights}
     feeds = given if given is not None else probe_inputs(engine, profile)
+    layouts: dict[str, list[int]] = {}
     if set(feeds) != set(engine.input_names):
         report["note"] = "no probe run: some inputs cannot be generated (give real ones)"
-        return report
+        return report, layouts
     try:
         program = compile_plan(engine.plan["graph"], engine.tensors, device)
         with torch.inference_mode():
-            buffers, shapes = trace(program, {k: to_torch(v, device) for k, v in feeds.items()})
+            buffers, shapes = trace(program, {k: to_torch(v, device) for k, v in feeds.items()},
+                                    layouts)
     except Exception as exc:  # a probe failure must not fail the build
         report["note"] = f"probe run at the opt shape failed: {str(exc)[:300]}"
-        return report
+        return report, layouts
     report.update({
         "probe_shapes": {k: profile.opt_shape(k) for k in profile.dims},
         "activations_planned_bytes": plan_arena(buffers),
@@ -223,7 +226,7 @@ def _probe(engine: Engine, profile: Profile, given: dict[str, Any] | None,
         "activations_total_bytes": sum(b.size for b in buffers),
     })
     engine.plan["value_shapes"] = shapes
-    return report
+    return report, layouts
 
 
 __all__ = ["build_engine", "probe_inputs"]

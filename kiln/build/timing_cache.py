@@ -33,11 +33,14 @@ def device_signature(device: torch.device) -> str:
     return f"cpu:{os.cpu_count()}cpu:{torch.get_num_threads()}threads:torch{torch.__version__}"
 
 
-def layer_signature(spec: LayerSpec, shapes: list[Any], dtypes: list[Any]) -> str:
+def layer_signature(spec: LayerSpec, shapes: list[Any], dtypes: list[Any],
+                    orders: list[Any] | None = None) -> str:
     attrs = {k: _plain(v) for k, v in sorted(spec.attrs.items())}
     consts = {i: list(np.shape(c)) for i, c in sorted(spec.constant_inputs.items())}
-    return json.dumps([spec.domain, spec.op, spec.precision, attrs, shapes, dtypes, consts],
-                      sort_keys=True, default=str)
+    key = [spec.domain, spec.op, spec.precision, attrs, shapes, dtypes, consts]
+    if orders and any(o is not None for o in orders):  # permuted inputs time differently
+        key.append({"memory_order": orders})
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def _plain(value: Any) -> Any:

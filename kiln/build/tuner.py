@@ -35,8 +35,12 @@ class TuningReport:
 
 
 def tune(layers: list[LayerSpec], shapes: dict[str, list[int]], target: Target, level: int,
-         cache: TimingCache) -> TuningReport:
+         cache: TimingCache, layouts: dict[str, list[int]] | None = None) -> TuningReport:
+    """Times each layer's candidates on inputs of the probe's shapes, laid out in memory as
+    the probe saw them (`layouts`: permuted views keep their order, so a tactic that reads
+    them in place is timed against one that copies them first)."""
     report = TuningReport()
+    layouts = layouts or {}
     started = time.perf_counter()
     device = device_signature(target.device)
     for spec in layers:
@@ -46,14 +50,17 @@ def tune(layers: list[LayerSpec], shapes: dict[str, list[int]], target: Target, 
             continue
         dtypes = [spec.input_dtypes[i] if i < len(spec.input_dtypes) else None
                   for i in range(len(spec.inputs))]
-        signature = layer_signature(spec, inputs, dtypes)
+        orders = [layouts.get(n) if n is not None and i not in spec.constant_inputs else None
+                  for i, n in enumerate(spec.inputs)]
+        signature = layer_signature(spec, inputs, dtypes, orders)
         times: dict[str, float] = {}
         args = None
         for tactic in options:
             key = cache.key(device, signature, tactic.name)
             ms = cache.get(key)
             if ms is None:
-                args = args if args is not None else _random_inputs(spec, inputs, target.device)
+                args = args if args is not None else _random_inputs(spec, inputs, target.device,
+                                                                     orders)
                 ms = _measure(tactic, spec, target, args)
                 report.timed += 1
                 if ms is not None:
@@ -83,7 +90,8 @@ def _input_shapes(spec: LayerSpec, shapes: dict[str, list[int]]) -> list[Any] | 
     return result
 
 
-def _random_inputs(spec: LayerSpec, shapes: list[Any], device: torch.device) -> list[Any]:
+def _random_inputs(spec: LayerSpec, shapes: list[Any], device: torch.device,
+                   orders: list[list[int] | None]) -> list[Any]:
     generator = torch.Generator().manual_seed(0)
     args: list[Any] = []
     for i, shape in enumerate(shapes):
@@ -95,10 +103,14 @@ def _random_inputs(spec: LayerSpec, shapes: list[Any], device: torch.device) -> 
             continue
         short = spec.input_dtypes[i] if i < len(spec.input_dtypes) else None
         dtype = torch_dtype(DType.from_short(short)) if short else torch.float32
+        order = orders[i] if len(orders) > i and orders[i] is not None else None
+        stored = [shape[d] for d in order] if order else shape
         if dtype.is_floating_point:
-            tensor = torch.randn(shape, generator=generator).to(dtype)
+            tensor = torch.randn(stored, generator=generator).to(dtype)
         else:
-            tensor = torch.zeros(shape, dtype=dtype)
+            tensor = torch.zeros(stored, dtype=dtype)
+        if order:  # the same permuted view the engine hands this layer
+            tensor = tensor.to(device).permute([order.index(d) for d in range(len(order))])
         args.append(tensor.to(device))
     return args
 

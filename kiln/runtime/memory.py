@@ -28,8 +28,12 @@ class Buffer:
     offset: int = 0
 
 
-def trace(program: Program, feeds: Mapping[str, Any]) -> tuple[list[Buffer], dict[str, list]]:
-    """Runs `program` once; returns the buffers it allocates and every value's shape."""
+def trace(program: Program, feeds: Mapping[str, Any], layouts: dict[str, list[int]] | None = None
+          ) -> tuple[list[Buffer], dict[str, list]]:
+    """Runs `program` once; returns the buffers it allocates and every value's shape.
+
+    `layouts`, when given, receives the memory order (dims, outermost first) of each value
+    that is a permuted view rather than row-major, as a Transpose hands on."""
     # storage address -> (the buffer's name, the tensors seen on it). A value whose storage
     # a live tensor already uses is a view; once they are all freed, the allocator may hand
     # the address to a new value, which then owns a buffer of its own.
@@ -55,6 +59,10 @@ def trace(program: Program, feeds: Mapping[str, Any]) -> tuple[list[Buffer], dic
             if not isinstance(value, torch.Tensor):
                 continue
             shapes[name] = list(value.shape)
+            if layouts is not None:
+                order = permuted_order(value)
+                if order is not None:
+                    layouts[name] = order
             key = _storage(value)
             owner, seen = owners.get(key, (None, []))
             seen = [ref for ref in seen if ref() is not None]
@@ -71,6 +79,16 @@ def trace(program: Program, feeds: Mapping[str, Any]) -> tuple[list[Buffer], dic
     for name in program.outputs:
         touch(name, len(program.steps))
     return list(buffers.values()), shapes
+
+
+def permuted_order(t: torch.Tensor) -> list[int] | None:
+    """The dims of `t` from outermost to innermost in memory, when `t` is a dense permuted
+    view (not row-major, not channels-last: convolution tactics time that layout already)."""
+    if t.dim() < 2 or t.is_contiguous() or (
+            t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+    return order if t.permute(order).is_contiguous() else None
 
 
 def _captures(step: Step) -> list[str]:

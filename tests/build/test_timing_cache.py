@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from kiln.build import BuilderConfig, build_engine
 from kiln.build.timing_cache import TimingCache
@@ -85,3 +86,15 @@ def test_cli_flag(tmp_path, capsys):
                  f"--timingCacheFile={cache}"]) == 1
     err = capsys.readouterr().err
     assert "cannot use timing cache" in err and "Traceback" not in err
+
+
+def test_tuner_times_on_inputs_laid_out_as_the_engine_hands_them():
+    from kiln.build.tuner import _random_inputs
+    from kiln.kernels.registry import LayerSpec
+
+    spec = LayerSpec(name="ln", op="LayerNorm", domain="kiln", opset=1, inputs=["a", "b"],
+                     outputs=["y"], attrs={}, precision="fp32", placement="device",
+                     tactic="", params={}, input_dtypes=["fp32", "fp32"])
+    a, b = _random_inputs(spec, [[4, 6, 8], [4, 6, 8]], torch.device("cpu"), [[1, 0, 2], None])
+    assert a.shape == b.shape == (4, 6, 8)
+    assert not a.is_contiguous() and a.permute(1, 0, 2).is_contiguous() and b.is_contiguous()

@@ -132,3 +132,18 @@ def test_memory_report_is_the_same_on_every_build():
     keys = ("activations_planned_bytes", "activations_peak_live_bytes",
             "activations_total_bytes")
     assert all({k: r[k] for k in keys} == {k: reports[0][k] for k in keys} for r in reports)
+
+
+def test_trace_reports_the_memory_order_of_permuted_views():
+    steps = [
+        Step("transpose", lambda x: x.permute(1, 0, 2), ("x",), ("t",)),
+        Step("nhwc", lambda x: x.reshape(1, 2, 3, 4).contiguous(
+            memory_format=torch.channels_last), ("x",), ("c",)),
+        Step("sliced", lambda x: x[:, :, :2], ("x",), ("s",)),
+        Step("sum", lambda t, c, s: t.sum() + c.sum() + s.sum(), ("t", "c", "s"), ("y",)),
+    ]
+    program = Program(inputs=["x"], outputs=["y"], steps=steps)
+    layouts: dict[str, list[int]] = {}
+    trace(program, {"x": torch.randn(2, 3, 4)}, layouts)
+    # a Transpose's view; channels-last and a strided (not dense) slice are not recorded
+    assert layouts == {"t": [1, 0, 2]}
