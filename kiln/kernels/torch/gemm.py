@@ -48,9 +48,26 @@ class GemmLinear(_Gemm):
         params = layer.attrs.get("activation_params")
 
         def run(a, _w=None, _b=None):
-            return activate(F.linear(a, weight, bias), activation, params)
+            order = storage_order(a)
+            if order is None:
+                return activate(F.linear(a, weight, bias), activation, params)
+            # rows in memory order (no copy of a), then the same view of the result
+            y = F.linear(a.permute(order), weight, bias)
+            return activate(y.permute([order.index(d) for d in range(a.dim())]), activation,
+                            params)
 
         return run
+
+
+def storage_order(a: torch.Tensor) -> list[int] | None:
+    """For a permuted view whose last dim stays innermost (a Transpose of the leading dims,
+    as torch's MultiheadAttention export makes), the dim order that is row-major. A GEMM
+    acts on rows alone, so it can run over the rows in memory order and return the same
+    permutation of its result: F.linear would copy the input to make it contiguous."""
+    if a.dim() < 3 or a.is_contiguous() or a.stride(-1) != 1:
+        return None
+    order = sorted(range(a.dim() - 1), key=lambda d: (-a.stride(d), d)) + [a.dim() - 1]
+    return order if a.permute(order).is_contiguous() else None
 
 
 @register_tactic

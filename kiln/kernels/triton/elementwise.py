@@ -76,10 +76,11 @@ def compiled(program: list, n_inputs: int):
         folder = Path(tempfile.gettempdir()) / "kiln-triton"
         folder.mkdir(exist_ok=True)
         path = folder / f"elementwise_{digest}.py"
-        if not path.exists():
-            tmp = path.with_suffix(f".{digest}.tmp")
-            tmp.write_text(source)
-            tmp.replace(path)
+        if not path.exists():  # a private temporary name: other processes may race here
+            with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp",
+                                             delete=False) as tmp:
+                tmp.write(source)
+            Path(tmp.name).replace(path)
         spec = importlib.util.spec_from_file_location(f"kiln_elementwise_{digest}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
