@@ -25,6 +25,16 @@ def _torch_padding(pads: list[int], kernel: list[int], dilations: list[int]) -> 
     return list(begins)
 
 
+def pooled_size(size: int, kernel: int, stride: int, begin: int, end: int, ceil: bool,
+                dilation: int = 1) -> int:
+    """Output length of a pooling window along one axis, as ONNX defines it."""
+    span = size + begin + end - ((kernel - 1) * dilation + 1)
+    out = (math.ceil if ceil else math.floor)(span / stride) + 1
+    if ceil and (out - 1) * stride >= size + begin:  # a window may not start in the padding
+        out -= 1
+    return out
+
+
 def _explicit_pad(x: torch.Tensor, pads: list[int], value: float) -> torch.Tensor:
     n = len(pads) // 2
     spec: list[int] = []

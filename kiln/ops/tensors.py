@@ -137,3 +137,13 @@ def to_numpy(value: Any, dtype: DType | None = None) -> Any:
 
 def is_float(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def memory_order(t: torch.Tensor) -> list[int] | None:
+    """The dims of `t` from outermost to innermost in memory when `t` is a dense view in
+    some other order than row-major (a Transpose that stayed a view, channels-last), else
+    None. `t.permute(order)` is then contiguous."""
+    if t.dim() < 2 or t.is_contiguous():
+        return None
+    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+    return order if t.permute(order).is_contiguous() else None

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from kiln.ops.program import Program, Scope, Step
+from kiln.ops.tensors import memory_order
 
 
 @dataclass
@@ -33,7 +34,8 @@ def trace(program: Program, feeds: Mapping[str, Any], layouts: dict[str, list[in
     """Runs `program` once; returns the buffers it allocates and every value's shape.
 
     `layouts`, when given, receives the memory order (dims, outermost first) of each value
-    that is a permuted view rather than row-major, as a Transpose hands on."""
+    that is not row-major: a permuted view a Transpose hands on, a channels-last output of
+    an NHWC convolution (the pooling after it is timed on what it will be given)."""
     # storage address -> (the buffer's name, the tensors seen on it). A value whose storage
     # a live tensor already uses is a view; once they are all freed, the allocator may hand
     # the address to a new value, which then owns a buffer of its own.
@@ -60,7 +62,7 @@ def trace(program: Program, feeds: Mapping[str, Any], layouts: dict[str, list[in
                 continue
             shapes[name] = list(value.shape)
             if layouts is not None:
-                order = permuted_order(value)
+                order = memory_order(value)
                 if order is not None:
                     layouts[name] = order
             key = _storage(value)
@@ -79,16 +81,6 @@ def trace(program: Program, feeds: Mapping[str, Any], layouts: dict[str, list[in
     for name in program.outputs:
         touch(name, len(program.steps))
     return list(buffers.values()), shapes
-
-
-def permuted_order(t: torch.Tensor) -> list[int] | None:
-    """The dims of `t` from outermost to innermost in memory, when `t` is a dense permuted
-    view (not row-major, not channels-last: convolution tactics time that layout already)."""
-    if t.dim() < 2 or t.is_contiguous() or (
-            t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
-        return None
-    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
-    return order if t.permute(order).is_contiguous() else None
 
 
 def _captures(step: Step) -> list[str]:

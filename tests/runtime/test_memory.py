@@ -145,5 +145,5 @@ def test_trace_reports_the_memory_order_of_permuted_views():
     program = Program(inputs=["x"], outputs=["y"], steps=steps)
     layouts: dict[str, list[int]] = {}
     trace(program, {"x": torch.randn(2, 3, 4)}, layouts)
-    # a Transpose's view; channels-last and a strided (not dense) slice are not recorded
-    assert layouts == {"t": [1, 0, 2]}
+    # a Transpose's view and a channels-last tensor; a strided (not dense) slice is not
+    assert layouts == {"t": [1, 0, 2], "c": [0, 2, 3, 1]}

@@ -8,7 +8,6 @@ in NHWC, so every load is coalesced.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
 from kiln.kernels.triton import AVAILABLE, usable_on
 from kiln.ops.conv import resolve_pads
+from kiln.ops.pool import pooled_size
 
 if AVAILABLE:
     import triton
@@ -56,19 +56,11 @@ if AVAILABLE:
                  mask=pmask[:, None] & cmask[None, :])
 
 
-def output_size(size: int, kernel: int, stride: int, begin: int, end: int, ceil: bool) -> int:
-    span = size + begin + end - kernel
-    out = (math.ceil if ceil else math.floor)(span / stride) + 1
-    if ceil and (out - 1) * stride >= size + begin:  # a window may not start in the padding
-        out -= 1
-    return out
-
-
 def maxpool_nhwc(x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int],
                  ceil: bool) -> torch.Tensor:
     n, c, h, w = x.shape
-    oh = output_size(h, kernel[0], strides[0], pads[0], pads[2], ceil)
-    ow = output_size(w, kernel[1], strides[1], pads[1], pads[3], ceil)
+    oh = pooled_size(h, kernel[0], strides[0], pads[0], pads[2], ceil)
+    ow = pooled_size(w, kernel[1], strides[1], pads[1], pads[3], ceil)
     out = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device,
                       memory_format=torch.channels_last)
     if out.numel() == 0:
