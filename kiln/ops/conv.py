@@ -43,15 +43,22 @@ def resolve_pads(
 
 def split_pads(x: torch.Tensor, pads: Sequence[int], value: float = 0.0):
     """Symmetric part for torch's `padding`, and `x` padded explicitly for the rest."""
+    symmetric, extra = pad_split(pads)
+    if extra is not None:
+        x = F.pad(x, extra, value=value)
+    return x, symmetric
+
+
+def pad_split(pads: Sequence[int]) -> tuple[list[int], list[int] | None]:
+    """ONNX pads as torch's symmetric `padding` and F.pad's spec for the rest (None when
+    there is none)."""
     n = len(pads) // 2
     begins, ends = pads[:n], pads[n:]
     symmetric = [min(b, e) for b, e in zip(begins, ends)]
-    extra = []
+    extra: list[int] = []
     for b, e, s in zip(reversed(begins), reversed(ends), reversed(symmetric)):
         extra += [b - s, e - s]
-    if any(extra):
-        x = F.pad(x, extra, value=value)
-    return x, symmetric
+    return symmetric, extra if any(extra) else None
 
 
 @register("Conv", 1)

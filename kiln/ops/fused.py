@@ -42,6 +42,26 @@ def activate(x: torch.Tensor, name: str, params: list[float] | None = None) -> t
     return ACTIVATIONS[name](x, params or [])
 
 
+# the same, overwriting x: for a kernel's own fresh output (no second buffer, no allocation)
+_IN_PLACE: dict[str, Callable[..., torch.Tensor]] = {
+    "": lambda x, p: x,
+    "Relu": lambda x, p: torch.relu_(x),
+    "Sigmoid": lambda x, p: torch.sigmoid_(x),
+    "Tanh": lambda x, p: torch.tanh_(x),
+    "SiLU": lambda x, p: F.silu(x, inplace=True),
+    "LeakyRelu": lambda x, p: F.leaky_relu_(x, p[0] if p else 0.01),
+    "Clip": lambda x, p: torch.clamp_(x, p[0], p[1]),
+    "HardSwish": lambda x, p: F.hardswish(x, inplace=True),
+}
+
+
+def activation_in_place(name: str, params: list[float] | None = None
+                        ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`activate` bound to its parameters, writing into its input where it can."""
+    fn, bound = _IN_PLACE.get(name, ACTIVATIONS[name]), list(params or [])
+    return lambda x: fn(x, bound)
+
+
 @register("FusedConv", 1, domain=KILN_DOMAIN)
 def fused_conv(x, w, b=None, residual=None, *, activation: str = "",
                activation_params: list[float] | None = None, auto_pad: str = "NOTSET",
@@ -108,6 +128,12 @@ def attention(q, k, v, mask=None, *, scale: float | None = None, q_layout: str =
 @register("Gelu", 1, domain=KILN_DOMAIN)
 def gelu(x: torch.Tensor, *, approximate: str = "none") -> torch.Tensor:
     return F.gelu(x, approximate=approximate)
+
+
+@register("HardSwish", 1, domain=KILN_DOMAIN)
+def hard_swish(x: torch.Tensor) -> torch.Tensor:
+    """ONNX's HardSwish for graphs of any opset (it is in the standard set from 14 on)."""
+    return F.hardswish(x)
 
 
 @register("Elementwise", 1, domain=KILN_DOMAIN)

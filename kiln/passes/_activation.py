@@ -33,6 +33,8 @@ def match_activation(value: Value, graph: Graph) -> Activation | None:
     if node.domain == "kiln" and node.op_type == "Gelu":
         name = "GeluTanh" if node.attrs.get("approximate") == "tanh" else "GeluErf"
         return Activation(name, [], [node], node.output)
+    if node.domain == "kiln" and node.op_type == "HardSwish":
+        return Activation("HardSwish", [], [node], node.output)
     if node.domain:
         return None
     if node.op_type in _SIMPLE:
@@ -51,16 +53,23 @@ def match_activation(value: Value, graph: Graph) -> Activation | None:
 
 
 def _match_clip(node: Node) -> Activation | None:
+    bounds = match_clip_bounds(node)
+    if bounds is None:
+        return None
+    return Activation("Clip", [float(bounds[0]), float(bounds[1])], [node], node.output)
+
+
+def match_clip_bounds(node: Node) -> tuple[float, float] | None:
+    """A Clip node's (min, max) when both are constant (absent: unbounded), else None."""
     if "min" in node.attrs or "max" in node.attrs:  # opset < 11
-        lo, hi = node.attrs.get("min", float("-inf")), node.attrs.get("max", float("inf"))
-    else:
-        inputs = list(node.inputs) + [None, None]
-        lo_v, hi_v = inputs[1], inputs[2]
-        lo = scalar(lo_v) if lo_v is not None else float("-inf")
-        hi = scalar(hi_v) if hi_v is not None else float("inf")
-        if lo is None or hi is None:
-            return None
-    return Activation("Clip", [float(lo), float(hi)], [node], node.output)
+        return node.attrs.get("min", float("-inf")), node.attrs.get("max", float("inf"))
+    inputs = list(node.inputs) + [None, None]
+    lo_v, hi_v = inputs[1], inputs[2]
+    lo = scalar(lo_v) if lo_v is not None else float("-inf")
+    hi = scalar(hi_v) if hi_v is not None else float("inf")
+    if lo is None or hi is None:
+        return None
+    return lo, hi
 
 
 def _match_silu(value: Value, graph: Graph) -> Activation | None:

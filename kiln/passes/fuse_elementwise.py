@@ -47,6 +47,8 @@ def _instruction(node: Node) -> tuple[str, list[Value | float], list[float]] | N
     if node.domain == "kiln" and op == "Gelu":
         return ("GeluTanh" if node.attrs.get("approximate") == "tanh" else "GeluErf",
                 inputs[:1], [])
+    if node.domain == "kiln" and op == "HardSwish":
+        return ("HardSwish", inputs[:1], [])
     if node.domain:
         return None
     if op == "Pow":

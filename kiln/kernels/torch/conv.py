@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
-from kiln.ops.conv import resolve_pads, split_pads
-from kiln.ops.fused import activate
+from kiln.ops.conv import pad_split, resolve_pads, split_pads
+from kiln.ops.fused import activation_in_place
 from kiln.ops.tensors import to_torch
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -52,19 +52,28 @@ class _Conv(Tactic):
         group = attrs.get("group", 1)
         auto_pad, pads = attrs.get("auto_pad", "NOTSET"), attrs.get("pads")
         activation = attrs.get("activation", "")
-        params = attrs.get("activation_params")
+        act = activation_in_place(activation, attrs.get("activation_params"))
         conv = _CONV[n]
         memory_format = torch.channels_last if self.channels_last else None
+        fixed = None  # pads known at bind time: split once, not on every call
+        if auto_pad in ("NOTSET", "VALID"):
+            full = [0] * (2 * n) if auto_pad == "VALID" or not pads else list(pads)
+            fixed = pad_split(full)
 
         def run(x, _w=None, _b=None, residual=None):
-            full = resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
-            x, symmetric = split_pads(x, full)
+            if fixed is None:
+                x, symmetric = split_pads(
+                    x, resolve_pads(x, kernel, strides, dilations, pads, auto_pad))
+            else:
+                symmetric, extra = fixed
+                if extra:
+                    x = F.pad(x, extra)
             if memory_format is not None:
                 x = x.contiguous(memory_format=memory_format)
             y = conv(x, weight, bias, strides, symmetric, dilations, group)
             if residual is not None:
                 y = y.add_(residual) if residual.shape == y.shape else y + residual
-            return activate(y, activation, params)
+            return act(y)
 
         return run
 
