@@ -4,6 +4,8 @@ Erf form (BERT, ViT):  0.5 * x * (1 + erf(x / sqrt(2)))
     Div(x, 1.4142) or Mul(x, 0.7071) -> Erf -> Add(1) -> Mul(x) -> Mul(0.5)
     (or the 0.5 applied to x first: Mul(Mul(x, 0.5), Add(Erf(..), 1)))
 Tanh form (GPT-2):     0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))
+    the cube as Pow(x, 3) or as a product of three x (jax2tf: x * (x * (0.044715 * x))),
+    the tail as x * (1 + tanh) * 0.5, (x * 0.5) * (1 + tanh) or x * ((1 + tanh) * 0.5)
 """
 
 from __future__ import annotations
@@ -64,15 +66,41 @@ def _tanh_input(tanh: Node) -> tuple[Value, list[Node]] | None:
         if add is None or not close(scalar(c), math.sqrt(2 / math.pi)):
             continue
         for x, cubic_v in _operand_pairs(add):
-            cubic = producer(cubic_v, "Mul")
-            pow_v = next((v for v in cubic.inputs if v is not None and not v.is_const),
-                         None) if cubic else None
-            if pow_v is None or not close(scalar(other_input(cubic, pow_v)), 0.044715):
-                continue
-            power = producer(pow_v, "Pow")
-            if power is not None and power.inputs[0] is x and close(scalar(power.inputs[1]), 3):
-                return x, [power, cubic, add, outer]
+            cube = _scaled_cube(cubic_v, x)
+            if cube is not None:
+                return x, [*cube, add, outer]
     return None
+
+
+def _scaled_cube(value: Value | None, x: Value | None) -> list[Node] | None:
+    """The nodes computing `value` = 0.044715 * x^3 (in their order), if it is that."""
+    factors: list[Value] = []
+    constants: list[float] = []
+    nodes: list[Node] = []
+
+    def expand(v: Value | None, top: bool) -> bool:
+        c = scalar(v)
+        if c is not None:
+            constants.append(c)
+            return True
+        if v is x:
+            factors.append(v)
+            return True
+        node = v.producer if v is not None else None
+        if node is None or node.domain or (not top and len(v.consumers) != 1):
+            return False
+        if node.op_type == "Pow" and node.inputs[0] is x and scalar(node.inputs[1]) in (2, 3):
+            factors.extend([x] * int(scalar(node.inputs[1])))
+            nodes.insert(0, node)
+            return True
+        if node.op_type != "Mul":
+            return False
+        nodes.insert(0, node)
+        return expand(node.inputs[0], False) and expand(node.inputs[1], False)
+
+    if x is None or not expand(value, True) or len(factors) != 3 or len(constants) != 1:
+        return None
+    return nodes if close(constants[0], 0.044715) else None
 
 
 def _operand_pairs(node: Node) -> list[tuple[Value | None, Value | None]]:
@@ -94,7 +122,12 @@ def _fuse(graph: Graph, fn_node: Node, matched: tuple[Value, list[Node]] | None,
         return False
     other = other_input(mul, add.output)
     tail: list[Node] = [add, mul]
-    if other is x:  # x * (1 + erf) then * 0.5
+    if close(scalar(other), 0.5):  # (1 + erf) * 0.5, then * x
+        last = only_consumer(mul.output, graph)
+        if last is None or last.op_type != "Mul" or other_input(last, mul.output) is not x:
+            return False
+        tail.append(last)
+    elif other is x:  # x * (1 + erf) then * 0.5
         half = only_consumer(mul.output, graph)
         if half is None or half.op_type != "Mul" or not close(
                 scalar(other_input(half, mul.output)), 0.5):
