@@ -1,5 +1,6 @@
 """The torch GEMM tactics of kiln.FusedGemm against the reference op, on contiguous and on
-permuted inputs (a GEMM over rows in memory order must give the same view of its result)."""
+permuted inputs (a GEMM over rows in memory order must give the same view of its result);
+on the CPU also oneDNN's fused linear with each activation it takes as a post-op."""
 
 from __future__ import annotations
 
@@ -33,19 +34,30 @@ def _input(shape, layout: str, seed: int) -> torch.Tensor:
     return torch.randn((shape[1], shape[0], *shape[2:]), generator=g).to(DEVICE).transpose(0, 1)
 
 
-@pytest.mark.parametrize("tactic", ["gemm-linear", "gemm-matmul"])
+TACTICS = ["gemm-linear", "gemm-matmul"] + (["gemm-onednn-fused"] if DEVICE.type == "cpu" else [])
+
+
+@pytest.mark.parametrize("tactic", TACTICS)
 @pytest.mark.parametrize("layout", ["contiguous", "permuted"])
 @pytest.mark.parametrize("shape, n, activation", [((3, 5, 16), 24, ""), ((2, 7, 32), 8, "Relu"),
-                                                  ((4, 2, 3, 8), 12, "GeluErf")])
+                                                  ((4, 2, 3, 8), 12, "GeluErf"),
+                                                  ((5, 9), 7, "GeluTanh"), ((2, 6, 8), 5, "SiLU"),
+                                                  ((3, 4, 8), 6, "Clip")])
 def test_tactic_matches_reference(tactic, layout, shape, n, activation):
+    if layout == "permuted" and len(shape) < 3:
+        pytest.skip("a 2-D input has no leading dims to permute")
     spec = _spec(shape[-1], n, activation, seed=n)
+    if activation == "Clip":
+        spec.attrs["activation_params"] = [-0.3, 0.4]
     chosen = get_tactic(tactic)
     target = Target(DEVICE)
+    assert chosen.supports(spec, target)
     fn = chosen.bind(spec, {k: v.to(DEVICE) for k, v in chosen.prepare(spec, target).items()},
                      DEVICE)
     a = _input(shape, layout, seed=len(shape) + n)
     weight, bias = (torch.from_numpy(spec.constant_inputs[i]).to(DEVICE) for i in (1, 2))
-    want = activate(a.contiguous() @ weight.T + bias, activation)
+    want = activate(a.contiguous() @ weight.T + bias, activation,
+                    spec.attrs.get("activation_params"))
     got = fn(a)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -14,28 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
+from kiln.kernels.torch._onednn import POST_OPS, available
 from kiln.ops.conv import pad_split, resolve_pads, split_pads
 from kiln.ops.fused import activation_in_place
 from kiln.ops.tensors import to_torch
-
-# kiln's activation -> oneDNN's post-op name and how its scalars come from the params
-_POST_OPS: dict[str, tuple[str, Callable[[list[float]], list[float]], str | None]] = {
-    "": ("none", lambda p: [], None),
-    "Relu": ("relu", lambda p: [], None),
-    "SiLU": ("swish", lambda p: [], None),
-    "HardSwish": ("hardswish", lambda p: [], None),
-    "Sigmoid": ("sigmoid", lambda p: [], None),
-    "Tanh": ("tanh", lambda p: [], None),
-    "GeluErf": ("gelu", lambda p: [], "none"),
-    "GeluTanh": ("gelu", lambda p: [], "tanh"),
-    "LeakyRelu": ("leaky_relu", lambda p: [p[0] if p else 0.01], None),
-    "Clip": ("hardtanh", lambda p: [p[0], p[1]], None),
-}
-
-
-def _available() -> bool:
-    return (hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-            and torch.backends.mkldnn.is_available())
 
 
 @register_tactic
@@ -53,8 +35,8 @@ class ConvOneDNNFused(Tactic):
             return False
         if layer.inputs[2] is not None and 2 not in layer.constant_inputs:
             return False
-        return (layer.attrs.get("activation", "") in _POST_OPS and _available()
-                and layer.input_dtypes[:1] == ["fp32"])
+        return (layer.attrs.get("activation", "") in POST_OPS
+                and available("_convolution_pointwise") and layer.input_dtypes[:1] == ["fp32"])
 
     def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
         tensors = {"weight": to_torch(layer.constant_inputs[1]).contiguous(
@@ -73,7 +55,7 @@ class ConvOneDNNFused(Tactic):
         group = attrs.get("group", 1)
         auto_pad, pads = attrs.get("auto_pad", "NOTSET"), attrs.get("pads")
         activation, params = attrs.get("activation", ""), attrs.get("activation_params") or []
-        post, scalars_of, algorithm = _POST_OPS[activation]
+        post, scalars_of, algorithm = POST_OPS[activation]
         scalars = scalars_of(params)
         after_residual = activation_in_place(activation, params)
         packed: dict[tuple, torch.Tensor] = {}  # oneDNN's layout depends on the input size

@@ -14,7 +14,7 @@ from kiln.ops.fused import activate
 from kiln.ops.tensors import to_torch
 
 
-class _Gemm(Tactic):
+class GemmBase(Tactic):
     ops = (("kiln", "FusedGemm"),)
     replaces_inputs = (1, 2)
 
@@ -37,7 +37,7 @@ class _Gemm(Tactic):
 
 
 @register_tactic
-class GemmLinear(_Gemm):
+class GemmLinear(GemmBase):
     name = "gemm-linear"
     priority = 10
 
@@ -71,7 +71,7 @@ def storage_order(a: torch.Tensor) -> list[int] | None:
 
 
 @register_tactic
-class GemmLtEpilogue(_Gemm):
+class GemmLtEpilogue(GemmBase):
     """torch._addmm_activation: cuBLASLt with the bias and ReLU/GELU(tanh) in the epilogue."""
 
     name = "gemm-lt-epilogue"
@@ -102,7 +102,7 @@ class GemmLtEpilogue(_Gemm):
 
 
 @register_tactic
-class GemmMatmul(_Gemm):
+class GemmMatmul(GemmBase):
     name = "gemm-matmul"
     priority = 20
     min_level = 1
