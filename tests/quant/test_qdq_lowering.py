@@ -112,8 +112,24 @@ def test_layer_precisions_keep_a_layer_in_float(cnn_file, tmp_path):
     assert first in {n.name for n in graph.nodes if n.op_type == "FusedConv"}
     exact, _ = _sessions(target)
     x = np.random.default_rng(8).standard_normal((2, 3, 16, 16)).astype(np.float32)
-    np.testing.assert_allclose(run_graph(graph, {"x": x})["y"], exact.run(None, {"x": x})[0],
-                               rtol=1e-5, atol=1e-5)
+    got, want = run_graph(graph, {"x": x})["y"], exact.run(None, {"x": x})[0]
+    # the output is requantized: a float sum that lands on a rounding boundary may go to
+    # the neighbouring level (oneDNN's summation order varies with its thread count), so
+    # values agree to the step, and all but an odd one exactly
+    step = _output_step(target)
+    np.testing.assert_allclose(got, want, rtol=0, atol=step * 1.01)
+    assert np.mean(np.abs(got - want) > 1e-5) <= 0.1
+
+
+def _output_step(path) -> float:
+    """The scale of the last DequantizeLinear: one step of the quantized output."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    scales = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    last = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"][-1]
+    return float(np.max(scales[last.input[1]]))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
