@@ -76,3 +76,21 @@ def test_only_four_dimensional_fp32_convolutions_on_the_cpu():
                       constant_inputs={1: np.ones((4, 4, 3), np.float32)},
                       input_dtypes=["fp32"])
     assert not TACTIC.supports(one_d, CPU)
+
+
+def test_reordered_weights_are_kept_for_a_few_sizes_only():
+    rng = np.random.default_rng(4)
+    spec = _spec((1, 4, 6, 6), 8, (3, 3), (1, 1), (1, 1), 1, [1, 1, 1, 1], "Relu", None, False,
+                 rng)
+    if not TACTIC.supports(spec, CPU):
+        pytest.skip("torch has no oneDNN fused convolution here")
+    run = TACTIC.bind(spec, TACTIC.prepare(spec, CPU), CPU.device)
+    plain = get_tactic("conv-nchw")
+    reference = plain.bind(spec, plain.prepare(spec, CPU), CPU.device)
+    cells = dict(zip(run.__code__.co_freevars, run.__closure__))
+    packed = cells["packed"].cell_contents
+    for size in range(5, 12):  # more sizes than are kept, each still right
+        x = torch.from_numpy(rng.standard_normal((1, 4, size, size)).astype(np.float32))
+        torch.testing.assert_close(run(x), reference(x), rtol=1e-4, atol=1e-4)
+        assert len(packed) <= 4
+    assert len(packed) == 4

@@ -7,6 +7,7 @@ second pass over the output; the tuner keeps whichever is faster per layer.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,8 @@ from kiln.kernels.torch._onednn import POST_OPS, available
 from kiln.ops.conv import pad_split, resolve_pads, split_pads
 from kiln.ops.fused import activation_in_place
 from kiln.ops.tensors import to_torch
+
+PACKED_SIZES = 4  # input sizes whose reordered weights a layer keeps
 
 
 @register_tactic
@@ -58,7 +61,8 @@ class ConvOneDNNFused(Tactic):
         post, scalars_of, algorithm = POST_OPS[activation]
         scalars = scalars_of(params)
         after_residual = activation_in_place(activation, params)
-        packed: dict[tuple, torch.Tensor] = {}  # oneDNN's layout depends on the input size
+        # oneDNN's layout depends on the input size: the last few sizes' reorders are kept
+        packed: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         fixed = None
         if auto_pad in ("NOTSET", "VALID"):
             fixed = pad_split([0] * 4 if auto_pad == "VALID" or not pads else list(pads))
@@ -76,6 +80,10 @@ class ConvOneDNNFused(Tactic):
             if w is None:
                 w = packed[tuple(x.shape)] = torch.ops.mkldnn._reorder_convolution_weight(
                     weight, symmetric, strides, dilations, group, list(x.shape))
+                if len(packed) > PACKED_SIZES:  # dynamic shapes: weights, not a copy per size
+                    packed.popitem(last=False)
+            else:
+                packed.move_to_end(tuple(x.shape))
             if residual is None:
                 return torch.ops.mkldnn._convolution_pointwise(
                     x, w, bias, symmetric, strides, dilations, group, post, scalars, algorithm)
