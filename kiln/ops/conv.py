@@ -49,6 +49,20 @@ def split_pads(x: torch.Tensor, pads: Sequence[int], value: float = 0.0):
     return x, symmetric
 
 
+def padder(kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+           pads: Sequence[int] | None, auto_pad: str):
+    """x -> (x padded where torch cannot pad, torch's symmetric `padding`). Pads known
+    before the input is seen (explicit or VALID) are split once here, not on every call."""
+    if auto_pad not in ("NOTSET", "VALID"):
+        return lambda x: split_pads(
+            x, resolve_pads(x, kernel, strides, dilations, pads, auto_pad))
+    full = [0] * (2 * len(kernel)) if auto_pad == "VALID" or not pads else list(pads)
+    symmetric, extra = pad_split(full)
+    if extra is None:
+        return lambda x: (x, symmetric)
+    return lambda x: (F.pad(x, extra), symmetric)
+
+
 def pad_split(pads: Sequence[int]) -> tuple[list[int], list[int] | None]:
     """ONNX pads as torch's symmetric `padding` and F.pad's spec for the rest (None when
     there is none)."""

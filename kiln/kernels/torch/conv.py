@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
-from kiln.ops.conv import pad_split, resolve_pads, split_pads
+from kiln.ops.conv import padder
 from kiln.ops.fused import activation_in_place
 from kiln.ops.tensors import to_torch
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-class _Conv(Tactic):
+class ConvBase(Tactic):
     ops = (("kiln", "FusedConv"),)
     replaces_inputs = (1, 2)
 
@@ -55,19 +55,10 @@ class _Conv(Tactic):
         act = activation_in_place(activation, attrs.get("activation_params"))
         conv = _CONV[n]
         memory_format = torch.channels_last if self.channels_last else None
-        fixed = None  # pads known at bind time: split once, not on every call
-        if auto_pad in ("NOTSET", "VALID"):
-            full = [0] * (2 * n) if auto_pad == "VALID" or not pads else list(pads)
-            fixed = pad_split(full)
+        pad = padder(kernel, strides, dilations, pads, auto_pad)
 
         def run(x, _w=None, _b=None, residual=None):
-            if fixed is None:
-                x, symmetric = split_pads(
-                    x, resolve_pads(x, kernel, strides, dilations, pads, auto_pad))
-            else:
-                symmetric, extra = fixed
-                if extra:
-                    x = F.pad(x, extra)
+            x, symmetric = pad(x)
             if memory_format is not None:
                 x = x.contiguous(memory_format=memory_format)
             y = conv(x, weight, bias, strides, symmetric, dilations, group)
@@ -79,7 +70,7 @@ class _Conv(Tactic):
 
 
 @register_tactic
-class ConvNCHW(_Conv):
+class ConvNCHW(ConvBase):
     """Plain NCHW: for 1-D/3-D convolutions, and a candidate on the CPU. On CUDA a 4-D
     convolution always runs channels-last: tensor cores want it, and timing one layer
     in NCHW against its NHWC neighbours would ignore the reorders it forces on them."""
@@ -94,14 +85,14 @@ class ConvNCHW(_Conv):
 
 
 @register_tactic
-class ConvNHWC(_Conv):
+class ConvNHWC(ConvBase):
     name = "conv-nhwc"
     channels_last = True
     priority = 10
 
 
 @register_tactic
-class CudnnFusedConvRelu(_Conv):
+class CudnnFusedConvRelu(ConvBase):
     """cuDNN's conv+bias(+add)+ReLU in one kernel (torch.cudnn_convolution_[add_]relu)."""
 
     name = "cudnn-fused-relu"

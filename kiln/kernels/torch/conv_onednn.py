@@ -12,41 +12,27 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
+from kiln.kernels.registry import LayerSpec, Target, register_tactic
 from kiln.kernels.torch._onednn import POST_OPS, available
-from kiln.ops.conv import pad_split, resolve_pads, split_pads
+from kiln.kernels.torch.conv import ConvBase
+from kiln.ops.conv import padder
 from kiln.ops.fused import activation_in_place
-from kiln.ops.tensors import to_torch
 
 PACKED_SIZES = 4  # input sizes whose reordered weights a layer keeps
 
 
 @register_tactic
-class ConvOneDNNFused(Tactic):
+class ConvOneDNNFused(ConvBase):
     name = "conv-onednn-fused"
-    ops = (("kiln", "FusedConv"),)
-    replaces_inputs = (1, 2)
     channels_last = True
     priority = 25
     min_level = 1  # only where timing shows it wins
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
-        weight = layer.constant_inputs.get(1)
-        if weight is None or weight.ndim != 4 or target.device.type != "cpu":
-            return False
-        if layer.inputs[2] is not None and 2 not in layer.constant_inputs:
-            return False
-        return (layer.attrs.get("activation", "") in POST_OPS
+        return (target.device.type == "cpu" and super().supports(layer, target)
+                and layer.attrs.get("activation", "") in POST_OPS
                 and available("_convolution_pointwise") and layer.input_dtypes[:1] == ["fp32"])
-
-    def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
-        tensors = {"weight": to_torch(layer.constant_inputs[1]).contiguous(
-            memory_format=torch.channels_last)}
-        if 2 in layer.constant_inputs:
-            tensors["bias"] = to_torch(layer.constant_inputs[2])
-        return tensors
 
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[..., Any]:
@@ -63,18 +49,10 @@ class ConvOneDNNFused(Tactic):
         after_residual = activation_in_place(activation, params)
         # oneDNN's layout depends on the input size: the last few sizes' reorders are kept
         packed: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        fixed = None
-        if auto_pad in ("NOTSET", "VALID"):
-            fixed = pad_split([0] * 4 if auto_pad == "VALID" or not pads else list(pads))
+        pad = padder(kernel, strides, dilations, pads, auto_pad)
 
         def run(x, _w=None, _b=None, residual=None):
-            if fixed is None:
-                x, symmetric = split_pads(
-                    x, resolve_pads(x, kernel, strides, dilations, pads, auto_pad))
-            else:
-                symmetric, extra = fixed
-                if extra:
-                    x = F.pad(x, extra)
+            x, symmetric = pad(x)
             x = x.contiguous(memory_format=torch.channels_last)
             w = packed.get(tuple(x.shape))
             if w is None:
