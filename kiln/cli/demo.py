@@ -45,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
                       f"{median(time_calls(lambda: run_ort(images), min_s=args.seconds)):.3f}",
                       f"{median(time_calls(lambda: run_ort(images[:1]), min_s=args.seconds)):.3f}")
     for precision in precisions:
-        config = BuilderConfig(precision=precision, device=device.type)
+        # tuned for the batch the demo times (as trtexec's --optShapes), batch 1 allowed
+        shape = list(images.shape[1:])
+        profile = {"min": {"image": [1, *shape]}, "opt": {"image": [batch, *shape]},
+                   "max": {"image": [batch, *shape]}}
+        config = BuilderConfig(precision=precision, device=device.type, profiles=[profile])
         engine = build_engine(model_path(), config)
         run_kiln = ExecutionContext(engine).run
         outputs = run_kiln({"image": images})["probabilities"]
