@@ -151,7 +151,8 @@ def _in_memory_order(x: torch.Tensor, axis: int, fn) -> torch.Tensor:
     along the same values laid out with that axis outermost, 0.03 ms). CUDA's kernels are
     fastest along a contiguous last axis, so there torch's way stays; so it does for half
     types, whose CPU kernels round differently along other axes."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dim() < 2:
+    if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
+            or x.dim() < 2 or x.numel() < SMALL):  # a few rows: the views cost more
         return fn(x, axis)
     order = list(range(x.dim())) if x.is_contiguous() else memory_order(x)
     if order is None:
@@ -168,6 +169,7 @@ def _in_memory_order(x: torch.Tensor, axis: int, fn) -> torch.Tensor:
 
 # below one vector of fp32 lanes, torch's CPU softmax along the innermost axis goes scalar
 SHORT_AXIS = 16
+SMALL = 4096  # elements: under this the scalar loop is cheaper than arranging the views
 
 
 def _hardmax(x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -87,12 +87,19 @@ class Program:
         scope.update(feeds)
         for index, step in enumerate(self.steps):
             args = [None if n is None else scope[n] for n in step.inputs]
-            bodies = {k: bind_body(p, scope) for k, p in step.subgraphs.items()}
             try:
-                result = step.fn(*args, **bodies)
+                if step.subgraphs:
+                    result = step.fn(*args, **{k: bind_body(p, scope)
+                                               for k, p in step.subgraphs.items()})
+                else:
+                    result = step.fn(*args)
             except Exception as exc:
                 raise StepError(step, exc) from exc
-            _store(scope, step, result)
+            if len(step.outputs) == 1 and step.outputs[0] is not None and not isinstance(
+                    result, tuple):  # most layers: one output, stored directly
+                scope[step.outputs[0]] = result
+            else:
+                _store(scope, step, result)
             if on_step is not None:
                 on_step(index, step, scope)
             for name in step.free:
