@@ -35,7 +35,7 @@ def pooled_size(size: int, kernel: int, stride: int, begin: int, end: int, ceil:
     return out
 
 
-def _explicit_pad(x: torch.Tensor, pads: list[int], value: float) -> torch.Tensor:
+def explicit_pad(x: torch.Tensor, pads: list[int], value: float) -> torch.Tensor:
     n = len(pads) // 2
     spec: list[int] = []
     for i in reversed(range(n)):
@@ -57,7 +57,7 @@ def max_pool(
     dtype = x.dtype
     work = x if x.is_floating_point() else x.to(torch.float64)
     if padding is None:
-        work = _explicit_pad(work, full, float("-inf"))
+        work = explicit_pad(work, full, float("-inf"))
         padding = [0] * n
     want_indices = num_outputs > 1
     result = _MAX[n](work, kernel_shape, strides, padding, dilations, bool(ceil_mode),
@@ -111,9 +111,9 @@ def _dilated_average(
 ) -> torch.Tensor:
     """Average as (sum of values) / (count of counted positions), via unfold-free pooling."""
     n = len(kernel)
-    padded = _explicit_pad(x, pads, 0.0)
+    padded = explicit_pad(x, pads, 0.0)
     ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
-    inside = _explicit_pad(ones, pads, 1.0 if count_include_pad else 0.0)
+    inside = explicit_pad(ones, pads, 1.0 if count_include_pad else 0.0)
     weight = torch.ones((1, 1, *kernel), dtype=x.dtype, device=x.device)
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
     channels = x.shape[1]
@@ -163,7 +163,7 @@ def lp_pool(
     strides = strides or [1] * n
     dilations = dilations or [1] * n
     full = resolve_pads(x, kernel_shape, strides, dilations, pads, auto_pad)
-    powered = _explicit_pad(x.abs().pow(p), full, 0.0)
+    powered = explicit_pad(x.abs().pow(p), full, 0.0)
     weight = torch.ones((1, 1, *kernel_shape), dtype=x.dtype, device=x.device)
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
     flat = powered.reshape(-1, 1, *powered.shape[2:])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
 from kiln.ops.fused import activate
-from kiln.ops.tensors import to_torch
+from kiln.ops.tensors import memory_order, to_torch
 
 
 class GemmBase(Tactic):
@@ -64,10 +64,10 @@ def storage_order(a: torch.Tensor) -> list[int] | None:
     as torch's MultiheadAttention export makes), the dim order that is row-major. A GEMM
     acts on rows alone, so it can run over the rows in memory order and return the same
     permutation of its result: F.linear would copy the input to make it contiguous."""
-    if a.dim() < 3 or a.is_contiguous() or a.stride(-1) != 1:
+    if a.dim() < 3 or a.stride(-1) != 1:
         return None
-    order = sorted(range(a.dim() - 1), key=lambda d: (-a.stride(d), d)) + [a.dim() - 1]
-    return order if a.permute(order).is_contiguous() else None
+    order = memory_order(a)
+    return order if order is not None and order[-1] == a.dim() - 1 else None
 
 
 @register_tactic

@@ -13,11 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
 from kiln.ops.conv import resolve_pads
-from kiln.ops.pool import max_pool, pooled_size
+from kiln.ops.pool import explicit_pad, max_pool, pooled_size
 
 
 class _MaxPoolCPU(Tactic):
@@ -67,12 +66,11 @@ def separable_max_pool(x: torch.Tensor, kernel: list[int], strides: list[int],
     n = len(kernel)
     sizes = [pooled_size(x.shape[2 + i], kernel[i], strides[i], pads[i], pads[n + i], ceil,
                          dilations[i]) for i in range(n)]
-    spec: list[int] = []  # F.pad lists the last axis first
-    for i in reversed(range(n)):
-        reach = (sizes[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
-        spec += [pads[i], max(0, reach - x.shape[2 + i] - pads[i])]
-    if any(spec):
-        x = F.pad(x, spec, value=float("-inf"))
+    # the end pads the windows reach (ceil mode may reach past the given ones, or not use them)
+    ends = [max(0, (sizes[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
+                - x.shape[2 + i] - pads[i]) for i in range(n)]
+    if any(pads[:n]) or any(ends):
+        x = explicit_pad(x, [*pads[:n], *ends], float("-inf"))
     result = x
     for i in range(n):
         result = _axis_max(result, 2 + i, kernel[i], strides[i], dilations[i], sizes[i])
