@@ -1,0 +1,65 @@
+"""The tuner's clock. On the CPU, a positive time per call. On CUDA (GPU only), a layer is
+timed as a CUDA graph replays it, as engines run: a run of tiny kernels is not charged the
+host's launch cost, a call that cannot be captured (it syncs with the host) is still
+timed eagerly, and a large kernel's replayed time agrees with its eager time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kiln.build.tuner import _time, _time_replayed
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+
+
+def test_cpu_time_is_positive_and_grows_with_work():
+    small, large = torch.randn(64, 64), torch.randn(512, 512)
+    t_small = _time(lambda: small @ small, torch.device("cpu"))
+    t_large = _time(lambda: large @ large, torch.device("cpu"))
+    assert 0 < t_small < t_large
+
+
+@needs_cuda
+def test_launch_bound_calls_are_timed_without_the_host():
+    x = torch.randn(256, device="cuda")
+
+    def many_tiny():  # 50 launches of ~2 us kernels: host-bound when run eagerly
+        y = x
+        for _ in range(50):
+            y = y + 1.0
+        return y
+
+    replayed = _time_replayed(many_tiny, 20)
+    assert replayed is not None
+    eager = _time(lambda: many_tiny().sum().item(), torch.device("cuda"))  # not capturable
+    assert replayed < 0.8 * eager
+
+
+@needs_cuda
+def test_uncapturable_calls_fall_back_to_eager_timing():
+    x = torch.randn(1024, device="cuda")
+    assert _time_replayed(lambda: float(x.sum()), 4) is None
+    assert _time(lambda: float(x.sum()), torch.device("cuda")) > 0
+    assert torch.cuda.is_current_stream_capturing() is False
+    torch.testing.assert_close((x * 2).cpu(), x.cpu() * 2)  # the device still works
+
+
+@needs_cuda
+def test_large_kernels_time_the_same_replayed_or_eager():
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
+    replayed = _time_replayed(lambda: a @ a, 10)
+    eager = min(_time_eager(lambda: a @ a) for _ in range(3))
+    assert replayed is not None and 0.7 * eager < replayed < 1.3 * eager
+
+
+def _time_eager(call) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    call()
+    start.record()
+    for _ in range(10):
+        call()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 10
