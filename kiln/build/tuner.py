@@ -170,11 +170,19 @@ def _time_replayed(call: Callable[[], Any], reps: int) -> float | None:
     host launch cost, which would otherwise rank a kernel launched from Python (Triton)
     behind a torch one of equal device time. None when the tactic cannot be captured."""
     per_graph = max(1, min(reps, GRAPH_CALLS))
+    # capture_begin/end on a side stream, not torch.cuda.graph(): that one runs the garbage
+    # collector and empties the allocator's cache on every capture, once per tactic here
+    stream = torch.cuda.Stream()
+    torch.cuda.synchronize()
     try:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(per_graph):
-                call()
+        with torch.cuda.stream(stream):
+            graph.capture_begin()
+            try:
+                for _ in range(per_graph):
+                    call()
+            finally:
+                graph.capture_end()
         graph.replay()
         torch.cuda.synchronize()
     except Exception:  # a host sync or an uncapturable call: time it eagerly
