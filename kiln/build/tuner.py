@@ -8,6 +8,7 @@ so a rebuild with a warm cache times nothing.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from kiln.build.timing_cache import TimingCache, device_signature, layer_signatu
 from kiln.ir import DType
 from kiln.kernels import LayerSpec, Target, candidates
 from kiln.ops.tensors import to_torch, torch_dtype
+from kiln.runtime.cuda_graphs import rng_restored_on_failure
 
 ROUNDS = 3
 ROUND_MS = 2.0  # each round runs the layer for about this long
@@ -172,11 +174,11 @@ def _time_replayed(call: Callable[[], Any], reps: int) -> float | None:
     per_graph = max(1, min(reps, GRAPH_CALLS))
     # capture_begin/end on a side stream, not torch.cuda.graph(): that one runs the garbage
     # collector and empties the allocator's cache on every capture, once per tactic here
-    stream = torch.cuda.Stream()
+    stream = _capture_stream(torch.cuda.current_device())
     torch.cuda.synchronize()
     try:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.stream(stream):
+        with rng_restored_on_failure(stream.device), torch.cuda.stream(stream):
             graph.capture_begin()
             try:
                 for _ in range(per_graph):
@@ -199,6 +201,12 @@ def _time_replayed(call: Callable[[], Any], reps: int) -> float | None:
         end.synchronize()
         best = min(best, start.elapsed_time(end) / (replays * per_graph))
     return best
+
+
+@functools.cache
+def _capture_stream(index: int) -> torch.cuda.Stream:
+    # one for every capture: each stream a cuBLAS call runs on keeps its own workspace
+    return torch.cuda.Stream(index)
 
 
 def _sync(cuda: bool) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,22 @@ from kiln.ops.program import Program
 from kiln.runtime.bind import captured_host_buffers
 
 Key = tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
+
+
+@contextmanager
+def rng_restored_on_failure(device: torch.device) -> Iterator[None]:
+    """Around a capture that may fail: torch leaves its CUDA generator in capture mode
+    when a capture ends in error (every later random op on the device then raises
+    "Offset increment outside graph capture"), so a copy of its state taken before goes
+    back in."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    generator = torch.cuda.default_generators[index]
+    saved = generator.clone_state()
+    try:
+        yield
+    except BaseException:
+        generator.graphsafe_set_state(saved)
+        raise
 
 
 @dataclass
@@ -75,7 +92,8 @@ class GraphRunner:
             graph = torch.cuda.CUDAGraph()
             buffers = captured_host_buffers()
             buffers.clear()
-            with torch.cuda.graph(graph, stream=stream), warnings.catch_warnings():
+            with rng_restored_on_failure(self.device), \
+                    torch.cuda.graph(graph, stream=stream), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. "graph is empty" for host-only engines
                 outputs = self.program.run(static)
             pinned = list(buffers)
