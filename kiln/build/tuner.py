@@ -179,6 +179,8 @@ def _time_replayed(call: Callable[[], Any], reps: int) -> float | None:
     try:
         graph = torch.cuda.CUDAGraph()
         with rng_restored_on_failure(stream.device), torch.cuda.stream(stream):
+            call()  # warm-up on the capture stream: cuBLAS sets up its workspace per stream
+            torch.cuda.synchronize()
             graph.capture_begin()
             try:
                 for _ in range(per_graph):
