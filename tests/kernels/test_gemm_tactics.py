@@ -69,3 +69,33 @@ def test_storage_order():
     assert storage_order(x) is None                      # already row-major
     assert storage_order(x.transpose(1, 2)) is None      # the last dim is not innermost
     assert storage_order(x[:, :2].transpose(0, 1)) is None  # not dense
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="cuBLASLt epilogues need a CUDA GPU")
+@pytest.mark.parametrize("activation, precision, tactic", [
+    ("Relu", "fp32", "gemm-lt-epilogue"), ("GeluTanh", "fp16", "gemm-lt-epilogue"),
+    ("GeluErf", "fp16", "gemm-lt-gelu-tanh-for-erf")])
+@pytest.mark.parametrize("shape, n", [((4, 33, 64), 96), ((257, 128), 320)])
+def test_cublaslt_epilogues_match_the_exact_activation(activation, precision, tactic, shape, n):
+    """Against the exact activation in float64: erf GELU through the tanh form stays within
+    FP16's own error of the GEMM (the forms differ by at most 4.8e-4)."""
+    spec = _spec(shape[-1], n, activation, seed=n)
+    spec.precision = precision
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    chosen = get_tactic(tactic)
+    assert chosen.supports(spec, Target(DEVICE, precision))
+    tensors = {k: v.to(DEVICE, dtype) for k, v in chosen.prepare(spec, Target(DEVICE)).items()}
+    a = torch.randn(shape, generator=torch.Generator().manual_seed(n)).to(DEVICE, dtype)
+    weight, bias = (torch.from_numpy(spec.constant_inputs[i]).double() for i in (1, 2))
+    want = activate(a.double().cpu() @ weight.T + bias, activation, None)
+    got = chosen.bind(spec, tensors, DEVICE)(a).double().cpu()
+    tol = 2e-3 if precision == "fp16" else 1e-4
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+
+
+def test_erf_gelu_keeps_its_exact_form_outside_fp16():
+    spec = _spec(16, 8, "GeluErf", seed=1)
+    approx = get_tactic("gemm-lt-gelu-tanh-for-erf")
+    assert not approx.supports(spec, Target(torch.device("cuda")))  # an FP32 layer
+    spec.precision = "fp16"
+    assert not approx.supports(spec, Target(torch.device("cpu")))
