@@ -2,7 +2,8 @@
 
 For every model in ../shared/models it takes the first sample's inputs, builds a kiln FP32
 engine for the CPU (tuned at that shape), and times kiln and ONNX Runtime (CPU provider,
-all graph optimizations) alternately in one process with the same number of threads.
+all graph optimizations) in one process with the same number of threads, back to back in
+alternating blocks of a quarter second.
 Prints per-model medians, the kiln/ORT ratio, and the median ratio over the models.
 
     PYTHONPATH=. python bench/cpu_models.py [--models ../shared/models] [--threads 2]
@@ -28,16 +29,25 @@ from kiln.build import BuilderConfig, build_engine
 from kiln.runtime import ExecutionContext
 
 
-def median_ms(fn, seconds: float) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 10:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+def paired_medians(first, second, seconds: float, block: float = 0.25) -> tuple[float, float]:
+    """Median milliseconds of two callables, each timed back to back (warm caches, as a
+    latency benchmark runs) in blocks of about `block` seconds that alternate between the
+    two: on a shared machine the speed drifts over seconds (other tenants, memory
+    reclaim), and one long span per peer would charge the drift to one of them. The first
+    run of each block warms the caches up and is not counted."""
+    times: tuple[list[float], list[float]] = ([], [])
+    end = time.perf_counter() + 2 * seconds
+    while time.perf_counter() < end or min(len(t) for t in times) < 10:
+        for fn, out in zip((first, second), times):
+            fn()
+            stop = time.perf_counter() + block
+            while True:
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1000)
+                if t0 > stop:
+                    break
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
@@ -67,8 +77,8 @@ def main() -> None:
         engine = build_engine(path, BuilderConfig(device="cpu", profiles=[{"opt": shapes}]))
         build_s = time.perf_counter() - started
         context = ExecutionContext(engine)
-        t_ort = median_ms(lambda s=session, f=feeds: s.run(None, f), args.seconds)
-        t_kiln = median_ms(lambda c=context, f=feeds: c.run(f), args.seconds)
+        t_ort, t_kiln = paired_medians(lambda s=session, f=feeds: s.run(None, f),
+                                       lambda c=context, f=feeds: c.run(f), args.seconds)
         rows.append({"model": name, "ort_ms": t_ort, "kiln_ms": t_kiln,
                      "ratio": t_kiln / t_ort, "build_s": build_s,
                      "layers": len(engine.layers())})

@@ -4,8 +4,12 @@ is faster than the same layer in the fallback precision (TensorRT's default for 
 
 The calibrated build is timed layer by layer beside a build in the fallback precision, at
 the first profile's opt shape; quantized layers that lose are pinned to the fallback
-precision and the engine is built again, reusing the calibration. The choices, with both
-times, go into the plan (`build.precision_choice`).
+precision and the engine is built again, reusing the calibration. Layers timed one by one
+do not add up to the engine (the quantize/dequantize steps between them, a CUDA graph's
+replay), so the mixed engine is then timed whole against the fallback one, and where it
+is slower every layer goes to the fallback precision: asking for INT8 never gives an
+engine slower than not asking. The choices, with the times, go into the plan
+(`build.precision_choice`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from kiln.build.config import BuilderConfig
 from kiln.engine.engine import Engine
 
 QUANTIZED_OPS = ("QConv", "QGemm")
+MARGIN = 0.02  # the fallback engine must win by this much: whole-run timings wobble
 Build = Callable[[BuilderConfig], Engine]
 
 
@@ -47,18 +52,55 @@ def build_fastest(config: BuilderConfig, build: Build) -> Engine:
         low, high = layer_times(quantized), layer_times(floating)
         times = {name: (ms, high[name]) for name, ms in low.items() if name in high}
         slower = sorted(name for name, (q, f) in times.items() if f < q)
-        engine = quantized
-        if slower:
-            overrides = {**{n: config.fallback_precision for n in slower},
-                         **config.layer_precisions}
-            engine = build(dataclasses.replace(config, layer_precisions=overrides))
+        engine = _pinned(config, build, slower) if slower else quantized
+        whole = {"mixed": engine_ms(engine), config.fallback_precision: engine_ms(floating)}
+        if len(slower) < len(times) and whole[config.fallback_precision] < (
+                1 - MARGIN) * whole["mixed"]:
+            slower = sorted(times)
+            engine = _pinned(config, build, slower)
     engine.plan["build"]["precision_choice"] = {
         "constraints": config.precision_constraints,
         "kept_in_" + config.fallback_precision: slower,
+        "engine_ms": {k: round(v, 5) for k, v in whole.items()},
         "layer_ms": {n: {config.precision: round(q, 5), config.fallback_precision: round(f, 5)}
                      for n, (q, f) in sorted(times.items())},
     }
     return engine
+
+
+def _pinned(config: BuilderConfig, build: Build, names: list[str]) -> Engine:
+    """The build with these model layers in the fallback precision (the user's own
+    --layerPrecisions still win)."""
+    overrides = {**{n: config.fallback_precision for n in names}, **config.layer_precisions}
+    return build(dataclasses.replace(config, layer_precisions=overrides))
+
+
+def engine_ms(engine: Engine, runs: int = 20) -> float:
+    """Median milliseconds of a whole run at the first profile's opt shape, as a user's
+    context runs it (a CUDA graph replay on CUDA)."""
+    import statistics
+    import time
+
+    import torch
+
+    from kiln.build.builder import probe_inputs
+    from kiln.build.profiles import Profile
+    from kiln.runtime import ExecutionContext
+
+    context = ExecutionContext(engine)
+    feeds = {name: torch.as_tensor(array, device=context.device)  # inputs already there
+             for name, array in probe_inputs(engine, Profile.from_json(
+                 engine.plan["profiles"][0])).items()}
+    cuda = context.device.type == "cuda"
+    times = []
+    for i in range(runs + 3):  # three warm-ups: cuDNN autotuning, the graph's capture
+        start = time.perf_counter()
+        context.run(feeds)
+        if cuda:
+            torch.cuda.synchronize(context.device)
+        if i >= 3:
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
 
 
 def layer_times(engine: Engine) -> dict[str, float]:

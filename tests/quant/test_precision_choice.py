@@ -59,6 +59,9 @@ def test_layers_slower_in_int8_leave_it(model, monkeypatch):
                        0.5 if quantized else 1.0) for name in times}
 
     monkeypatch.setattr(precision_choice, "layer_times", stand_in)
+    whole = []
+    monkeypatch.setattr(precision_choice, "engine_ms", lambda e: whole.append(e) or (
+        1.0 if _quantized(e) else 1.5))  # the mixed engine wins whole too
     forced = build_engine(str(model), _config(precision_constraints="obey"))
     assert calls == []  # obey: no timing
     reads = Batches.reads
@@ -70,6 +73,7 @@ def test_layers_slower_in_int8_leave_it(model, monkeypatch):
     choice = chosen.plan["build"]["precision_choice"]
     assert choice["kept_in_fp32"] == ["/c2/Conv", "/c4/Conv"]
     assert choice["layer_ms"]["/c2/Conv"] == {"int8": 2.0, "fp32": 1.0}
+    assert choice["engine_ms"] == {"mixed": 1.0, "fp32": 1.5} and len(whole) == 2
     # the layers still in INT8 read the same thresholds as in the forced build
     for name in _quantized(chosen):
         scales = [_input_scale(layer) for e in (forced, chosen) for layer in e.layers()
@@ -92,3 +96,30 @@ def test_auto_obeys_on_the_cpu_and_a_bad_value_is_named(model):
                                                 optimization_level=0), str(model))
     with pytest.raises(Exception, match="--precisionConstraints must be none or obey"):
         _config(precision_constraints="sometimes")
+
+
+@pytest.mark.parametrize("fallback_ms, pinned", [(0.9, True), (0.99, False)])
+def test_a_mixed_engine_slower_as_a_whole_goes_to_the_fallback(model, monkeypatch,
+                                                                 fallback_ms, pinned):
+    """Every layer wins alone, but the engine with them loses: all leave INT8 (unless the
+    whole-run difference is inside the 2% margin)."""
+    real = precision_choice.layer_times
+    monkeypatch.setattr(precision_choice, "layer_times", lambda e: {
+        name: (0.5 if _quantized(e) else 1.0) for name in real(e)})
+    monkeypatch.setattr(precision_choice, "engine_ms",
+                        lambda e: 1.0 if _quantized(e) else fallback_ms)
+    forced = build_engine(str(model), _config(precision_constraints="obey"))
+    chosen = build_engine(str(model), _config(precision_constraints="none"))
+    choice = chosen.plan["build"]["precision_choice"]
+    assert choice["engine_ms"] == {"mixed": 1.0, "fp32": fallback_ms}
+    if pinned:
+        assert _quantized(chosen) == set()
+        assert choice["kept_in_fp32"] == sorted(_quantized(forced))
+    else:
+        assert _quantized(chosen) == _quantized(forced) and choice["kept_in_fp32"] == []
+
+
+def test_engine_time_is_a_positive_median(model):
+    engine = build_engine(str(model), BuilderConfig(device="cpu",
+                                                    profiles=[{"opt": {"x": [2, 3, 12, 12]}}]))
+    assert 0 < precision_choice.engine_ms(engine, runs=5) < 1000
