@@ -35,7 +35,8 @@ def _int8(name: str) -> ExecutionContext:
     engine = build_engine(str(model_path(name)), BuilderConfig(
         precision="int8", fallback_precision="fp32", device="cpu", optimization_level=0,
         calibrator=Calibrator(feeds)))
-    assert engine.plan["build"]["quantization"]["quantized_layers"] >= 3
+    # quantization happened (magika has two: its one-hot dense layer is a row lookup)
+    assert engine.plan["build"]["quantization"]["quantized_layers"] >= 2
     return ExecutionContext(engine)
 
 
