@@ -18,6 +18,7 @@ from kiln.ops.program import StepError
 from kiln.ops.tensors import to_numpy, to_torch
 from kiln.runtime.bind import compile_plan
 from kiln.runtime.cuda_graphs import GraphRunner
+from kiln.runtime.host_memory import keep_freed_host_memory
 from kiln.runtime.validate import check_inputs
 
 
@@ -34,6 +35,8 @@ class ExecutionContext:
         built = engine.device["kind"]
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if built == "cuda" else "cpu")
+        if self.device.type == "cpu":
+            keep_freed_host_memory()  # no page faults for layer outputs on every run
         self.program = compile_plan(engine.plan["graph"], engine.tensors, self.device)
         self._outputs = engine.outputs
         use_graphs = self.device.type == "cuda" if cuda_graph is None else cuda_graph
