@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from kiln.ir import Graph, Node
+from kiln.passes._dim_equality import analysable_graphs
 from kiln.passes.pipeline import PassContext, register_pass
 from kiln.passes.split_before_transpose import _single_use, _static
 
@@ -32,7 +33,7 @@ from kiln.passes.split_before_transpose import _single_use, _static
 def gemm_keeps_leading_dims(graph: Graph, ctx: PassContext) -> bool:
     """Reshape -> FusedGemm -> Reshape that only merge and split leading dims: N-D GEMM."""
     count = 0
-    for g in list(graph.walk_graphs()):
+    for g in list(analysable_graphs(graph)):  # not Loop/Scan bodies (declared shapes)
         for node in list(g.nodes):
             if node.graph is g and node.domain == "kiln" and node.op_type == "FusedGemm":
                 count += _rewrite(g, node)

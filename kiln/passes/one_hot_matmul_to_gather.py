@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.ir import DType, Graph, Node, Value
+from kiln.passes._dim_equality import analysable_graphs
 from kiln.passes._match import const, fused_names, only_consumer, other_input, remove_chain
 from kiln.passes.pipeline import PassContext, register_pass
 
@@ -30,7 +31,7 @@ FLOATS = (DType.FLOAT, DType.FLOAT16, DType.DOUBLE, DType.BFLOAT16)
 def one_hot_matmul_to_gather(graph: Graph, ctx: PassContext) -> bool:
     """MatMul(Cast(Equal(x, c0 + arange(V))), W) becomes a Gather of W's rows."""
     count = 0
-    for g in list(graph.walk_graphs()):
+    for g in list(analysable_graphs(graph)):  # not Loop/Scan bodies (declared shapes)
         if g.root().opsets.get("", 0) < 12:  # Clip of integers
             continue
         for node in list(g.nodes):

@@ -26,6 +26,7 @@ from itertools import accumulate, pairwise
 import numpy as np
 
 from kiln.ir import Graph, Node
+from kiln.passes._dim_equality import analysable_graphs
 from kiln.passes.merge_transposes import permutation
 from kiln.passes.pipeline import PassContext, register_pass
 
@@ -34,7 +35,7 @@ from kiln.passes.pipeline import PassContext, register_pass
 def split_before_transpose(graph: Graph, ctx: PassContext) -> bool:
     """Reshape -> Transpose -> Reshape becomes split -> Transpose -> merge (fewer copies)."""
     count = 0
-    for g in list(graph.walk_graphs()):
+    for g in list(analysable_graphs(graph)):  # not Loop/Scan bodies (declared shapes)
         for node in list(g.nodes):
             if node.graph is g and _is(node, "Reshape"):
                 count += _rewrite(g, node)

@@ -88,3 +88,22 @@ def test_refine_finds_the_coarsest_common_factors():
     assert refine([6, 4], [2, 12]) == ([2, 3, 4], [[0, 1], [2]], [[0], [1, 2]])
     assert refine([1, 8], [2, 1, 4]) == ([2, 4], [[], [0, 1]], [[0], [], [1]])
     assert refine([2, 3], [3, 2]) is None
+
+
+def test_loop_bodies_are_left_alone():
+    """A Loop body's shapes are what the exporter declared, which need not hold."""
+    graph, _ = copy_graph(HEADER + """
+    g (int64 trips, bool cond, float[4,6] init) => (float[4,6] out) {
+      out = Loop(trips, cond, init) <
+        body = b (int64 i, bool c, float[4,6] v) => (bool c2, float[4,6] v2) {
+          c2 = Identity(c)
+          a_shape = Constant <value = int64[2] {2, 12}> ()
+          c_shape = Constant <value = int64[2] {4, 6}> ()
+          a = Reshape(v, a_shape)
+          t = Transpose <perm = [1, 0]> (a)
+          v2 = Reshape(t, c_shape)
+        }
+      >
+    }""")
+    ctx = apply(graph, split_before_transpose)
+    assert "split_before_transpose" not in ctx.rewrites
