@@ -83,14 +83,11 @@ def engine_ms(engine: Engine, runs: int = 20) -> float:
 
     import torch
 
-    from kiln.build.builder import probe_inputs
-    from kiln.build.profiles import Profile
     from kiln.runtime import ExecutionContext
 
     context = ExecutionContext(engine)
     feeds = {name: torch.as_tensor(array, device=context.device)  # inputs already there
-             for name, array in probe_inputs(engine, Profile.from_json(
-                 engine.plan["profiles"][0])).items()}
+             for name, array in _probe_feeds(engine).items()}
     cuda = context.device.type == "cuda"
     times = []
     for i in range(runs + 3):  # three warm-ups: cuDNN autotuning, the graph's capture
@@ -106,18 +103,22 @@ def engine_ms(engine: Engine, runs: int = 20) -> float:
 def layer_times(engine: Engine) -> dict[str, float]:
     """Milliseconds per model layer (its first fused node's name) of the engine's quantized
     layers, or of all layers of a float engine, at the first profile's opt shape."""
-    from kiln.build.builder import probe_inputs
-    from kiln.build.profiles import Profile
     from kiln.runtime import ExecutionContext
     from kiln.runtime.profile import profile_layers
 
-    profile = Profile.from_json(engine.plan["profiles"][0])
-    context = ExecutionContext(engine)
-    timed = profile_layers(context, probe_inputs(engine, profile), runs=5, warmup=2)
+    timed = profile_layers(ExecutionContext(engine), _probe_feeds(engine), runs=5, warmup=2)
     names = {layer["name"]: model_layer_name(layer) for layer in engine.layers()}
     quantized = any(t.op in QUANTIZED_OPS for t in timed)
     return {names.get(t.name, t.name): t.ms for t in timed
             if not quantized or t.op in QUANTIZED_OPS}
+
+
+def _probe_feeds(engine: Engine) -> dict[str, Any]:
+    """Inputs at the first profile's opt shape, as the build's probe makes them."""
+    from kiln.build.builder import probe_inputs
+    from kiln.build.profiles import Profile
+
+    return probe_inputs(engine, Profile.from_json(engine.plan["profiles"][0]))
 
 
 def model_layer_name(layer: dict) -> str:

@@ -20,7 +20,7 @@ import torch
 from kiln.build.timing_cache import TimingCache, device_signature, layer_signature
 from kiln.ir import DType
 from kiln.kernels import LayerSpec, Target, candidates
-from kiln.ops.tensors import to_torch, torch_dtype
+from kiln.ops.tensors import inverse_order, to_torch, torch_dtype
 from kiln.runtime.cuda_graphs import rng_restored_on_failure
 from kiln.runtime.host_memory import keep_freed_host_memory
 
@@ -116,7 +116,7 @@ def _random_inputs(spec: LayerSpec, shapes: list[Any], device: torch.device,
         else:
             tensor = torch.zeros(stored, dtype=dtype)
         if order:  # the same permuted view the engine hands this layer
-            tensor = tensor.to(device).permute([order.index(d) for d in range(len(order))])
+            tensor = tensor.to(device).permute(inverse_order(order))
         args.append(tensor.to(device))
     return args
 

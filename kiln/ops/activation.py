@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from kiln.ops.registry import register
-from kiln.ops.tensors import memory_order
+from kiln.ops.tensors import inverse_order, memory_order
 
 
 @register("Relu", 6)
@@ -164,7 +164,7 @@ def _in_memory_order(x: torch.Tensor, axis: int, fn) -> torch.Tensor:
         result = fn(stored.movedim(inner, 0), 0).movedim(0, inner)
     else:
         result = fn(stored, inner)
-    return result.permute(sorted(range(x.dim()), key=order.__getitem__))
+    return result.permute(inverse_order(order))
 
 
 # below one vector of fp32 lanes, torch's CPU softmax along the innermost axis goes scalar

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from kiln.ops._common import axes as norm_axes
 from kiln.ops._common import ints
 from kiln.ops.registry import register
-from kiln.ops.tensors import memory_order
+from kiln.ops.tensors import inverse_order, memory_order
 
 
 def _slice(x: torch.Tensor, starts: list[int], ends: list[int], axes: list[int] | None,
@@ -67,7 +67,7 @@ def concat(*inputs: torch.Tensor, axis: int) -> torch.Tensor:
         # handed on as the same kind of view
         axis = order.index(axis % values[0].dim())
         joined = torch.cat([v.permute(order) for v in values], dim=axis)
-        return joined.permute([order.index(d) for d in range(len(order))])
+        return joined.permute(inverse_order(order))
     return torch.cat(values, dim=axis)
 
 
@@ -134,8 +134,7 @@ def _pad_non_constant(x: torch.Tensor, spec: list[int], mode: str) -> torch.Tens
         work = work.to(torch.float64)
     out = F.pad(work, inner, mode=mode).to(dtype)
     out = out.reshape(*batch_shape, *out.shape[2:])
-    inverse = [order.index(d) for d in range(rank)]
-    return out.permute(inverse)
+    return out.permute(inverse_order(order))
 
 
 @register("Pad", 2)

@@ -147,3 +147,9 @@ def memory_order(t: torch.Tensor) -> list[int] | None:
         return None
     order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
     return order if t.permute(order).is_contiguous() else None
+
+
+def inverse_order(order: list[int]) -> list[int]:
+    """The permutation that undoes `order`: `t.permute(order).permute(inverse_order(order))`
+    is `t` again."""
+    return [order.index(d) for d in range(len(order))]

@@ -22,6 +22,12 @@ def producer(value: Value | None, op_type: str, domain: str = "") -> Node | None
     return node
 
 
+def static_shapes(*values: Value | None) -> list[list[int]] | None:
+    """Each value's shape when every one of them is fully static, else None."""
+    shapes = [v.static_shape if v is not None else None for v in values]
+    return None if any(s is None for s in shapes) else [list(s) for s in shapes]
+
+
 def const(value: Value | None) -> np.ndarray | None:
     return value.const if value is not None and value.is_const else None
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from kiln.ir import Graph, Node
 from kiln.passes._dim_equality import analysable_graphs
+from kiln.passes._match import only_consumer, static_shapes
 from kiln.passes.pipeline import PassContext, register_pass
-from kiln.passes.split_before_transpose import _single_use, _static
 
 
 @register_pass("fuse", priority=45)
@@ -47,12 +47,12 @@ def _reshape(node: Node | None) -> bool:
 
 def _rewrite(graph: Graph, gemm: Node) -> bool:
     merge = gemm.inputs[0].producer if gemm.inputs[0] is not None else None
-    split = _single_use(gemm, graph)
-    if not _reshape(merge) or not _reshape(split) or _single_use(merge, graph) is not gemm:
+    split = only_consumer(gemm.output, graph)
+    if not _reshape(merge) or not _reshape(split) or only_consumer(merge.output, graph) is not gemm:
         return False
     x = merge.inputs[0]
-    shapes = [_static(v.shape) for v in (x, gemm.inputs[0], gemm.output, split.output)]
-    if any(s is None for s in shapes) or len(shapes[1]) != 2:
+    shapes = static_shapes(x, gemm.inputs[0], gemm.output, split.output)
+    if shapes is None or len(shapes[1]) != 2:
         return False
     x_shape, (rows, k), (_, n), y_shape = shapes
     lead = y_shape[:-1]

@@ -27,6 +27,7 @@ import numpy as np
 
 from kiln.ir import Graph, Node
 from kiln.passes._dim_equality import analysable_graphs
+from kiln.passes._match import only_consumer, static_shapes
 from kiln.passes.merge_transposes import permutation
 from kiln.passes.pipeline import PassContext, register_pass
 
@@ -45,19 +46,6 @@ def split_before_transpose(graph: Graph, ctx: PassContext) -> bool:
 
 def _is(node: Node | None, op: str) -> bool:
     return node is not None and node.op_type == op and not node.domain
-
-
-def _single_use(node: Node, graph: Graph) -> Node | None:
-    out = node.output
-    if len(out.consumers) != 1 or any(out is v for v in graph.outputs):
-        return None
-    return out.consumers[0]
-
-
-def _static(shape) -> list[int] | None:
-    if shape is None or not all(isinstance(d, (int, np.integer)) for d in shape):
-        return None
-    return [int(d) for d in shape]
 
 
 def refine(a: list[int], b: list[int]) -> tuple[list[int], list[list[int]], list[list[int]]] | None:
@@ -87,16 +75,15 @@ def _groups(shape: list[int], ends: list[int]) -> list[list[int]]:
 
 
 def _rewrite(graph: Graph, first: Node) -> bool:
-    transpose = _single_use(first, graph)
+    transpose = only_consumer(first.output, graph)
     if not _is(transpose, "Transpose"):
         return False
-    last = _single_use(transpose, graph)
+    last = only_consumer(transpose.output, graph)
     if not _is(last, "Reshape"):
         return False
     x, perm = first.inputs[0], permutation(transpose)
-    shapes = [_static(v.shape) if v is not None else None
-              for v in (x, first.output, last.output)]
-    if perm is None or any(s is None for s in shapes) or int(np.prod(shapes[0])) == 0:
+    shapes = static_shapes(x, first.output, last.output)
+    if perm is None or shapes is None or int(np.prod(shapes[0])) == 0:
         return False
     plan = _plan(*shapes, perm)
     if plan is None:

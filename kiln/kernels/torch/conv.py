@@ -22,6 +22,13 @@ from kiln.ops.tensors import to_torch
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+def add_residual(y: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    """The convolution's output plus the fused residual: in place unless it broadcasts."""
+    if residual is None:
+        return y
+    return y.add_(residual) if residual.shape == y.shape else y + residual
+
+
 class ConvBase(Tactic):
     ops = (("kiln", "FusedConv"),)
     replaces_inputs = (1, 2)
@@ -62,9 +69,7 @@ class ConvBase(Tactic):
             if memory_format is not None:
                 x = x.contiguous(memory_format=memory_format)
             y = conv(x, weight, bias, strides, symmetric, dilations, group)
-            if residual is not None:
-                y = y.add_(residual) if residual.shape == y.shape else y + residual
-            return act(y)
+            return act(add_residual(y, residual))
 
         return run
 

@@ -12,32 +12,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
+from kiln.kernels.registry import LayerSpec, Target, register_tactic
+from kiln.kernels.torch.conv import ConvBase, add_residual
 from kiln.ops.conv import resolve_pads, split_pads
 from kiln.ops.fused import activate
-from kiln.ops.tensors import to_torch
 
 
 @register_tactic
-class ConvIm2col(Tactic):
+class ConvIm2col(ConvBase):
     name = "conv-im2col"
-    ops = (("kiln", "FusedConv"),)
-    replaces_inputs = (1, 2)
     priority = 40
     min_level = 1  # only where timing shows it wins
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
-        weight = layer.constant_inputs.get(1)
-        if weight is None or weight.ndim != 4 or target.device.type != "cpu":
-            return False
-        if layer.inputs[2] is not None and 2 not in layer.constant_inputs:
-            return False
-        return layer.attrs.get("group", 1) == 1
+        return (target.device.type == "cpu" and super().supports(layer, target)
+                and layer.constant_inputs[1].ndim == 4 and layer.attrs.get("group", 1) == 1)
 
     def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
-        tensors = {"weight": to_torch(layer.constant_inputs[1]).contiguous()}
-        if 2 in layer.constant_inputs:
-            tensors["bias"] = to_torch(layer.constant_inputs[2])
+        tensors = super().prepare(layer, target)
+        tensors["weight"] = tensors["weight"].contiguous()
         return tensors
 
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
@@ -62,8 +55,6 @@ class ConvIm2col(Tactic):
             if bias is not None:
                 y = y.add_(bias)
             y = y.reshape(batch, weight.shape[0], oh, ow)
-            if residual is not None:
-                y = y.add_(residual) if residual.shape == y.shape else y + residual
-            return activate(y, activation, params)
+            return activate(add_residual(y, residual), activation, params)
 
         return run

@@ -17,33 +17,27 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
+from kiln.kernels.registry import LayerSpec, Target, register_tactic
+from kiln.kernels.torch.conv import ConvBase, add_residual
 from kiln.ops.conv import resolve_pads
 from kiln.ops.fused import activate
-from kiln.ops.tensors import to_torch
 
 
 @register_tactic
-class ConvIm2colNHWC(Tactic):
+class ConvIm2colNHWC(ConvBase):
     name = "conv-im2col-nhwc"
-    ops = (("kiln", "FusedConv"),)
-    replaces_inputs = (1, 2)
     priority = 45
     min_level = 1  # only where timing shows it wins
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
-        weight = layer.constant_inputs.get(1)
-        if weight is None or weight.ndim not in (3, 4) or target.device.type != "cpu":
-            return False
-        if layer.inputs[2] is not None and 2 not in layer.constant_inputs:
-            return False
-        return layer.attrs.get("group", 1) == 1 and layer.input_dtypes[:1] == ["fp32"]
+        return (target.device.type == "cpu" and super().supports(layer, target)
+                and layer.constant_inputs[1].ndim in (3, 4) and layer.attrs.get("group", 1) == 1
+                and layer.input_dtypes[:1] == ["fp32"])
 
     def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
-        weight = to_torch(layer.constant_inputs[1])  # [OC, C, *k]
-        tensors = {"weight": weight.permute([*range(2, weight.dim()), 1, 0]).contiguous()}
-        if 2 in layer.constant_inputs:
-            tensors["bias"] = to_torch(layer.constant_inputs[2])
+        tensors = super().prepare(layer, target)
+        weight = tensors["weight"]  # [OC, C, *k]
+        tensors["weight"] = weight.permute([*range(2, weight.dim()), 1, 0]).contiguous()
         return tensors
 
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
@@ -63,9 +57,7 @@ class ConvIm2colNHWC(Tactic):
             rows, out = _windows(x, kernel, strides, dilations, full)
             y = torch.addmm(bias, rows, weight) if bias is not None else rows @ weight
             y = y.view(x.shape[0], *out, weight.shape[1]).movedim(-1, 1)
-            if residual is not None:
-                y = y.add_(residual) if residual.shape == y.shape else y + residual
-            return activate(y, activation, params)
+            return activate(add_residual(y, residual), activation, params)
 
         return run
 

@@ -15,7 +15,7 @@ import torch
 
 from kiln.kernels.registry import LayerSpec, Target, register_tactic
 from kiln.kernels.torch._onednn import POST_OPS, available
-from kiln.kernels.torch.conv import ConvBase
+from kiln.kernels.torch.conv import ConvBase, add_residual
 from kiln.ops.conv import padder
 from kiln.ops.fused import activation_in_place
 
@@ -67,7 +67,6 @@ class ConvOneDNNFused(ConvBase):
                     x, w, bias, symmetric, strides, dilations, group, post, scalars, algorithm)
             y = torch.ops.mkldnn._convolution_pointwise(
                 x, w, bias, symmetric, strides, dilations, group, "none", [], None)
-            y = y.add_(residual) if residual.shape == y.shape else y + residual
-            return after_residual(y)
+            return after_residual(add_residual(y, residual))
 
         return run

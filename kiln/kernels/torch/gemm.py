@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
 from kiln.ops.fused import activate
-from kiln.ops.tensors import memory_order, to_torch
+from kiln.ops.tensors import inverse_order, memory_order, to_torch
 
 
 class GemmBase(Tactic):
@@ -54,7 +54,7 @@ class GemmLinear(GemmBase):
                 return activate(F.linear(a, weight, bias), activation, params)
             # rows in memory order (no copy of a), then the same view of the result
             y = F.linear(a.permute(order), weight, bias)
-            return activate(y.permute([order.index(d) for d in range(a.dim())]), activation,
+            return activate(y.permute(inverse_order(order)), activation,
                             params)
 
         return run

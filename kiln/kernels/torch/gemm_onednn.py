@@ -13,6 +13,7 @@ import torch
 from kiln.kernels.registry import LayerSpec, Target, register_tactic
 from kiln.kernels.torch._onednn import POST_OPS, available
 from kiln.kernels.torch.gemm import GemmBase, storage_order
+from kiln.ops.tensors import inverse_order
 
 
 @register_tactic
@@ -40,6 +41,6 @@ class GemmOneDNNFused(GemmBase):
             if order is None:
                 return linear(a)
             # rows in memory order (no copy of a), then the same view of the result
-            return linear(a.permute(order)).permute([order.index(d) for d in range(a.dim())])
+            return linear(a.permute(order)).permute(inverse_order(order))
 
         return run
