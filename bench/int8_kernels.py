@@ -1,6 +1,8 @@
 """kiln's INT8 Triton kernels against FP16 cuDNN/cuBLAS and torch._int_mm on single layers of
-ResNet-50's shapes (batch 64), one process, CUDA events, median of runs. It prints TOPS and
-the ratio to FP16 per layer and tile, to tell kernel speed from engine overheads.
+ResNet-50's shapes (batch 64), one process, CUDA events around 20 back-to-back calls, median
+of runs. It prints TOPS and the ratio to FP16 per layer and tile, to tell kernel speed from
+engine overheads; the TMA convolution's rows also print their largest difference from the
+gathering kernel's output (in output quantization steps: 0 or 1 expected).
 
     PYTHONPATH=. python bench/int8_kernels.py
 """
@@ -13,28 +15,51 @@ import torch
 import torch.nn.functional as F
 
 from kiln.kernels.triton import _int8_kernels as k
-from kiln.kernels.triton.int8 import CONV_CONFIGS, GEMM_CONFIGS
+from kiln.kernels.triton import _int8_tma as tma
+from kiln.kernels.triton.int8 import (
+    CONV_CONFIGS,
+    CONV_LEVELS,
+    GEMM_CONFIGS,
+    GEMM_LEVELS,
+    TMA_CONFIGS,
+)
 
 # (name, batch, C, H, W, OC, kernel, stride)
-CONVS = [("3x3 c64 56", 64, 64, 56, 56, 64, 3, 1), ("3x3 c256 14", 64, 256, 14, 14, 256, 3, 1),
-         ("3x3 c512 7", 64, 512, 7, 7, 512, 3, 1)]
+CONVS = [("3x3 c64 56", 64, 64, 56, 56, 64, 3, 1), ("3x3 c128 28", 64, 128, 28, 28, 128, 3, 1),
+         ("3x3 c256 14", 64, 256, 14, 14, 256, 3, 1), ("3x3 c512 7", 64, 512, 7, 7, 512, 3, 1),
+         ("3x3 c128 56 s2", 64, 128, 56, 56, 128, 3, 2),
+         ("1x1 64->256 @56", 64, 64, 56, 56, 256, 1, 1),
+         ("1x1 1024->256 @14", 64, 1024, 14, 14, 256, 1, 1),
+         ("1x1 512->2048 @7", 64, 512, 7, 7, 2048, 1, 1)]
 GEMMS = [("1x1 64->256 @56", 64 * 56 * 56, 64, 256), ("1x1 1024->256 @14", 64 * 14 * 14, 1024, 256),
          ("1x1 512->2048 @7", 64 * 7 * 7, 512, 2048)]
 
 
-def time_ms(fn, *args, runs: int = 30) -> float:
-    """Median milliseconds of fn(*args) (arguments bound here, not in loop closures)."""
+def time_ms(fn, *args, runs: int = 15, calls: int = 20) -> float:
+    """Median milliseconds of fn(*args) over runs of `calls` back-to-back calls, so the host's
+    launch cost hides behind the queued kernels (arguments bound here, not in closures)."""
     for _ in range(5):
         fn(*args)
     times = []
     for _ in range(runs):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn(*args)
+        for _ in range(calls):
+            fn(*args)
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / calls)
     return statistics.median(times)
+
+
+def _time_row(rows: list, name: str, kernel: str, ops: float, fp16: float, fn, *args) -> None:
+    try:
+        ms = time_ms(fn, *args)
+    except Exception as exc:  # a tile that does not compile is a row, not a crash
+        rows.append((name, kernel, float("nan"), 0, 0))
+        print(f"{name} {kernel}: {type(exc).__name__}: {str(exc)[:160]}")
+        return
+    rows.append((name, kernel, ms, ops / ms / 1e9, fp16 / ms))
 
 
 def _conv_relu(x, w, stride, pad):
@@ -55,7 +80,9 @@ def main() -> None:
     for name, b, c, h, w, oc, ks, s in CONVS:
         x = _ints((b, c, h, w)).contiguous(memory_format=torch.channels_last)
         wt = _ints((oc, ks * ks * c))
-        scales, bias = torch.rand(oc, device="cuda"), torch.rand(oc, device="cuda")
+        # outputs of a few units over the 0.05 step, so the comparison is not all saturation
+        scales = torch.rand(oc, device="cuda") * 3 / (5500 * (c * ks * ks) ** 0.5)
+        bias = torch.rand(oc, device="cuda")
         ops = 2 * b * h * w * oc * c * ks * ks / s / s
         xf = torch.randn(b, c, h, w, device="cuda", dtype=torch.half).contiguous(
             memory_format=torch.channels_last)
@@ -63,15 +90,23 @@ def main() -> None:
             memory_format=torch.channels_last)
         fp16 = time_ms(_conv_relu, xf, wf, s, ks // 2)
         rows.append((name, "cudnn fp16", fp16, ops / fp16 / 1e9, 1.0))
+        conv = ((ks, ks), (s, s), (ks // 2,) * 4, (1, 1), scales, bias)
+        reference = k.qconv2d(x, wt, *conv, None, 0, epi, CONV_CONFIGS["a"]).float()
         for key, config in CONV_CONFIGS.items():
-            try:
-                ms = time_ms(k.qconv2d, x, wt, (ks, ks), (s, s), (ks // 2,) * 4, (1, 1),
-                             scales, bias, None, 0, epi, config)
-            except Exception as exc:  # a tile that does not compile is a row, not a crash
-                rows.append((name, f"triton {key} {config}", float("nan"), 0, 0))
-                print(f"{name} {key}: {type(exc).__name__}: {str(exc)[:120]}")
+            if CONV_LEVELS[key] > 2:  # the tiles the default build level times
                 continue
-            rows.append((name, f"triton {key} {config}", ms, ops / ms / 1e9, fp16 / ms))
+            _time_row(rows, name, f"gather {key} {config}", ops, fp16, k.qconv2d,
+                      x, wt, *conv, None, 0, epi, config)
+        for key, config in TMA_CONFIGS.items():
+            if not tma.fits(c, h, w, (ks, ks), (s, s), config[2]):
+                continue
+            try:
+                diff = (tma.qconv2d_tma(x, wt, *conv, epi, config).float() - reference)
+            except Exception as exc:  # a tile that does not compile is a row, not a crash
+                print(f"{name} tma {key}: {type(exc).__name__}: {str(exc)[:160]}")
+                continue
+            _time_row(rows, name, f"tma {key} {config} d{diff.abs().max().item():.0f}", ops,
+                      fp16, tma.qconv2d_tma, x, wt, *conv, epi, config)
     for name, m, kk, n in GEMMS:
         a, wt = _ints((m, kk)), _ints((n, kk))
         scales, bias = torch.rand(n, device="cuda"), torch.rand(n, device="cuda")
@@ -83,11 +118,13 @@ def main() -> None:
         ms = time_ms(torch._int_mm, a, wt.t())
         rows.append((name, "torch._int_mm (no epilogue)", ms, ops / ms / 1e9, fp16 / ms))
         for key, config in GEMM_CONFIGS.items():
+            if GEMM_LEVELS[key] > 2:
+                continue
             ms = time_ms(k.qgemm, a, wt, scales, bias, None, 0, epi, config)
             rows.append((name, f"triton {key} {config}", ms, ops / ms / 1e9, fp16 / ms))
-    print(f"\n{'layer':20} {'kernel':34} {'ms':>8} {'TOPS':>7} {'fp16/this':>9}")
+    print(f"\n{'layer':20} {'kernel':40} {'ms':>8} {'TOPS':>7} {'fp16/this':>9}")
     for name, kernel, ms, tops, ratio in rows:
-        print(f"{name:20} {kernel:34} {ms:8.3f} {tops:7.1f} {ratio:9.2f}")
+        print(f"{name:20} {kernel:40} {ms:8.3f} {tops:7.1f} {ratio:9.2f}")
 
 
 if __name__ == "__main__":

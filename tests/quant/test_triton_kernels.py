@@ -1,5 +1,5 @@
 """The Triton INT8/FP8 kernels against kiln's reference quantized operators. Without a GPU
-they run in Triton's interpreter (tests/quant/conftest.py), at small sizes; on a GPU the
+they run in Triton's interpreter (tests/conftest.py), at small sizes; on a GPU the
 same cases run compiled (bit-exact integer accumulation; the float epilogue may differ by
 an ulp, so requantized outputs may differ by one step in rare elements)."""
 
@@ -193,3 +193,97 @@ def test_fp8_layers_requantize_to_fp8():
                         None, None, 0, _epi(0.01, out_type="fp8e4m3"), SMALL)
     assert got.dtype == torch.float8_e4m3fn
     np.testing.assert_allclose(got.cpu().float().numpy(), want.float().numpy(), rtol=0.07)
+
+
+TMA_CASES = [  # (B, C, H, W, OC, kernel, stride, pads, dilation, residual, out_scale)
+    (2, 32, 6, 6, 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), None, 0.05),
+    (3, 32, 8, 10, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), "int8", 0.1),
+    (2, 64, 5, 7, 40, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), "float", 0.0),  # the GEMM view
+    (2, 32, 8, 6, 16, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), None, 0.0),
+    (1, 32, 7, 9, 16, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), None, 0.0),  # dilated
+    (5, 32, 3, 3, 8, (3, 3), (1, 1), (1, 0, 2, 1), (1, 1), None, 0.05),  # images per tile
+]
+
+
+@pytest.mark.parametrize("case", TMA_CASES)
+def test_tma_qconv_kernel_matches_the_reference(case):
+    """The TMA convolution (zero point 0; padding from the copy unit's zero fill), with
+    strides through the [B, H/S, S, W/S, S*C] view, tiles of several images, residuals."""
+    tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
+    b, c, h, wd, oc, kernel, stride, pads, dil, residual, out_scale = case
+    rng = np.random.default_rng(b * c * h + wd)
+    x, w = _ints(rng, (b, c, h, wd), torch.int8), _ints(rng, (oc, c, *kernel), torch.int8)
+    w_scale = rng.uniform(0.001, 0.01, oc).astype(np.float32)
+    bias = rng.standard_normal(oc).astype(np.float32)
+    attrs = {"strides": list(stride), "pads": list(pads), "dilations": list(dil)}
+    shape = qconv(x, w, x_scale=0.03, w_scale=w_scale, **attrs).shape
+    r, epi = None, _epi(out_scale, activation="Relu")
+    if residual == "int8":
+        r = _ints(rng, tuple(shape), torch.int8)
+        epi.update(residual_scale=0.05, residual_zero_point=2)
+    elif residual == "float":
+        r = torch.from_numpy(rng.standard_normal(tuple(shape)).astype(np.float32))
+    want = qconv(x, w, r, x_scale=0.03, w_scale=w_scale, bias=bias,
+                 residual_scale=epi.get("residual_scale", 0.0),
+                 residual_zero_point=epi.get("residual_zero_point", 0), out_scale=out_scale,
+                 activation="Relu", **attrs)
+    assert tma.fits(c, h, wd, kernel, stride, SMALL[2])
+    packed = w.permute(0, 2, 3, 1).reshape(oc, -1).contiguous()
+    got = tma.qconv2d_tma(
+        x.to(DEVICE).contiguous(memory_format=torch.channels_last), packed.to(DEVICE), kernel,
+        stride, pads, dil, torch.from_numpy(combined_scales(0.03, w_scale)).to(DEVICE),
+        torch.from_numpy(bias).to(DEVICE), epi, SMALL, None if r is None else r.to(DEVICE))
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    _close(got, want)
+
+
+def test_tma_qconv_kernel_fp8():
+    tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
+    rng = np.random.default_rng(15)
+    x = torch.from_numpy(rng.standard_normal((2, 32, 6, 6)).astype(np.float32) * 30).to(
+        torch.float8_e4m3fn)
+    w = torch.from_numpy(rng.standard_normal((16, 32, 3, 3)).astype(np.float32) * 30).to(
+        torch.float8_e4m3fn)
+    bias = rng.standard_normal(16).astype(np.float32)
+    attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1]}
+    want = qconv(x, w, x_scale=0.02, w_scale=[0.003] * 16, bias=bias, out_dtype="fp16",
+                 **attrs)
+    packed = w.permute(0, 2, 3, 1).reshape(16, -1).contiguous()
+    got = tma.qconv2d_tma(
+        x.to(DEVICE).contiguous(memory_format=torch.channels_last), packed.to(DEVICE), (3, 3),
+        (2, 2), (1, 1, 1, 1), (1, 1),
+        torch.from_numpy(combined_scales(0.02, [0.003] * 16)).to(DEVICE),
+        torch.from_numpy(bias).to(DEVICE), _epi(out_dtype="fp16"), SMALL)
+    np.testing.assert_allclose(got.cpu().float().numpy(), want.float().numpy(), rtol=2e-3,
+                               atol=2e-3)
+
+
+@pytest.mark.parametrize("change,offered", [
+    ({}, True), ({"x_zero_point": 3}, False), ({"strides": [1, 2]}, False),
+    ({"dtype": "uint8"}, False), ({"shape": (2, 96, 6, 6)}, False),  # 1.5 channel blocks
+    ({"shape": (2, 64, 7, 7), "strides": [2, 2]}, False),  # the stride does not divide H
+    ({"shape": ("batch", 64, 6, 6)}, True)])
+def test_tma_tactic_offered_where_the_view_holds(change, offered, monkeypatch):
+    from kiln.kernels import LayerSpec, Target, get_tactic
+
+    monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")  # the interpreter stands in for a GPU
+    rng = np.random.default_rng(16)
+    shape = change.get("shape", (2, 64, 6, 6))
+    w = rng.integers(-127, 128, (16, shape[1], 3, 3)).astype(np.int8)
+    attrs = {"x_scale": 0.03, "x_zero_point": change.get("x_zero_point", 0),
+             "w_scale": rng.uniform(0.001, 0.01, 16).astype(np.float32),
+             "pads": [1, 1, 1, 1], "strides": change.get("strides", [1, 1]),
+             "out_scale": 0.04, "out_type": "int8", "activation": "Relu"}
+    spec = LayerSpec("conv", "QConv", "kiln", 1, ["x", "w"], ["y"], attrs,
+                     constant_inputs={1: w}, input_shapes=[shape, w.shape],
+                     input_dtypes=[change.get("dtype", "int8"), "int8"])
+    device = torch.device(DEVICE)
+    tactic = get_tactic("int8-triton-conv-tma-t1")
+    assert tactic.supports(spec, Target(device, "int8")) == offered
+    if offered:  # the bound tactic on the interpreter or GPU, against the reference
+        tensors = {k: t.to(device) for k, t in tactic.prepare(
+            spec, Target(device, "int8")).items()}
+        x = _ints(rng, (3, *shape[1:]), torch.int8)
+        got = tactic.bind(spec, tensors, device)(
+            x.to(device).contiguous(memory_format=torch.channels_last))
+        _close(got, qconv(x, torch.from_numpy(w), **attrs))

@@ -69,12 +69,13 @@ def _round_half_even(v):
 
 
 @triton.jit
-def _finish(acc, rm, rn, M, N: tl.constexpr, out_ptr, stride_om, scales_ptr, bias_ptr,
+def _finish(acc, rm, row_ok, rn, N: tl.constexpr, out_ptr, stride_om, scales_ptr, bias_ptr,
             wsum_ptr, res_ptr, stride_rm, zp, res_scale, res_zp, out_inv_scale, out_zp,
             p0, p1, HAS_ZP: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
             ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr):
+    """The epilogue on an accumulator tile whose rows are output rows rm (where row_ok)."""
     mask_n = rn < N
-    mask = (rm[:, None] < M) & mask_n[None, :]
+    mask = row_ok[:, None] & mask_n[None, :]
     if HAS_ZP:
         wsum = tl.load(wsum_ptr + rn, mask=mask_n, other=0)
         acc = acc - zp * wsum[None, :]
@@ -173,7 +174,7 @@ def _qgemm_kernel(a_ptr, w_ptr, out_ptr, scales_ptr, bias_ptr, wsum_ptr, res_ptr
         b = _load_w(w_ptr + rn[None, :] * K + kk[:, None],
                     (rn[None, :] < N) & (kk[:, None] < K), IS_FP8)
         acc += tl.dot(a, b)
-    _finish(acc, rm, rn, M, N, out_ptr, stride_om, scales_ptr, bias_ptr, wsum_ptr, res_ptr,
+    _finish(acc, rm, rm < M, rn, N, out_ptr, stride_om, scales_ptr, bias_ptr, wsum_ptr, res_ptr,
             stride_rm, zp, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, HAS_ZP,
             HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8)
 
@@ -243,7 +244,7 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scales_ptr, bias_ptr, wsum_ptr, res_ptr
                     w = _load_w(w_ptr + rn[None, :] * K + ((kh * KW + kw) * C + c)[:, None],
                                 (rn[None, :] < N) & (c[:, None] < C), IS_FP8)
                     acc += tl.dot(a, w)
-    _finish(acc, rm, rn, M, N, out_ptr, stride_om, scales_ptr, bias_ptr, wsum_ptr, res_ptr,
+    _finish(acc, rm, rm < M, rn, N, out_ptr, stride_om, scales_ptr, bias_ptr, wsum_ptr, res_ptr,
             stride_rm, zp, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, HAS_ZP,
             HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8)
 

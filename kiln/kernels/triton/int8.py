@@ -28,6 +28,10 @@ GEMM_CONFIGS = {"a": (128, 128, 128, 8, 3), "b": (128, 256, 64, 8, 3),
 CONV_CONFIGS = {"a": (128, 128, 64, 8, 3), "b": (128, 64, 64, 4, 4),
                 "c": (64, 128, 64, 4, 4), "d": (64, 64, 64, 4, 3),
                 "e": (128, 128, 128, 8, 3)}  # K steps of 128: Hopper's int8 MMA depth x4
+# the TMA convolution (_int8_tma.py): BLOCK_M output rows as images x rows x columns
+TMA_CONFIGS = {"t1": (128, 64, 64, 4, 4), "t2": (128, 128, 64, 8, 4),
+               "t3": (128, 128, 128, 8, 3), "t4": (128, 256, 128, 8, 3),
+               "t5": (256, 128, 64, 8, 3), "t6": (64, 128, 128, 4, 4)}
 _INPUT_TYPES = ("int8", "uint8", "fp8e4m3")
 
 
@@ -35,6 +39,12 @@ def kernels():
     from kiln.kernels.triton import _int8_kernels
 
     return _int8_kernels
+
+
+def kernels_tma():
+    from kiln.kernels.triton import _int8_tma
+
+    return _int8_tma
 
 
 def epilogue_attrs(layer: LayerSpec) -> dict[str, Any]:
@@ -135,11 +145,51 @@ class _TritonConv(Tactic):
         return run
 
 
+class _TritonConvTMA(_TritonConv):
+    """The TMA convolution (Hopper): zero-point-0 int8 or FP8 inputs whose static shape the
+    box view covers (_int8_tma.fits)."""
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        if not super().supports(layer, target) or int(layer.attrs.get("x_zero_point", 0)):
+            return False
+        if target.device.type == "cuda" and torch.cuda.get_device_capability(
+                target.device) < (9, 0):
+            return False
+        shape = layer.input_shapes[0] if layer.input_shapes else None
+        if layer.input_dtypes[0] == "uint8" or not shape or len(shape) != 4 or not all(
+                isinstance(d, int) for d in shape[1:]):
+            return False
+        w = layer.constant_inputs[1]
+        strides = tuple(layer.attrs.get("strides") or (1, 1))
+        return kernels_tma().fits(shape[1], shape[2], shape[3], tuple(w.shape[2:]), strides,
+                                  self.config[2])
+
+    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[..., Any]:
+        k = kernels_tma()
+        attrs = layer.attrs
+        taps, scales, bias = tensors["weight"], tensors["scales"], tensors.get("bias")
+        weight = taps.reshape(taps.shape[0], -1)
+        kernel = (int(taps.shape[1]), int(taps.shape[2]))
+        strides = tuple(attrs.get("strides") or (1, 1))
+        dilations = tuple(attrs.get("dilations") or (1, 1))
+        pads, auto_pad = attrs.get("pads"), attrs.get("auto_pad", "NOTSET")
+        epi, config = epilogue_attrs(layer), self.config
+
+        def run(x, _w=None, residual=None):
+            full = resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
+            return k.qconv2d_tma(x, weight, kernel, strides, tuple(full[:4]), dilations,
+                                 scales, bias, epi, config, residual)
+
+        return run
+
+
 # The optimization level from which each tile is timed: each (layer, tile) pair is one Triton
 # compile of a second or two, so the default level (3) times two tiles per layer and the
 # wider search is left to levels 4 and 5.
 GEMM_LEVELS = {"a": 0, "c": 2, "b": 4, "d": 4}
 CONV_LEVELS = {"a": 0, "e": 2, "b": 4, "c": 4, "d": 4}
+TMA_LEVELS = {"t1": 0, "t2": 0, "t3": 2, "t4": 4, "t5": 4, "t6": 4}
 
 
 def _register() -> None:
@@ -151,6 +201,10 @@ def _register() -> None:
         register_tactic(type(f"TritonQConv_{key}", (_TritonConv,), {
             "name": f"int8-triton-conv-{key}", "config": config,
             "priority": 10 + ord(key) - ord("a"), "min_level": CONV_LEVELS[key]}))
+    for key, config in TMA_CONFIGS.items():
+        register_tactic(type(f"TritonQConvTMA_{key}", (_TritonConvTMA,), {
+            "name": f"int8-triton-conv-tma-{key}", "config": config,
+            "priority": 20 + int(key[1:]), "min_level": TMA_LEVELS[key]}))
 
 
 _register()

@@ -1,0 +1,128 @@
+"""INT8 / FP8 implicit-GEMM convolution whose operand tiles arrive by TMA (Hopper).
+
+The gathering kernel (_int8_kernels.qconv2d) computes an address per row of every K step;
+here each K step is one rectangular box that the TMA unit copies into shared memory while
+the tensor cores work on the previous one. The NHWC activation is viewed, without a copy,
+as [B, H/S, S, W/S, S*C] (S the stride): for output pixel (oh, ow) and tap offset
+dh = kh*DH - PH the input row S*oh + dh sits at (oh + dh div S, dh mod S) in the view, so
+a tile of output rows (BB images x TH rows x TW columns) reads one box
+[BB, TH, 1, TW, BLOCK_K] per step. Padding comes from TMA's zero fill of boxes that
+reach outside the tensor, so the kernel takes zero-point-0 inputs only (symmetric int8,
+FP8); a 1x1 stride-1 convolution is the GEMM over [B*H*W, C] (the view [B*H*W, 1, 1, 1, C]).
+Output rows outside the image (tiles are powers of two) are computed and not stored.
+The epilogue is _int8_kernels._finish.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from kiln.kernels.triton._int8_kernels import (
+    _OUT_TORCH,
+    _bytes,
+    _epilogue_args,
+    _finish,
+    _residual,
+    _tile_start,
+)
+
+
+@triton.jit
+def _qconv_tma_kernel(x_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr,
+                      B, OH, OW, tiles_m, tiles_h, tiles_w, stride_om, stride_rm,
+                      res_scale, res_zp, out_inv_scale, out_zp, p0, p1,
+                      C: tl.constexpr, N: tl.constexpr, K: tl.constexpr, KW: tl.constexpr,
+                      S: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr,
+                      DW: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
+                      ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr,
+                      BB: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    BLOCK_M: tl.constexpr = BB * TH * TW
+    pid_m, pid_n = _tile_start(tiles_m * BLOCK_M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    ow0 = (pid_m % tiles_w) * TW
+    oh0 = (pid_m // tiles_w % tiles_h) * TH
+    b0 = pid_m // (tiles_w * tiles_h) * BB
+    n0 = pid_n * BLOCK_N
+    if IS_FP8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        tap = k0 // C
+        # kh*DH - PH shifted by S*PH to stay non-negative: // and % then floor
+        dh = (tap // KW) * DH + (S - 1) * PH
+        dw = (tap % KW) * DW + (S - 1) * PW
+        a = x_desc.load([b0, oh0 + dh // S - PH, dh % S, ow0 + dw // S - PW,
+                         (dw % S) * C + k0 % C])
+        w = w_desc.load([n0, k0])
+        acc += tl.dot(a.reshape(BLOCK_M, BLOCK_K), tl.trans(w))
+    i = tl.arange(0, BLOCK_M)
+    bi = b0 + i // (TH * TW)
+    oh = oh0 + i // TW % TH
+    ow = ow0 + i % TW
+    rows = (bi * OH + oh) * OW + ow
+    rn = n0 + tl.arange(0, BLOCK_N)
+    _finish(acc, rows, (bi < B) & (oh < OH) & (ow < OW), rn, N, out_ptr, stride_om, scales_ptr,
+            bias_ptr, scales_ptr, res_ptr, stride_rm, 0, res_scale, res_zp, out_inv_scale,
+            out_zp, p0, p1, False, HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8)
+
+
+def spatial_tile(block_m: int, oh: int, ow: int) -> tuple[int, int, int]:
+    """(images, rows, columns) of a block_m-row output tile: powers of two covering the
+    output's width first, then its height, then more images."""
+    tw = min(triton.next_power_of_2(ow), block_m)
+    th = min(triton.next_power_of_2(oh), block_m // tw)
+    return block_m // (th * tw), th, tw
+
+
+def fits(c: int, h: int, w: int, kernel: tuple, stride: tuple, block_k: int) -> bool:
+    """Whether the TMA view covers this convolution: one stride for both axes dividing the
+    input, whole channel blocks per tap, 16-byte aligned rows."""
+    s = stride[0]
+    return (stride[0] == stride[1] and h % s == 0 and w % s == 0 and c % block_k == 0
+            and c % 16 == 0 and (kernel[0] * kernel[1] * c) % 16 == 0)
+
+
+def qconv2d_tma(x: torch.Tensor, w: torch.Tensor, kernel: tuple[int, int], stride: tuple,
+                pads: tuple, dilation: tuple, scales: torch.Tensor, bias: torch.Tensor | None,
+                epi: dict, config: tuple, residual: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """As _int8_kernels.qconv2d with zero point 0 and fits(...) true: x [B, C, H, W] int8 or
+    float8 in channels-last memory, w [OC, KH*KW*C]. Returns [B, OC, OH, OW], channels-last."""
+    block_m, block_n, block_k, warps, stages = config
+    batch, c, h, wd = x.shape
+    kh, kw = kernel
+    s = stride[0]
+    oc = w.shape[0]
+    oh = (h + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // s + 1
+    ow = (wd + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // s + 1
+    x = x.contiguous(memory_format=torch.channels_last)
+    runtime, flags = _epilogue_args(epi, x.device)
+    out = torch.empty((batch, oc, oh, ow), dtype=_OUT_TORCH[flags["OUT_MODE"]],
+                      device=x.device, memory_format=torch.channels_last)
+    if residual is not None:
+        residual = residual.contiguous(memory_format=torch.channels_last)
+    res, res_mode, stride_rm = _residual(residual, epi, batch * oh * ow, oc, x.device)
+    if kh == kw == s == 1 and not any(pads):  # the GEMM: one "image" per output pixel
+        images, out_h, out_w = batch * h * wd, 1, 1
+        view = ([images, 1, 1, 1, c], [c, c, c, c, 1])
+    else:
+        images, out_h, out_w = batch, oh, ow
+        view = ([batch, h // s, s, wd // s, s * c], [h * wd * c, s * wd * c, wd * c, s * c, 1])
+    bb, th, tw = spatial_tile(block_m, out_h, out_w)
+    x_desc = TensorDescriptor(x, view[0], view[1], [bb, th, 1, tw, block_k])
+    w_desc = TensorDescriptor.from_tensor(w, [block_n, block_k])
+    tiles_h, tiles_w = triton.cdiv(out_h, th), triton.cdiv(out_w, tw)
+    tiles_m = triton.cdiv(images, bb) * tiles_h * tiles_w
+    grid = (tiles_m * triton.cdiv(oc, block_n),)
+    _qconv_tma_kernel[grid](
+        x_desc, w_desc, _bytes(out), scales, bias if bias is not None else scales, res,
+        images, out_h, out_w, tiles_m, tiles_h, tiles_w, oc, stride_rm, **runtime,
+        C=c, N=oc, K=kh * kw * c, KW=kw, S=s, PH=pads[0], PW=pads[1], DH=dilation[0],
+        DW=dilation[1], HAS_BIAS=bias is not None, RES_MODE=res_mode,
+        IS_FP8=x.dtype == torch.float8_e4m3fn, **flags, BB=bb, TH=th, TW=tw,
+        BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, num_warps=warps, num_stages=stages)
+    return out
