@@ -107,6 +107,10 @@ def main() -> None:
                 continue
             _time_row(rows, name, f"tma {key} {config} d{diff.abs().max().item():.0f}", ops,
                       fp16, tma.qconv2d_tma, x, wt, *conv, epi, config)
+        fp8 = (x.float() / 16).to(torch.float8_e4m3fn), (wt.float() / 16).to(torch.float8_e4m3fn)
+        config = TMA_CONFIGS["t1" if c < 128 else "t3"]
+        _time_row(rows, name, f"tma fp8 {config}", ops, fp16, tma.qconv2d_tma, *fp8, *conv,
+                  {**epi, "out_type": "fp8e4m3"}, config)
     for name, m, kk, n in GEMMS:
         a, wt = _ints((m, kk)), _ints((n, kk))
         scales, bias = torch.rand(n, device="cuda"), torch.rand(n, device="cuda")

@@ -306,16 +306,19 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
     feeds = {n: t.to(device) for n, t in zip(names, inputs)}
     shapes = {n: list(t.shape) for n, t in feeds.items()}
     outputs = {}
-    for precision in precisions:
-        print(f"  building kiln_{precision} ...", file=sys.stderr, flush=True)
+    for choice in precisions:
+        print(f"  building kiln_{choice} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
+        # "int8-obey": every calibrated layer quantized (--precisionConstraints=obey)
+        precision, _, constraints = choice.partition("-")
         # INT8/FP8: calibrated (entropy) on a few other batches; other layers in FP16
         calibrator = Calibrator(calibration) if precision in ("int8", "fp8") else None
         config = BuilderConfig(precision=precision, device=device,
                                profiles=[{"opt": shapes}], calibrator=calibrator,
-                               timing_cache=str(cache) if cache else None)
+                               timing_cache=str(cache) if cache else None,
+                               precision_constraints=constraints or "auto")
         engine = build_engine(onnx_bytes, config)
-        label = f"kiln_{precision}"
+        label = f"kiln_{choice}"
         case.build_s[label] = time.perf_counter() - t0
         base = fresh_base(device)
         context = ExecutionContext(engine)
@@ -449,7 +452,8 @@ def main() -> None:
                         help="comma list; 'throughput' = 64 for ResNet/ViT, 32 for BERT")
     parser.add_argument("--peers", default="kiln,eager,cudagraph,compile")
     parser.add_argument("--precisions", default="fp32,fp16",
-                        help="kiln engines to build: fp32, fp16, int8, fp8")
+                        help="kiln engines to build: fp32, fp16, int8, fp8 (int8-obey, "
+                        "fp8-obey: every calibrated layer quantized)")
     parser.add_argument("--out", default=None, help="folder for results.json")
     parser.add_argument("--timing-cache", default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny models (works on CPU)")
