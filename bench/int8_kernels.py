@@ -1,15 +1,13 @@
 """kiln's INT8 Triton kernels against FP16 cuDNN/cuBLAS and torch._int_mm on single layers of
-ResNet-50's shapes (batch 64), one process, CUDA events around 20 back-to-back calls, median
-of runs. It prints TOPS and the ratio to FP16 per layer and tile, to tell kernel speed from
-engine overheads; the TMA convolution's rows also print their largest difference from the
+ResNet-50's shapes (batch 64), one process, each call timed as a CUDA graph replays it. It
+prints TOPS and the ratio to FP16 per layer and tile, to tell kernel speed from engine
+overheads; the TMA convolution's rows also print their largest difference from the
 gathering kernel's output (in output quantization steps: 0 or 1 expected).
 
     PYTHONPATH=. python bench/int8_kernels.py
 """
 
 from __future__ import annotations
-
-import statistics
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +21,7 @@ from kiln.kernels.triton.int8 import (
     GEMM_LEVELS,
     TMA_CONFIGS,
 )
+from kiln.runtime.cuda_graphs import replayed_ms
 
 # (name, batch, C, H, W, OC, kernel, stride)
 CONVS = [("3x3 c64 56", 64, 64, 56, 56, 64, 3, 1), ("3x3 c128 28", 64, 128, 28, 28, 128, 3, 1),
@@ -35,21 +34,13 @@ GEMMS = [("1x1 64->256 @56", 64 * 56 * 56, 64, 256), ("1x1 1024->256 @14", 64 * 
          ("1x1 512->2048 @7", 64 * 7 * 7, 512, 2048)]
 
 
-def time_ms(fn, *args, runs: int = 15, calls: int = 20) -> float:
-    """Median milliseconds of fn(*args) over runs of `calls` back-to-back calls, so the host's
-    launch cost hides behind the queued kernels (arguments bound here, not in closures)."""
-    for _ in range(5):
-        fn(*args)
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn(*args)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
+def time_ms(fn, *args) -> float:
+    """Milliseconds per call of fn(*args) as a CUDA graph replays it (as engines run), so
+    the host's launch cost, large for a Triton kernel called from Python, is not counted."""
+    ms = replayed_ms(lambda: fn(*args), reps=100, rounds=5)
+    if ms is None:
+        raise RuntimeError("not capturable in a CUDA graph")
+    return ms
 
 
 def _time_row(rows: list, name: str, kernel: str, ops: float, fp16: float, fn, *args) -> None:

@@ -362,7 +362,7 @@ def _note_precision_choice(label: str, engine, case: Case) -> None:
     case.notes.append(
         f"{label}: {len(times) - len(kept)} of {len(times)} layers faster in {low}, kept "
         f"there; quantizable layers sum {total_low:.3f} ms in {low} vs {total_high:.3f} ms "
-        f"in {high} (eager, per layer)")
+        f"in {high} (per layer, each replayed alone)")
 
 
 def _print_profile(label: str, case: Case, layers: list) -> None:

@@ -102,11 +102,13 @@ def engine_ms(engine: Engine, runs: int = 20) -> float:
 
 def layer_times(engine: Engine) -> dict[str, float]:
     """Milliseconds per model layer (its first fused node's name) of the engine's quantized
-    layers, or of all layers of a float engine, at the first profile's opt shape."""
+    layers, or of all layers of a float engine, at the first profile's opt shape, each as
+    a CUDA graph replays it alone."""
     from kiln.runtime import ExecutionContext
     from kiln.runtime.profile import profile_layers
 
-    timed = profile_layers(ExecutionContext(engine), _probe_feeds(engine), runs=5, warmup=2)
+    timed = profile_layers(ExecutionContext(engine), _probe_feeds(engine), runs=3, warmup=2,
+                           replayed=True)
     names = {layer["name"]: model_layer_name(layer) for layer in engine.layers()}
     quantized = any(t.op in QUANTIZED_OPS for t in timed)
     return {names.get(t.name, t.name): t.ms for t in timed

@@ -8,7 +8,6 @@ so a rebuild with a warm cache times nothing.
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from kiln.build.timing_cache import TimingCache, device_signature, layer_signatu
 from kiln.ir import DType
 from kiln.kernels import LayerSpec, Target, candidates
 from kiln.ops.tensors import inverse_order, to_torch, torch_dtype
-from kiln.runtime.cuda_graphs import rng_restored_on_failure
+from kiln.runtime.cuda_graphs import replayed_ms
 from kiln.runtime.host_memory import keep_freed_host_memory
 
 ROUNDS = 3
@@ -149,7 +148,7 @@ def _time(call: Callable[[], Any], device: torch.device) -> float:
     once_ms = max((time.perf_counter() - t0) * 1000, 1e-3)
     reps = max(1, min(200, int(ROUND_MS / once_ms)))
     if cuda:
-        replayed = _time_replayed(call, reps)
+        replayed = replayed_ms(call, reps, ROUNDS, GRAPH_CALLS)
         if replayed is not None:
             return replayed
     best = float("inf")
@@ -168,50 +167,6 @@ def _time(call: Callable[[], Any], device: torch.device) -> float:
                 call()
             best = min(best, (time.perf_counter() - t0) * 1000 / reps)
     return best
-
-
-def _time_replayed(call: Callable[[], Any], reps: int) -> float | None:
-    """Milliseconds per call as a CUDA graph replays it, the way engines run on CUDA: no
-    host launch cost, which would otherwise rank a kernel launched from Python (Triton)
-    behind a torch one of equal device time. None when the tactic cannot be captured."""
-    per_graph = max(1, min(reps, GRAPH_CALLS))
-    # capture_begin/end on a side stream, not torch.cuda.graph(): that one runs the garbage
-    # collector and empties the allocator's cache on every capture, once per tactic here
-    stream = _capture_stream(torch.cuda.current_device())
-    torch.cuda.synchronize()
-    try:
-        graph = torch.cuda.CUDAGraph()
-        with rng_restored_on_failure(stream.device), torch.cuda.stream(stream):
-            call()  # warm-up on the capture stream: cuBLAS sets up its workspace per stream
-            torch.cuda.synchronize()
-            graph.capture_begin()
-            try:
-                for _ in range(per_graph):
-                    call()
-            finally:
-                graph.capture_end()
-        graph.replay()
-        torch.cuda.synchronize()
-    except Exception:  # a host sync or an uncapturable call: time it eagerly
-        torch.cuda.synchronize()
-        return None
-    replays = max(1, reps // per_graph)
-    best = float("inf")
-    for _ in range(ROUNDS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(replays):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        best = min(best, start.elapsed_time(end) / (replays * per_graph))
-    return best
-
-
-@functools.cache
-def _capture_stream(index: int) -> torch.cuda.Stream:
-    # one for every capture: each stream a cuBLAS call runs on keeps its own workspace
-    return torch.cuda.Stream(index)
 
 
 def _sync(cuda: bool) -> None:

@@ -9,6 +9,7 @@ values) is remembered as such for that shape and runs eagerly.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -38,6 +39,52 @@ def rng_restored_on_failure(device: torch.device) -> Iterator[None]:
     except BaseException:
         generator.graphsafe_set_state(saved)
         raise
+
+
+def replayed_ms(call: Callable[[], Any], reps: int, rounds: int = 3,
+                per_graph: int = 20) -> float | None:
+    """Milliseconds per call (best of `rounds`) as a CUDA graph replays it, the way engines
+    run on CUDA: no host launch cost, which would otherwise rank a kernel launched from
+    Python (Triton) behind a torch one of equal device time. None when the call cannot be
+    captured (a host sync, an uncapturable op): the caller times it eagerly."""
+    per_graph = max(1, min(reps, per_graph))
+    # capture_begin/end on a side stream, not torch.cuda.graph(): that one runs the garbage
+    # collector and empties the allocator's cache on every capture, once per call here
+    stream = _capture_stream(torch.cuda.current_device())
+    torch.cuda.synchronize()
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with rng_restored_on_failure(stream.device), torch.cuda.stream(stream):
+            call()  # warm-up on the capture stream: cuBLAS sets up its workspace per stream
+            torch.cuda.synchronize()
+            graph.capture_begin()
+            try:
+                for _ in range(per_graph):
+                    call()
+            finally:
+                graph.capture_end()
+        graph.replay()
+        torch.cuda.synchronize()
+    except Exception:
+        torch.cuda.synchronize()
+        return None
+    replays = max(1, reps // per_graph)
+    best = float("inf")
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / (replays * per_graph))
+    return best
+
+
+@functools.cache
+def _capture_stream(index: int) -> torch.cuda.Stream:
+    # one for every timing capture: each stream a cuBLAS call runs on keeps its workspace
+    return torch.cuda.Stream(index)
 
 
 @dataclass

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kiln.build.tuner import _time, _time_replayed
+from kiln.build.tuner import _time
+from kiln.runtime.cuda_graphs import replayed_ms
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -36,7 +37,7 @@ def test_launch_bound_calls_are_timed_without_the_host():
             y = y + 1.0
         return y
 
-    replayed = _time_replayed(many_tiny, 20)
+    replayed = replayed_ms(many_tiny, 20)
     assert replayed is not None
     eager = _time(lambda: many_tiny().sum().item(), torch.device("cuda"))  # not capturable
     assert replayed < 0.8 * eager
@@ -45,7 +46,7 @@ def test_launch_bound_calls_are_timed_without_the_host():
 @needs_cuda
 def test_uncapturable_calls_fall_back_to_eager_timing():
     x = torch.randn(1024, device="cuda")
-    assert _time_replayed(lambda: float(x.sum()), 4) is None
+    assert replayed_ms(lambda: float(x.sum()), 4) is None
     assert _time(lambda: float(x.sum()), torch.device("cuda")) > 0
     assert torch.cuda.is_current_stream_capturing() is False
     torch.testing.assert_close((x * 2).cpu(), x.cpu() * 2)  # the device still works
@@ -55,7 +56,7 @@ def test_uncapturable_calls_fall_back_to_eager_timing():
 @needs_cuda
 def test_large_kernels_time_the_same_replayed_or_eager():
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
-    replayed = _time_replayed(lambda: a @ a, 10)
+    replayed = replayed_ms(lambda: a @ a, 10)
     eager = min(_time_eager(lambda: a @ a) for _ in range(3))
     assert replayed is not None and 0.7 * eager < replayed < 1.3 * eager
 
