@@ -338,7 +338,7 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
         outputs[label] = next(iter(context.run(feeds).values()))
         _note_precision_choice(label, engine, case)
         if PROFILE:
-            _print_profile(label, case, profile_layers(context, feeds))
+            _print_profile(label, case, profile_layers(context, feeds, replayed=True))
         if context.graphs is not None and context.graphs.failures:
             case.notes.append(f"{label}: CUDA graph capture failed: "
                               f"{next(iter(context.graphs.failures.values()))[:200]}")
@@ -366,17 +366,17 @@ def _note_precision_choice(label: str, engine, case: Case) -> None:
 
 
 def _print_profile(label: str, case: Case, layers: list) -> None:
-    """Time per op kind and tactic, then the slowest layers (eager, no CUDA graph)."""
+    """Time per op kind and tactic, then the slowest layers (each replayed alone)."""
     total = sum(t.ms for t in layers)
     by_kind: dict[tuple[str, str], list[float]] = {}
     for t in layers:
         by_kind.setdefault((t.op, t.tactic), []).append(t.ms)
     print(f"  profile {case.model} b{case.batch} {label}: {total:.3f} ms in {len(layers)} layers")
     for (op, tactic), times in sorted(by_kind.items(), key=lambda kv: -sum(kv[1]))[:12]:
-        print(f"    {op:18s} {tactic:18s} x{len(times):3d} {sum(times):8.3f} ms "
+        print(f"    {op:18s} {tactic:26s} x{len(times):3d} {sum(times):8.3f} ms "
               f"{100 * sum(times) / total:5.1f}%")
     for t in sorted(layers, key=lambda t: -t.ms)[:6]:
-        print(f"    slowest {t.name[:40]:40s} {t.op:12s} {t.tactic:16s} {t.ms:.3f} ms")
+        print(f"    slowest {t.name[:40]:40s} {t.op:12s} {t.tactic:26s} {t.ms:.3f} ms")
 
 
 def reference_fp32(model: torch.nn.Module, inputs: tuple, device: str) -> torch.Tensor:

@@ -5,6 +5,8 @@ an ulp, so requantized outputs may differ by one step in rare elements)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -287,3 +289,35 @@ def test_tma_tactic_offered_where_the_view_holds(change, offered, monkeypatch):
         got = tactic.bind(spec, tensors, device)(
             x.to(device).contiguous(memory_format=torch.channels_last))
         _close(got, qconv(x, torch.from_numpy(w), **attrs))
+
+
+@pytest.mark.parametrize("m,k,n,out_scale,act", [(37, 48, 24, 0.05, "Relu"),
+                                                 (20, 64, 40, 0.0, "GeluTanh")])
+def test_tma_gemm_tactic_matches_the_reference(m, k, n, out_scale, act, monkeypatch):
+    """QGemm through the TMA kernel (rows as 1x1 images; a K tail that is not a whole
+    block comes from the zero fill), with a 3-D input whose rows are a strided view."""
+    from kiln.kernels import LayerSpec, Target, get_tactic
+
+    monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")
+    rng = np.random.default_rng(m + k)
+    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    attrs = {"a_scale": 0.05, "a_zero_point": 0, "activation": act,
+             "w_scale": rng.uniform(0.001, 0.01, n).astype(np.float32),
+             "bias": rng.standard_normal(n).astype(np.float32), "out_type": "int8"}
+    if out_scale:
+        attrs.update(out_scale=out_scale, out_zero_point=0)
+    spec = LayerSpec("fc", "QGemm", "kiln", 1, ["a", "w"], ["y"], attrs,
+                     constant_inputs={1: w}, input_dtypes=["int8", "int8"])
+    device = torch.device(DEVICE)
+    tactic = get_tactic("int8-triton-gemm-tma-t6" if DEVICE == "cuda" else
+                        "int8-triton-gemm-tma-t1")
+    assert tactic.supports(spec, Target(device, "int8"))
+    assert not tactic.supports(dataclasses.replace(spec, attrs={**attrs, "a_zero_point": 2}),
+                               Target(device, "int8"))
+    tensors = {key: t.to(device) for key, t in tactic.prepare(
+        spec, Target(device, "int8")).items()}
+    wide = _ints(rng, (2, m, k + 8), torch.int8)
+    a = wide[..., 8:]  # rows 8 bytes into a wider buffer: copied to aligned rows
+    got = tactic.bind(spec, tensors, device)(a.to(device))
+    assert got.shape == (2, m, n)
+    _close(got, qgemm(a.contiguous(), torch.from_numpy(w), **attrs))

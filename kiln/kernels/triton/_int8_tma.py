@@ -92,26 +92,49 @@ def qconv2d_tma(x: torch.Tensor, w: torch.Tensor, kernel: tuple[int, int], strid
                 ) -> torch.Tensor:
     """As _int8_kernels.qconv2d with zero point 0 and fits(...) true: x [B, C, H, W] int8 or
     float8 in channels-last memory, w [OC, KH*KW*C]. Returns [B, OC, OH, OW], channels-last."""
-    block_m, block_n, block_k, warps, stages = config
     batch, c, h, wd = x.shape
     kh, kw = kernel
     s = stride[0]
-    oc = w.shape[0]
     oh = (h + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // s + 1
     ow = (wd + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // s + 1
     x = x.contiguous(memory_format=torch.channels_last)
-    runtime, flags = _epilogue_args(epi, x.device)
-    out = torch.empty((batch, oc, oh, ow), dtype=_OUT_TORCH[flags["OUT_MODE"]],
-                      device=x.device, memory_format=torch.channels_last)
+    out_type = _OUT_TORCH[_epilogue_args(epi, x.device)[1]["OUT_MODE"]]
+    out = torch.empty((batch, w.shape[0], oh, ow), dtype=out_type, device=x.device,
+                      memory_format=torch.channels_last)
     if residual is not None:
         residual = residual.contiguous(memory_format=torch.channels_last)
-    res, res_mode, stride_rm = _residual(residual, epi, batch * oh * ow, oc, x.device)
     if kh == kw == s == 1 and not any(pads):  # the GEMM: one "image" per output pixel
-        images, out_h, out_w = batch * h * wd, 1, 1
-        view = ([images, 1, 1, 1, c], [c, c, c, c, 1])
-    else:
-        images, out_h, out_w = batch, oh, ow
-        view = ([batch, h // s, s, wd // s, s * c], [h * wd * c, s * wd * c, wd * c, s * c, 1])
+        return _launch(x, ([batch * h * wd, 1, 1, 1, c], [c, c, c, c, 1]), (1, 1), w,
+                       (1, c, 1, (0, 0), (1, 1)), scales, bias, epi, config, out, residual)
+    view = ([batch, h // s, s, wd // s, s * c], [h * wd * c, s * wd * c, wd * c, s * c, 1])
+    return _launch(x, view, (oh, ow), w, (kw, kh * kw * c, s, pads[:2], dilation), scales,
+                   bias, epi, config, out, residual)
+
+
+def qgemm_tma(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
+              bias: torch.Tensor | None, epi: dict, config: tuple) -> torch.Tensor:
+    """As _int8_kernels.qgemm with zero point 0: a [M, K] int8 or float8 with rows
+    contiguous and 16-byte aligned, w [N, K]; the rows are 1x1 "images" of K channels."""
+    m, k = a.shape
+    out_type = _OUT_TORCH[_epilogue_args(epi, a.device)[1]["OUT_MODE"]]
+    out = torch.empty((m, w.shape[0]), dtype=out_type, device=a.device)
+    stride = a.stride(0)
+    return _launch(a, ([m, 1, 1, 1, k], [stride, stride, stride, stride, 1]), (1, 1), w,
+                   (1, k, 1, (0, 0), (1, 1)), scales, bias, epi, config, out, None)
+
+
+def _launch(x: torch.Tensor, view: tuple, out_hw: tuple, w: torch.Tensor, geometry: tuple,
+            scales: torch.Tensor, bias: torch.Tensor | None, epi: dict, config: tuple,
+            out: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    """The kernel over `view` (shape, strides of x as [images, H/S, S, W/S, S*C]) into out,
+    whose rows are (image, oh, ow); geometry is (KW, taps x C, S, (PH, PW), (DH, DW))."""
+    block_m, block_n, block_k, warps, stages = config
+    kw, k, s, (ph, pw), (dh, dw) = geometry
+    images, c = view[0][0], view[0][4] // s
+    out_h, out_w = out_hw
+    oc = w.shape[0]
+    runtime, flags = _epilogue_args(epi, x.device)
+    res, res_mode, stride_rm = _residual(residual, epi, images * out_h * out_w, oc, x.device)
     bb, th, tw = spatial_tile(block_m, out_h, out_w)
     x_desc = TensorDescriptor(x, view[0], view[1], [bb, th, 1, tw, block_k])
     w_desc = TensorDescriptor.from_tensor(w, [block_n, block_k])
@@ -121,8 +144,8 @@ def qconv2d_tma(x: torch.Tensor, w: torch.Tensor, kernel: tuple[int, int], strid
     _qconv_tma_kernel[grid](
         x_desc, w_desc, _bytes(out), scales, bias if bias is not None else scales, res,
         images, out_h, out_w, tiles_m, tiles_h, tiles_w, oc, stride_rm, **runtime,
-        C=c, N=oc, K=kh * kw * c, KW=kw, S=s, PH=pads[0], PW=pads[1], DH=dilation[0],
-        DW=dilation[1], HAS_BIAS=bias is not None, RES_MODE=res_mode,
+        C=c, N=oc, K=k, KW=kw, S=s, PH=ph, PW=pw, DH=dh, DW=dw,
+        HAS_BIAS=bias is not None, RES_MODE=res_mode,
         IS_FP8=x.dtype == torch.float8_e4m3fn, **flags, BB=bb, TH=th, TW=tw,
         BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, num_warps=warps, num_stages=stages)
     return out

@@ -145,19 +145,46 @@ class _TritonConv(Tactic):
         return run
 
 
+def _tma_ready(layer: LayerSpec, target: Target, zero_point: str) -> bool:
+    """Hopper or newer (or the interpreter), a zero point of 0, signed or FP8 input."""
+    if int(layer.attrs.get(zero_point, 0)) or layer.input_dtypes[0] == "uint8":
+        return False
+    return target.device.type != "cuda" or torch.cuda.get_device_capability(
+        target.device) >= (9, 0)
+
+
+class _TritonGemmTMA(_TritonGemm):
+    """The TMA kernel over the GEMM's rows as 1x1 images (_int8_tma.qgemm_tma)."""
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        return (super().supports(layer, target) and _tma_ready(layer, target, "a_zero_point")
+                and layer.constant_inputs[1].shape[1] % 16 == 0)
+
+    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[..., Any]:
+        k = kernels_tma()
+        weight, scales, bias = tensors["weight"], tensors["scales"], tensors.get("bias")
+        epi, config = epilogue_attrs(layer), self.config
+
+        def run(a, _w=None):
+            rows = a.reshape(-1, a.shape[-1])
+            if rows.stride(-1) != 1 or rows.stride(0) % 16 or rows.data_ptr() % 16:
+                rows = rows.contiguous()  # TMA rows start on 16-byte boundaries
+            y = k.qgemm_tma(rows, weight, scales, bias, epi, config)
+            return y.reshape(*a.shape[:-1], weight.shape[0])
+
+        return run
+
+
 class _TritonConvTMA(_TritonConv):
     """The TMA convolution (Hopper): zero-point-0 int8 or FP8 inputs whose static shape the
     box view covers (_int8_tma.fits)."""
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
-        if not super().supports(layer, target) or int(layer.attrs.get("x_zero_point", 0)):
-            return False
-        if target.device.type == "cuda" and torch.cuda.get_device_capability(
-                target.device) < (9, 0):
+        if not super().supports(layer, target) or not _tma_ready(layer, target, "x_zero_point"):
             return False
         shape = layer.input_shapes[0] if layer.input_shapes else None
-        if layer.input_dtypes[0] == "uint8" or not shape or len(shape) != 4 or not all(
-                isinstance(d, int) for d in shape[1:]):
+        if not shape or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
             return False
         w = layer.constant_inputs[1]
         strides = tuple(layer.attrs.get("strides") or (1, 1))
@@ -189,7 +216,7 @@ class _TritonConvTMA(_TritonConv):
 # wider search is left to levels 4 and 5.
 GEMM_LEVELS = {"a": 0, "c": 2, "b": 4, "d": 4}
 CONV_LEVELS = {"a": 0, "e": 2, "b": 4, "c": 4, "d": 4}
-TMA_LEVELS = {"t1": 0, "t2": 0, "t3": 2, "t4": 4, "t5": 4, "t6": 4}
+TMA_LEVELS = {"t1": 0, "t3": 0, "t4": 2, "t6": 2, "t2": 4, "t5": 4}
 
 
 def _register() -> None:
@@ -204,6 +231,9 @@ def _register() -> None:
     for key, config in TMA_CONFIGS.items():
         register_tactic(type(f"TritonQConvTMA_{key}", (_TritonConvTMA,), {
             "name": f"int8-triton-conv-tma-{key}", "config": config,
+            "priority": 20 + int(key[1:]), "min_level": TMA_LEVELS[key]}))
+        register_tactic(type(f"TritonQGemmTMA_{key}", (_TritonGemmTMA,), {
+            "name": f"int8-triton-gemm-tma-{key}", "config": config,
             "priority": 20 + int(key[1:]), "min_level": TMA_LEVELS[key]}))
 
 
