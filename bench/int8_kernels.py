@@ -9,6 +9,8 @@ gathering kernel's output (in output quantization steps: 0 or 1 expected).
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 import torch.nn.functional as F
 
@@ -66,9 +68,18 @@ def _ints(shape, device="cuda"):
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", default="", help="comma list of layer name prefixes")
+    parser.add_argument("--tiles", default="", help="comma list of TMA tiles (and 'fp8')")
+    parser.add_argument("--tma-only", action="store_true", help="no gathering kernel, GEMMs")
+    args = parser.parse_args()
+    layers = [p for p in args.layers.split(",") if p]
+    tiles = set(args.tiles.split(",")) if args.tiles else set(TMA_CONFIGS) | {"fp8"}
     rows = []
     epi = {"out_scale": 0.05, "out_inv_scale": 20.0, "out_type": "int8", "activation": "Relu"}
     for name, b, c, h, w, oc, ks, s in CONVS:
+        if layers and not any(name.startswith(p) for p in layers):
+            continue
         x = _ints((b, c, h, w)).contiguous(memory_format=torch.channels_last)
         wt = _ints((oc, ks * ks * c))
         # outputs of a few units over the 0.05 step, so the comparison is not all saturation
@@ -84,12 +95,12 @@ def main() -> None:
         conv = ((ks, ks), (s, s), (ks // 2,) * 4, (1, 1), scales, bias)
         reference = k.qconv2d(x, wt, *conv, None, 0, epi, CONV_CONFIGS["a"]).float()
         for key, config in CONV_CONFIGS.items():
-            if CONV_LEVELS[key] > 2:  # the tiles the default build level times
+            if CONV_LEVELS[key] > 2 or args.tma_only:  # the tiles the default build level times
                 continue
             _time_row(rows, name, f"gather {key} {config}", ops, fp16, k.qconv2d,
                       x, wt, *conv, None, 0, epi, config)
         for key, config in TMA_CONFIGS.items():
-            if not tma.fits(c, h, w, (ks, ks), (s, s), config[2]):
+            if key not in tiles or not tma.fits(c, h, w, (ks, ks), (s, s), config[2]):
                 continue
             try:
                 diff = (tma.qconv2d_tma(x, wt, *conv, epi, config).float() - reference)
@@ -98,11 +109,15 @@ def main() -> None:
                 continue
             _time_row(rows, name, f"tma {key} {config} d{diff.abs().max().item():.0f}", ops,
                       fp16, tma.qconv2d_tma, x, wt, *conv, epi, config)
+        if "fp8" not in tiles:
+            continue
         fp8 = (x.float() / 16).to(torch.float8_e4m3fn), (wt.float() / 16).to(torch.float8_e4m3fn)
         config = TMA_CONFIGS["t1" if c < 128 else "t3"]
         _time_row(rows, name, f"tma fp8 {config}", ops, fp16, tma.qconv2d_tma, *fp8, *conv,
                   {**epi, "out_type": "fp8e4m3"}, config)
-    for name, m, kk, n in GEMMS:
+    for name, m, kk, n in GEMMS if not args.tma_only else ():
+        if layers and not any(name.startswith(p) for p in layers):
+            continue
         a, wt = _ints((m, kk)), _ints((n, kk))
         scales, bias = torch.rand(n, device="cuda"), torch.rand(n, device="cuda")
         ops = 2 * m * n * kk
