@@ -30,6 +30,7 @@ CONVS = [("3x3 c64 56", 64, 64, 56, 56, 64, 3, 1), ("3x3 c128 28", 64, 128, 28, 
          ("3x3 c256 14", 64, 256, 14, 14, 256, 3, 1), ("3x3 c512 7", 64, 512, 7, 7, 512, 3, 1),
          ("3x3 c128 56 s2", 64, 128, 56, 56, 128, 3, 2),
          ("1x1 64->256 @56", 64, 64, 56, 56, 256, 1, 1),
+         ("1x1 64->256 @56 +res", 64, 64, 56, 56, 256, 1, 1),  # int8 residual, as in-engine
          ("1x1 1024->256 @14", 64, 1024, 14, 14, 256, 1, 1),
          ("1x1 512->2048 @7", 64, 512, 7, 7, 2048, 1, 1)]
 GEMMS = [("1x1 64->256 @56", 64 * 56 * 56, 64, 256), ("1x1 1024->256 @14", 64 * 14 * 14, 1024, 256),
@@ -93,23 +94,30 @@ def main() -> None:
         fp16 = time_ms(_conv_relu, xf, wf, s, ks // 2)
         rows.append((name, "cudnn fp16", fp16, ops / fp16 / 1e9, 1.0))
         conv = ((ks, ks), (s, s), (ks // 2,) * 4, (1, 1), scales, bias)
-        reference = k.qconv2d(x, wt, *conv, None, 0, epi, CONV_CONFIGS["a"]).float()
+        residual, layer_epi = None, epi
+        if name.endswith("+res"):
+            residual = _ints((b, oc, h // s, w // s)).contiguous(
+                memory_format=torch.channels_last)
+            layer_epi = {**epi, "residual_scale": 0.05, "residual_zero_point": 0}
+        reference = k.qconv2d(x, wt, *conv, None, 0, layer_epi, CONV_CONFIGS["a"],
+                              residual).float()
         for key, config in CONV_CONFIGS.items():
             if CONV_LEVELS[key] > 2 or args.tma_only:  # the tiles the default build level times
                 continue
             _time_row(rows, name, f"gather {key} {config}", ops, fp16, k.qconv2d,
-                      x, wt, *conv, None, 0, epi, config)
+                      x, wt, *conv, None, 0, layer_epi, config, residual)
         for key, config in TMA_CONFIGS.items():
             if key not in tiles or not tma.fits(c, h, w, (ks, ks), (s, s), config[2]):
                 continue
             try:
-                diff = (tma.qconv2d_tma(x, wt, *conv, epi, config).float() - reference)
+                diff = (tma.qconv2d_tma(x, wt, *conv, layer_epi, config, residual).float()
+                        - reference)
             except Exception as exc:  # a tile that does not compile is a row, not a crash
                 print(f"{name} tma {key}: {type(exc).__name__}: {str(exc)[:160]}")
                 continue
             _time_row(rows, name, f"tma {key} {config} d{diff.abs().max().item():.0f}", ops,
-                      fp16, tma.qconv2d_tma, x, wt, *conv, epi, config)
-        if "fp8" not in tiles:
+                      fp16, tma.qconv2d_tma, x, wt, *conv, layer_epi, config, residual)
+        if "fp8" not in tiles or residual is not None:
             continue
         fp8 = (x.float() / 16).to(torch.float8_e4m3fn), (wt.float() / 16).to(torch.float8_e4m3fn)
         config = TMA_CONFIGS["t1" if c < 128 else "t3"]
