@@ -54,6 +54,7 @@ def _time_row(rows: list, name: str, kernel: str, ops: float, fp16: float, fn, *
         print(f"{name} {kernel}: {type(exc).__name__}: {str(exc)[:160]}")
         return
     rows.append((name, kernel, ms, ops / ms / 1e9, fp16 / ms))
+    print(f"{name:20} {kernel:40} {ms:8.3f} {fp16 / ms:9.2f}", flush=True)  # as they come
 
 
 def _conv_relu(x, w, stride, pad):
