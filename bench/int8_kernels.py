@@ -22,6 +22,7 @@ from kiln.kernels.triton.int8 import (
     GEMM_CONFIGS,
     GEMM_LEVELS,
     TMA_CONFIGS,
+    TMA_STORE_CONFIGS,
 )
 from kiln.runtime.cuda_graphs import replayed_ms
 
@@ -76,7 +77,8 @@ def main() -> None:
     parser.add_argument("--tma-only", action="store_true", help="no gathering kernel, GEMMs")
     args = parser.parse_args()
     layers = [p for p in args.layers.split(",") if p]
-    tiles = set(args.tiles.split(",")) if args.tiles else set(TMA_CONFIGS) | {"fp8"}
+    tma_tiles = {**TMA_CONFIGS, **TMA_STORE_CONFIGS}
+    tiles = set(args.tiles.split(",")) if args.tiles else set(tma_tiles) | {"fp8"}
     rows = []
     epi = {"out_scale": 0.05, "out_inv_scale": 20.0, "out_type": "int8", "activation": "Relu"}
     for name, b, c, h, w, oc, ks, s in CONVS:
@@ -107,7 +109,7 @@ def main() -> None:
                 continue
             _time_row(rows, name, f"gather {key} {config}", ops, fp16, k.qconv2d,
                       x, wt, *conv, None, 0, layer_epi, config, residual)
-        for key, config in TMA_CONFIGS.items():
+        for key, config in tma_tiles.items():
             if key not in tiles or not tma.fits(c, h, w, (ks, ks), (s, s), config[2]):
                 continue
             try:

@@ -32,8 +32,9 @@ CONV_CONFIGS = {"a": (128, 128, 64, 8, 3), "b": (128, 64, 64, 4, 4),
 TMA_CONFIGS = {"t1": (128, 64, 64, 4, 4), "t2": (128, 128, 64, 8, 4),
                "t3": (128, 128, 128, 8, 3), "t4": (128, 256, 128, 8, 3),
                "t5": (256, 128, 64, 8, 3), "t6": (64, 128, 128, 4, 4)}
-# ... and with the residual and output tiles by TMA as well (a sixth field: True)
-TMA_CONFIGS.update({f"{key}s": (*TMA_CONFIGS[key], True) for key in ("t1", "t3", "t4", "t6")})
+# ... and with the residual and output tiles by TMA as well (a sixth field: True). Not yet
+# tactics: interpreter-tested, not yet run on a GPU (bench/int8_kernels.py --tiles t1s,...)
+TMA_STORE_CONFIGS = {f"{key}s": (*TMA_CONFIGS[key], True) for key in ("t1", "t3", "t4", "t6")}
 _INPUT_TYPES = ("int8", "uint8", "fp8e4m3")
 
 
@@ -218,8 +219,7 @@ class _TritonConvTMA(_TritonConv):
 # wider search is left to levels 4 and 5.
 GEMM_LEVELS = {"a": 0, "c": 2, "b": 4, "d": 4}
 CONV_LEVELS = {"a": 0, "e": 2, "b": 4, "c": 4, "d": 4}
-TMA_LEVELS = {"t1": 0, "t3": 0, "t4": 2, "t6": 2, "t2": 4, "t5": 4,
-              "t1s": 4, "t3s": 4, "t4s": 4, "t6s": 4}
+TMA_LEVELS = {"t1": 0, "t3": 0, "t4": 2, "t6": 2, "t2": 4, "t5": 4}
 
 
 def _register() -> None:
