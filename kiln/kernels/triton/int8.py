@@ -32,9 +32,6 @@ CONV_CONFIGS = {"a": (128, 128, 64, 8, 3), "b": (128, 64, 64, 4, 4),
 TMA_CONFIGS = {"t1": (128, 64, 64, 4, 4), "t2": (128, 128, 64, 8, 4),
                "t3": (128, 128, 128, 8, 3), "t4": (128, 256, 128, 8, 3),
                "t5": (256, 128, 64, 8, 3), "t6": (64, 128, 128, 4, 4)}
-# ... and with the residual and output tiles by TMA as well (a sixth field: True). Not yet
-# tactics: interpreter-tested, not yet run on a GPU (bench/int8_kernels.py --tiles t1s,...)
-TMA_STORE_CONFIGS = {f"{key}s": (*TMA_CONFIGS[key], True) for key in ("t1", "t3", "t4", "t6")}
 _INPUT_TYPES = ("int8", "uint8", "fp8e4m3")
 
 
@@ -231,13 +228,13 @@ def _register() -> None:
         register_tactic(type(f"TritonQConv_{key}", (_TritonConv,), {
             "name": f"int8-triton-conv-{key}", "config": config,
             "priority": 10 + ord(key) - ord("a"), "min_level": CONV_LEVELS[key]}))
-    for index, (key, config) in enumerate(TMA_CONFIGS.items()):
+    for key, config in TMA_CONFIGS.items():
         register_tactic(type(f"TritonQConvTMA_{key}", (_TritonConvTMA,), {
             "name": f"int8-triton-conv-tma-{key}", "config": config,
-            "priority": 20 + index, "min_level": TMA_LEVELS[key]}))
+            "priority": 20 + int(key[1:]), "min_level": TMA_LEVELS[key]}))
         register_tactic(type(f"TritonQGemmTMA_{key}", (_TritonGemmTMA,), {
             "name": f"int8-triton-gemm-tma-{key}", "config": config,
-            "priority": 20 + index, "min_level": TMA_LEVELS[key]}))
+            "priority": 20 + int(key[1:]), "min_level": TMA_LEVELS[key]}))
 
 
 _register()
