@@ -73,6 +73,29 @@ def test_qgemm_kernel_matches_the_reference(case):
     _close(got, want)
 
 
+def _conv_case(rng, sizes: tuple, kernel: tuple, dtype, zp: int, residual: str | None,
+               out_scale: float, attrs: dict) -> tuple:
+    """Random input, weights, scales, bias and residual of a QConv case, the reference's
+    output, and the weights packed as the kernels take them ([OC, KH*KW*C])."""
+    b, c, h, wd, oc = sizes
+    x, w = _ints(rng, (b, c, h, wd), dtype), _ints(rng, (oc, c, *kernel), torch.int8)
+    w_scale = rng.uniform(0.001, 0.01, oc).astype(np.float32)
+    bias = rng.standard_normal(oc).astype(np.float32)
+    shape = qconv(x, w, x_scale=0.03, x_zero_point=zp, w_scale=w_scale, **attrs).shape
+    r, epi = None, _epi(out_scale, activation="Relu")
+    if residual == "int8":
+        r = _ints(rng, tuple(shape), torch.int8)
+        epi.update(residual_scale=0.05, residual_zero_point=2)
+    elif residual == "float":
+        r = torch.from_numpy(rng.standard_normal(tuple(shape)).astype(np.float32))
+    want = qconv(x, w, r, x_scale=0.03, x_zero_point=zp, w_scale=w_scale, bias=bias,
+                 residual_scale=epi.get("residual_scale", 0.0),
+                 residual_zero_point=epi.get("residual_zero_point", 0), out_scale=out_scale,
+                 activation="Relu", **attrs)
+    packed = w.permute(0, 2, 3, 1).reshape(oc, -1).contiguous()
+    return x, packed, w_scale, bias, r, epi, want
+
+
 CONV_CASES = [  # (B, C, H, W, OC, kernel, stride, pads, dilation, type, zp, residual, out)
     (2, 8, 9, 7, 12, (3, 3), (2, 2), (1, 1, 1, 0), (1, 1), torch.uint8, 128, "int8", 0.1),
     (1, 5, 6, 6, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), torch.int8, 4, None, 0.0),
@@ -87,24 +110,9 @@ CONV_CASES = [  # (B, C, H, W, OC, kernel, stride, pads, dilation, type, zp, res
 def test_qconv_kernel_matches_the_reference(case):
     b, c, h, wd, oc, kernel, stride, pads, dil, dtype, zp, residual, out_scale = case
     rng = np.random.default_rng(b * c * h)
-    x = _ints(rng, (b, c, h, wd), dtype)
-    w = _ints(rng, (oc, c, *kernel), torch.int8)
-    w_scale = rng.uniform(0.001, 0.01, oc).astype(np.float32)
-    bias = rng.standard_normal(oc).astype(np.float32)
-    attrs = {"strides": list(stride), "pads": [pads[0], pads[1], pads[2], pads[3]],
-             "dilations": list(dil)}
-    shape = qconv(x, w, x_scale=0.03, x_zero_point=zp, w_scale=w_scale, **attrs).shape
-    r, epi = None, _epi(out_scale, activation="Relu")
-    if residual == "int8":
-        r = _ints(rng, tuple(shape), torch.int8)
-        epi.update(residual_scale=0.05, residual_zero_point=2)
-    elif residual == "float":
-        r = torch.from_numpy(rng.standard_normal(tuple(shape)).astype(np.float32))
-    want = qconv(x, w, r, x_scale=0.03, x_zero_point=zp, w_scale=w_scale, bias=bias,
-                 residual_scale=epi.get("residual_scale", 0.0),
-                 residual_zero_point=epi.get("residual_zero_point", 0), out_scale=out_scale,
-                 activation="Relu", **attrs)
-    packed = w.permute(0, 2, 3, 1).reshape(oc, -1).contiguous()
+    x, packed, w_scale, bias, r, epi, want = _conv_case(
+        rng, (b, c, h, wd, oc), kernel, dtype, zp, residual, out_scale,
+        {"strides": list(stride), "pads": list(pads), "dilations": list(dil)})
     got = kernels.qconv2d(
         x.to(DEVICE).contiguous(memory_format=torch.channels_last), packed.to(DEVICE), kernel,
         stride, pads, dil, torch.from_numpy(combined_scales(0.03, w_scale)).to(DEVICE),
@@ -214,23 +222,10 @@ def test_tma_qconv_kernel_matches_the_reference(case):
     tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
     b, c, h, wd, oc, kernel, stride, pads, dil, residual, out_scale = case
     rng = np.random.default_rng(b * c * h + wd)
-    x, w = _ints(rng, (b, c, h, wd), torch.int8), _ints(rng, (oc, c, *kernel), torch.int8)
-    w_scale = rng.uniform(0.001, 0.01, oc).astype(np.float32)
-    bias = rng.standard_normal(oc).astype(np.float32)
-    attrs = {"strides": list(stride), "pads": list(pads), "dilations": list(dil)}
-    shape = qconv(x, w, x_scale=0.03, w_scale=w_scale, **attrs).shape
-    r, epi = None, _epi(out_scale, activation="Relu")
-    if residual == "int8":
-        r = _ints(rng, tuple(shape), torch.int8)
-        epi.update(residual_scale=0.05, residual_zero_point=2)
-    elif residual == "float":
-        r = torch.from_numpy(rng.standard_normal(tuple(shape)).astype(np.float32))
-    want = qconv(x, w, r, x_scale=0.03, w_scale=w_scale, bias=bias,
-                 residual_scale=epi.get("residual_scale", 0.0),
-                 residual_zero_point=epi.get("residual_zero_point", 0), out_scale=out_scale,
-                 activation="Relu", **attrs)
+    x, packed, w_scale, bias, r, epi, want = _conv_case(
+        rng, (b, c, h, wd, oc), kernel, torch.int8, 0, residual, out_scale,
+        {"strides": list(stride), "pads": list(pads), "dilations": list(dil)})
     assert tma.fits(c, h, wd, kernel, stride, SMALL[2])
-    packed = w.permute(0, 2, 3, 1).reshape(oc, -1).contiguous()
     got = tma.qconv2d_tma(
         x.to(DEVICE).contiguous(memory_format=torch.channels_last), packed.to(DEVICE), kernel,
         stride, pads, dil, torch.from_numpy(combined_scales(0.03, w_scale)).to(DEVICE),
