@@ -9,6 +9,7 @@ tensors torch's kernel is often the faster; the tuner times both per layer.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -63,34 +64,78 @@ class MaxPoolSeparable(_MaxPoolCPU):
 
 def separable_max_pool(x: torch.Tensor, kernel: list[int], strides: list[int],
                        dilations: list[int], pads: list[int], ceil: bool) -> torch.Tensor:
-    n = len(kernel)
-    sizes = [pooled_size(x.shape[2 + i], kernel[i], strides[i], pads[i], pads[n + i], ceil,
-                         dilations[i]) for i in range(n)]
-    # the end pads the windows reach (ceil mode may reach past the given ones, or not use them)
-    ends = [max(0, (sizes[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
-                - x.shape[2 + i] - pads[i]) for i in range(n)]
-    if any(pads[:n]) or any(ends):
-        x = explicit_pad(x, [*pads[:n], *ends], float("-inf"))
+    pad, axes = _pool_plan(tuple(x.shape), tuple(kernel), tuple(strides), tuple(dilations),
+                           tuple(pads), ceil)
+    if pad is not None:
+        x = explicit_pad(x, list(pad), float("-inf"))
     result = x
-    for i in range(n):
-        result = _axis_max(result, 2 + i, kernel[i], strides[i], dilations[i], sizes[i])
+    for axis, stride_index, taps in axes:
+        result = _axis_max(result, axis, stride_index, taps)
     # a 1-wide window leaves a view of the input: the layer's output must be its own
     return result.clone() if result.data_ptr() == x.data_ptr() else result
 
 
-def _axis_max(x: torch.Tensor, axis: int, kernel: int, stride: int, dilation: int,
-              size: int) -> torch.Tensor:
-    def tap(k: int) -> torch.Tensor:
-        view = x.narrow(axis, k * dilation, (size - 1) * stride + 1)
-        if stride == 1:
-            return view
-        index = [slice(None)] * x.dim()
-        index[axis] = slice(None, None, stride)
-        return view[tuple(index)]
+# per axis: (axis, index taking every stride-th element or None, taps); a tap is
+# (start, length) of its view, and the span (lo, length) of outputs it reaches, or None
+Tap = tuple[int, int, tuple[int, int] | None]
 
-    if kernel == 1:
-        return tap(0)
-    best = torch.maximum(tap(0), tap(1))
-    for k in range(2, kernel):
-        torch.maximum(best, tap(k), out=best)
+
+@functools.lru_cache(maxsize=256)
+def _pool_plan(shape: tuple, kernel: tuple, strides: tuple, dilations: tuple, pads: tuple,
+               ceil: bool) -> tuple[tuple | None, list]:
+    """The views each run takes, worked out once per input shape (the layer runs often and
+    is short: Python's share of it counts)."""
+    n = len(kernel)
+    sizes = [pooled_size(shape[2 + i], kernel[i], strides[i], pads[i], pads[n + i], ceil,
+                         dilations[i]) for i in range(n)]
+    spans = [[_tap_span(k * dilations[i] - pads[i], shape[2 + i], strides[i], sizes[i])
+              for k in range(kernel[i])] for i in range(n)]
+    pad, begins = None, pads[:n]
+    # Taps reaching into the padding cover part of the outputs and update that part in
+    # place, so the input is not copied into a padded tensor (a third of mtcnn-onet's
+    # pooling time). That pays where two taps cover every output (their maximum makes the
+    # result); otherwise (YOLO's 5x5 stride-1 windows) one -inf padded copy for all axes
+    # costs less than a copy per axis.
+    if not all(kernel[i] == 1 or [s == (0, sizes[i]) for s in spans[i]].count(True) >= 2
+               for i in range(n)):
+        ends = [max(0, (sizes[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
+                    - shape[2 + i] - pads[i]) for i in range(n)]
+        pad, begins = (*pads[:n], *ends), [0] * n
+        spans = [[(0, sizes[i])] * kernel[i] for i in range(n)]
+    axes = []
+    for i in range(n):
+        taps = []
+        for k, (lo, hi) in enumerate(spans[i]):
+            if hi > lo:
+                start = lo * strides[i] + k * dilations[i] - begins[i]
+                taps.append((start, (hi - lo - 1) * strides[i] + 1,
+                             None if (lo, hi) == (0, sizes[i]) else (lo, hi - lo)))
+        taps.sort(key=lambda tap: tap[2] is not None)  # the whole-span taps first
+        every = None
+        if strides[i] != 1:
+            every = tuple(slice(None, None, strides[i]) if d == 2 + i else slice(None)
+                          for d in range(len(shape)))
+        axes.append((2 + i, every, taps))
+    return pad, axes
+
+
+def _tap_span(offset: int, length: int, stride: int, size: int) -> tuple[int, int]:
+    """The outputs [lo, hi) whose input index o * stride + offset lies inside the input."""
+    lo = max(0, -(offset // stride))  # ceil(-offset / stride)
+    hi = min(size, (length - 1 - offset) // stride + 1)
+    return lo, max(lo, hi)
+
+
+def _axis_max(x: torch.Tensor, axis: int, every: tuple | None, taps: list[Tap]) -> torch.Tensor:
+    """The running maximum along one axis over the taps' strided views."""
+    def view(start: int, length: int) -> torch.Tensor:
+        v = x.narrow(axis, start, length)
+        return v if every is None else v[every]
+
+    if len(taps) == 1:
+        return view(*taps[0][:2])
+    best = torch.maximum(view(*taps[0][:2]), view(*taps[1][:2]))
+    for start, length, span in taps[2:]:
+        part = best if span is None else best.narrow(axis, *span)
+        torch.maximum(part, view(start, length), out=part)
     return best
