@@ -58,7 +58,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--out", default=None, help="write cpu_models.json here")
+    parser.add_argument("--only", default="", help="comma list of model names (default: all)")
     args = parser.parse_args()
+    only = {name for name in args.only.split(",") if name}
     torch.set_num_threads(args.threads)
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
@@ -67,7 +69,7 @@ def main() -> None:
     for name in sorted(os.listdir(args.models)):
         path = os.path.join(args.models, name, "model.onnx")
         samples = sorted(glob.glob(os.path.join(args.models, name, "samples", "[0-9]*.npz")))
-        if not os.path.exists(path) or not samples:
+        if not os.path.exists(path) or not samples or (only and name not in only):
             continue
         data = np.load(samples[0])
         feeds = {k[len("input."):]: data[k] for k in data.files if k.startswith("input.")}
