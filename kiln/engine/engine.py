@@ -112,14 +112,17 @@ class Engine:
 
 
 def aligned(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor`, contiguous and at a 64-byte boundary (a copy when it is not).
+    """`tensor`, dense (contiguous, or channels-last as prepared) and at a 64-byte boundary
+    (a contiguous copy when it is not).
 
     CPU kernels (MKL, oneDNN) pick their vector paths by alignment, so the same weights at
     another address can round differently. safetensors hands out tensors at whatever offset
     the file's header length leaves them; copying into torch's allocator (64-byte aligned)
     makes a loaded engine compute bit for bit what the built one did.
     """
-    if tensor.numel() and (not tensor.is_contiguous() or tensor.data_ptr() % ALIGNMENT):
+    dense = tensor.is_contiguous() or (tensor.dim() == 4 and tensor.is_contiguous(
+        memory_format=torch.channels_last))  # a channels-last tactic's weights stay so
+    if tensor.numel() and (not dense or tensor.data_ptr() % ALIGNMENT):
         return tensor.clone(memory_format=torch.contiguous_format)
     return tensor
 

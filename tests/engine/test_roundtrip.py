@@ -113,3 +113,36 @@ def test_save_stores_a_tensor_shared_by_two_keys(tmp_path):
     engine.save(tmp_path / "shared.kiln")
     loaded = Engine.load(tmp_path / "shared.kiln")
     assert torch.equal(loaded.tensors["extra/alias"], engine.tensors[key])
+
+
+@pytest.mark.parametrize("shape", [(8, 3, 5, 5), (16, 16, 3, 1)])
+def test_aligned_keeps_prepared_layouts_and_copies_the_rest(shape):
+    """A channels-last tactic's weights stay channels-last in an engine (its bind would
+    otherwise run an NCHW weight beside NHWC inputs); strided or misaligned tensors become
+    contiguous copies, the values unchanged."""
+    from kiln.engine.engine import aligned
+
+    weight = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    assert aligned(weight) is weight
+    strided = torch.randn(shape[0] * 2, *shape[1:])[::2]
+    copied = aligned(strided)
+    assert copied.is_contiguous() and torch.equal(copied, strided)
+    offset = torch.randn(weight.numel() + 1)[1:].view(shape)  # 4 bytes past a boundary
+    moved = aligned(offset)
+    assert moved.data_ptr() % ALIGNMENT == 0 and torch.equal(moved, offset)
+
+
+def test_channels_last_conv_binds_channels_last_weights(tmp_path):
+    """conv-nhwc (the level-0 choice) runs with channels-last weights whether the engine was
+    built here or loaded from a plan that stores tensors contiguous, and both agree."""
+    from kiln.kernels import get_tactic
+
+    tactic = get_tactic("conv-nhwc")
+    weight, _ = tactic.weights({"weight": torch.randn(6, 4, 3, 3)})
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    engine = build_engine(demo_model_path(), BuilderConfig(device="cpu", optimization_level=0))
+    assert any(layer["tactic"] == "conv-nhwc" for layer in engine.layers())
+    images = demo_samples()[0][:5]
+    engine.save(tmp_path / "cl.kiln")
+    _assert_identical(ExecutionContext(engine).run({"image": images}),
+                      ExecutionContext(Engine.load(tmp_path / "cl.kiln")).run({"image": images}))
