@@ -112,7 +112,7 @@ class Engine:
 
 
 def aligned(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor`, dense (contiguous, or channels-last as prepared) and at a 64-byte boundary
+    """`tensor`, dense (in its own storage, in any order of dims) and at a 64-byte boundary
     (a contiguous copy when it is not).
 
     CPU kernels (MKL, oneDNN) pick their vector paths by alignment, so the same weights at
@@ -120,11 +120,19 @@ def aligned(tensor: torch.Tensor) -> torch.Tensor:
     the file's header length leaves them; copying into torch's allocator (64-byte aligned)
     makes a loaded engine compute bit for bit what the built one did.
     """
-    dense = tensor.is_contiguous() or (tensor.dim() == 4 and tensor.is_contiguous(
-        memory_format=torch.channels_last))  # a channels-last tactic's weights stay so
-    if tensor.numel() and (not dense or tensor.data_ptr() % ALIGNMENT):
+    if tensor.numel() and (not _dense(tensor) or tensor.data_ptr() % ALIGNMENT):
         return tensor.clone(memory_format=torch.contiguous_format)
     return tensor
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    """Whether tensor fills its own storage exactly, in any order of its dims: a layout a
+    tactic prepared (channels-last weights, a column-major GEMM operand) is kept, so an
+    engine runs what its tuner timed; views into larger buffers and broadcasts are not."""
+    if tensor.is_contiguous():
+        return True
+    return (tensor.storage_offset() == 0 and 0 not in tensor.stride()
+            and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size())
 
 
 def _collect_layers(graph: dict[str, Any], found: list[dict[str, Any]]) -> None:

@@ -117,13 +117,17 @@ def test_save_stores_a_tensor_shared_by_two_keys(tmp_path):
 
 @pytest.mark.parametrize("shape", [(8, 3, 5, 5), (16, 16, 3, 1)])
 def test_aligned_keeps_prepared_layouts_and_copies_the_rest(shape):
-    """A channels-last tactic's weights stay channels-last in an engine (its bind would
-    otherwise run an NCHW weight beside NHWC inputs); strided or misaligned tensors become
-    contiguous copies, the values unchanged."""
+    """A tactic's prepared layouts stay in an engine (channels-last weights, column-major
+    operands: its bind would otherwise run what the tuner did not time); strided,
+    broadcast or misaligned tensors become contiguous copies, the values unchanged."""
     from kiln.engine.engine import aligned
 
     weight = torch.randn(shape).contiguous(memory_format=torch.channels_last)
     assert aligned(weight) is weight
+    column_major = torch.randn(shape[0], shape[1] * shape[2]).t()  # an int_mm operand
+    assert aligned(column_major) is column_major
+    broadcast = torch.randn(1, *shape[1:]).expand(shape)
+    assert aligned(broadcast).is_contiguous() and torch.equal(aligned(broadcast), broadcast)
     strided = torch.randn(shape[0] * 2, *shape[1:])[::2]
     copied = aligned(strided)
     assert copied.is_contiguous() and torch.equal(copied, strided)

@@ -131,6 +131,8 @@ class Int8IntMM(Tactic):
         conv = layer.op == "QConv"
         zp = int(attrs.get("x_zero_point" if conv else "a_zero_point", 0))
         weight, sums = tensors["weight_kn"], tensors["weight_sums"]
+        if weight.stride(0) != 1:  # column-major as prepared and timed: a loaded plan
+            weight = weight.t().contiguous().t()  # hands it back row-major
         scales, bias = tensors["scales"], tensors.get("bias")
         finish = partial(epilogue, residual_scale=float(attrs.get("residual_scale", 0.0)),
                          residual_zero_point=int(attrs.get("residual_zero_point", 0)),
