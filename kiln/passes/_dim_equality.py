@@ -141,6 +141,13 @@ def const_ints(value: Value | None) -> list[int] | None:
     return [int(v) for v in array.reshape(-1)]
 
 
+def axes_of(node: Node) -> list[int] | None:
+    """A node's `axes`, from the attribute (older opsets) or the constant second input."""
+    if "axes" in node.attrs:
+        return [int(a) for a in node.attrs["axes"]]
+    return const_ints(node.inputs[1]) if len(node.inputs) > 1 else None
+
+
 def _axis(index: int, rank: int) -> int | None:
     if not -rank <= index < rank:
         return None

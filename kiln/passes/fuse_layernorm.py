@@ -14,7 +14,7 @@ stream), the fused node returns it as a second output.
 from __future__ import annotations
 
 from kiln.ir import Graph, Node, Value
-from kiln.ops._common import ints
+from kiln.passes._dim_equality import axes_of
 from kiln.passes._match import (
     const,
     fused_names,
@@ -95,9 +95,7 @@ def _is_square_of(node: Node, d: Value) -> bool:
 
 
 def _last_axis(reduce: Node, rank: int) -> bool:
-    axes = reduce.attrs.get("axes")
-    if axes is None and len(reduce.inputs) > 1 and reduce.inputs[1] is not None:
-        axes = ints(const(reduce.inputs[1])) if reduce.inputs[1].is_const else None
+    axes = axes_of(reduce)
     return axes is not None and [a % rank for a in axes] == [rank - 1] and reduce.attrs.get(
         "keepdims", 1) == 1
 

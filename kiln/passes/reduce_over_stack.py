@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.ir import DType, Graph, Node, Value
-from kiln.passes._dim_equality import analysable_graphs
-from kiln.passes._match import const, fused_names, only_consumer, producer
+from kiln.passes._dim_equality import analysable_graphs, axes_of
+from kiln.passes._match import fused_names, only_consumer, producer
 from kiln.passes.pipeline import PassContext, register_pass
 
 ELEMENTWISE = {"ReduceMax": "Max", "ReduceMin": "Min", "ReduceSum": "Sum", "ReduceMean": "Mean"}
@@ -79,10 +79,7 @@ def _single_axis(reduce: Node, rank: int | None) -> int | None:
     """The one axis reduced (normalized), from the attribute or the constant input."""
     if rank is None:
         return None
-    axes = reduce.attrs.get("axes")
-    if len(reduce.inputs) > 1 and reduce.inputs[1] is not None:
-        array = const(reduce.inputs[1])
-        axes = None if array is None else array.reshape(-1).tolist()
+    axes = axes_of(reduce)
     if axes is None or len(axes) != 1:
         return None  # none given reduces everything (or nothing, noop_with_empty_axes)
     return int(axes[0]) % rank
@@ -93,13 +90,8 @@ def _unsqueezed(value: Value, axis: int) -> Value | None:
     node = producer(value, "Unsqueeze")
     if node is None:
         return None
-    axes = node.attrs.get("axes")
-    if len(node.inputs) > 1 and node.inputs[1] is not None:
-        array = const(node.inputs[1])
-        axes = None if array is None else array.reshape(-1).tolist()
-    rank = len(value.shape)
-    return node.inputs[0] if axes is not None and [int(a) % rank for a in axes] == [
-        axis] else None
+    axes, rank = axes_of(node), len(value.shape)
+    return node.inputs[0] if axes is not None and [a % rank for a in axes] == [axis] else None
 
 
 def _squeezed(graph: Graph, value: Value, axis: int, before: Node, opset: int) -> Value:

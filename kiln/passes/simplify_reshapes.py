@@ -17,7 +17,13 @@ constant target is 1 or the input's own (static) size everywhere, are the identi
 from __future__ import annotations
 
 from kiln.ir import Graph, Node, Value
-from kiln.passes._dim_equality import DimEquality, DimRef, analysable_graphs, const_ints
+from kiln.passes._dim_equality import (
+    DimEquality,
+    DimRef,
+    analysable_graphs,
+    axes_of,
+    const_ints,
+)
 from kiln.passes.pipeline import PassContext, register_pass
 
 RESHAPING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
@@ -60,12 +66,6 @@ def _skip_inner_reshape(node: Node) -> bool:
     return True
 
 
-def _axes(node: Node) -> list[int] | None:
-    if "axes" in node.attrs:
-        return [int(a) for a in node.attrs["axes"]]
-    return const_ints(node.inputs[1]) if len(node.inputs) > 1 else None
-
-
 def _cancels(node: Node, trusted: bool) -> bool:
     """Whether node undoes its producer: Squeeze(Unsqueeze(x, a), a) or the reverse.
 
@@ -76,7 +76,7 @@ def _cancels(node: Node, trusted: bool) -> bool:
     inner = _producer(node.inputs[0], (other,))
     if inner is None or inner.inputs[0] is None:
         return False
-    axes, inner_axes = _axes(node), _axes(inner)
+    axes, inner_axes = axes_of(node), axes_of(inner)
     if not axes or not inner_axes:
         return False  # a Squeeze without axes drops whatever is 1: not known to cancel
     # both axes lists are relative to the rank with the dims in: the Unsqueeze's output
