@@ -6,6 +6,8 @@
 #   int8         bench/peers.py INT8/FP8/FP16 engines on ResNet-50 and BERT
 #                (INT8_MODELS, INT8_PRECISIONS, INT8_BATCHES, INT8_TIMEOUT to choose)
 #   rebuild      ResNet-50 FP16 built twice with one timing cache: cold, then warm build time
+#   peers        kiln FP16 beside eager and torch.compile on ResNet-50, BERT, ViT at batch 1
+#                and throughput (PEERS_MODELS, PEERS_PEERS, PEERS_TIMEOUT to choose)
 # Usage: tools/gpu_check.sh tests conformance      (logs under $OUT, a short table last)
 # Missing Python packages travel as wheels in .whl (see the device notes); installed first.
 set -u
@@ -50,6 +52,11 @@ for step in "$@"; do
         summary+=("$(printf '%-12s %s' "build $run" "$(grep -m1 'build kiln_fp16' \
           "$OUT/rebuild-$run.log")")")
       done ;;
+    peers)
+      timeout "${PEERS_TIMEOUT:-420}" python3 bench/peers.py --models "${PEERS_MODELS:-resnet50,bert,vit}" \
+        --batches 1,throughput --peers "${PEERS_PEERS:-kiln,eager,compile}" --precisions fp16 \
+        --out "$OUT/peers" 2>&1 | tee "$OUT/peers.log" | grep -A40 "=== summary" | tail -40
+      summary+=("peers        see peers.log") ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done
