@@ -19,7 +19,7 @@ from kiln.ops.tensors import to_numpy, to_torch
 from kiln.runtime.bind import compile_plan
 from kiln.runtime.cuda_graphs import GraphRunner
 from kiln.runtime.host_memory import keep_freed_host_memory
-from kiln.runtime.validate import check_inputs
+from kiln.runtime.validate import check_inputs, input_facts
 
 
 class ExecutionContext:
@@ -39,6 +39,7 @@ class ExecutionContext:
             keep_freed_host_memory()  # no page faults for layer outputs on every run
         self.program = compile_plan(engine.plan["graph"], engine.tensors, self.device)
         self._outputs = engine.outputs
+        self._input_facts = input_facts(engine)  # checked on every run
         use_graphs = self.device.type == "cuda" if cuda_graph is None else cuda_graph
         self.graphs = GraphRunner(self.program, self.device) if (
             use_graphs and self.device.type == "cuda") else None
@@ -51,7 +52,7 @@ class ExecutionContext:
 
     def run(self, inputs: Mapping[str, Any], *, as_numpy: bool | None = None) -> dict[str, Any]:
         """Runs the engine. Every input is validated before any work starts."""
-        check_inputs(self.engine, inputs)
+        check_inputs(self.engine, inputs, self._input_facts)
         numpy_in = as_numpy if as_numpy is not None else not any(
             isinstance(v, torch.Tensor) for v in inputs.values())
         feeds = {name: _to_device(value, self.device) for name, value in inputs.items()}

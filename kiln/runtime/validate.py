@@ -28,8 +28,12 @@ def _dtype_of(value: Any) -> DType | None:
     return None
 
 
-def check_inputs(engine: Engine, inputs: Mapping[str, Any]) -> None:
-    specs = {spec.name: spec for spec in engine.inputs}
+def check_inputs(engine: Engine, inputs: Mapping[str, Any],
+                 known: tuple[dict[str, IOSpec], list] | None = None) -> None:
+    """Raises InputError naming the first problem. `known`: the engine's input specs by
+    name and its profiles, worked out once by a caller that checks every run (they are
+    parsed from the plan on each access)."""
+    specs, profiles = known if known is not None else input_facts(engine)
     if not isinstance(inputs, Mapping):
         raise InputError(
             f"inputs must be a mapping of input name to array, got a {type(inputs).__name__}; "
@@ -54,7 +58,12 @@ def check_inputs(engine: Engine, inputs: Mapping[str, Any]) -> None:
             _check_optional(spec, value)
         elif spec.kind == "tensor":
             shapes[name] = _check_one(spec, value)
-    _check_profiles(engine, shapes)
+    _check_profiles(profiles, shapes)
+
+
+def input_facts(engine: Engine) -> tuple[dict[str, IOSpec], list]:
+    """The engine's input specs by name and its optimization profiles."""
+    return {spec.name: spec for spec in engine.inputs}, engine.profiles
 
 
 def _describe(spec: IOSpec) -> str:
@@ -133,8 +142,7 @@ def _check_element(spec: IOSpec, value: Any, label: str) -> None:
                          f"({spec.shape_text()})")
 
 
-def _check_profiles(engine: Engine, shapes: dict[str, tuple[int, ...]]) -> None:
-    profiles = engine.profiles
+def _check_profiles(profiles: list, shapes: dict[str, tuple[int, ...]]) -> None:
     if not profiles:
         return
     reasons = [p.accepts(shapes) for p in profiles]
