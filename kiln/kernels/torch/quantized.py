@@ -89,6 +89,12 @@ def _call_core(core, x, w, *rest, scales, bias, **kwargs):
     return core(x, w, residual, scales, bias, **kwargs)
 
 
+def column_major(weight: torch.Tensor) -> torch.Tensor:
+    """A [K, N] GEMM operand in column-major memory, as prepared and timed (the IMMA and
+    FP8 kernels take it so); a saved or moved engine may hand it back row-major."""
+    return weight if weight.stride(0) == 1 else weight.t().contiguous().t()
+
+
 def _int_mm_shapes_ok(k: int, n: int) -> bool:
     return k % 8 == 0 and n % 8 == 0 and k >= 16 and n >= 16
 
@@ -131,8 +137,7 @@ class Int8IntMM(Tactic):
         conv = layer.op == "QConv"
         zp = int(attrs.get("x_zero_point" if conv else "a_zero_point", 0))
         weight, sums = tensors["weight_kn"], tensors["weight_sums"]
-        if weight.stride(0) != 1:  # column-major as prepared and timed: a loaded plan
-            weight = weight.t().contiguous().t()  # hands it back row-major
+        weight = column_major(weight)
         scales, bias = tensors["scales"], tensors.get("bias")
         finish = partial(epilogue, residual_scale=float(attrs.get("residual_scale", 0.0)),
                          residual_zero_point=int(attrs.get("residual_zero_point", 0)),
@@ -202,8 +207,7 @@ class Fp8ScaledMM(Tactic):
              device: torch.device) -> Callable[..., Any]:
         attrs = layer.attrs
         weight = tensors["weight_kn"]
-        if weight.stride(0) != 1:  # cuBLASLt takes B column-major; a saved or moved engine
-            weight = weight.t().contiguous().t()  # may hand the weight back row-major
+        weight = column_major(weight)  # cuBLASLt takes B column-major
         out_dtype = torch.bfloat16 if attrs.get("out_dtype") == "bf16" else torch.float16
         bias = tensors.get("bias")
         bias = None if bias is None else bias.to(out_dtype)
