@@ -87,20 +87,28 @@ class _TritonGemm(Tactic):
 
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[..., Any]:
-        k = kernels()
-        weight, scales = tensors["weight"], tensors["scales"]
-        bias, sums = tensors.get("bias"), tensors.get("weight_sums")
-        zp = int(layer.attrs.get("a_zero_point", 0))
-        epi, config = epilogue_attrs(layer), self.config
+        weight = tensors["weight"]
+        launch = self.launcher(weight, tensors["scales"], tensors.get("bias"),
+                               tensors.get("weight_sums"),
+                               int(layer.attrs.get("a_zero_point", 0)), epilogue_attrs(layer))
 
         def run(a, _w=None):
-            rows = a.reshape(-1, a.shape[-1])
-            if rows.stride(-1) != 1:
-                rows = rows.contiguous()
-            y = k.qgemm(rows, weight, scales, bias, sums, zp, epi, config)
+            y = launch(a.reshape(-1, a.shape[-1]))
             return y.reshape(*a.shape[:-1], weight.shape[0])
 
         return run
+
+    def launcher(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                 sums: torch.Tensor | None, zp: int, epi: dict) -> Callable[..., Any]:
+        """The kernel call on [M, K] rows."""
+        k, config = kernels(), self.config
+
+        def launch(rows):
+            if rows.stride(-1) != 1:
+                rows = rows.contiguous()
+            return k.qgemm(rows, weight, scales, bias, sums, zp, epi, config)
+
+        return launch
 
 
 class _TritonConv(Tactic):
@@ -125,7 +133,6 @@ class _TritonConv(Tactic):
 
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[..., Any]:
-        k = kernels()
         attrs = layer.attrs
         taps, scales = tensors["weight"], tensors["scales"]
         weight = taps.reshape(taps.shape[0], -1)  # [OC, KH*KW*C]: taps major, C minor
@@ -134,15 +141,26 @@ class _TritonConv(Tactic):
         strides = tuple(attrs.get("strides") or (1, 1))
         dilations = tuple(attrs.get("dilations") or (1, 1))
         pads, auto_pad = attrs.get("pads"), attrs.get("auto_pad", "NOTSET")
-        zp = int(attrs.get("x_zero_point", 0))
-        epi, config = epilogue_attrs(layer), self.config
+        launch = self.launcher(weight, scales, bias, sums, int(attrs.get("x_zero_point", 0)),
+                               epilogue_attrs(layer))
 
         def run(x, _w=None, residual=None):
             full = resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
-            return k.qconv2d(x, weight, kernel, strides, (full[0], full[1], full[2], full[3]),
-                             dilations, scales, bias, sums, zp, epi, config, residual)
+            return launch(x, kernel, strides, tuple(full[:4]), dilations, residual)
 
         return run
+
+    def launcher(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                 sums: torch.Tensor | None, zp: int, epi: dict) -> Callable[..., Any]:
+        """The kernel call on an NHWC input: (x, kernel, strides, pads, dilations,
+        residual)."""
+        k, config = kernels(), self.config
+
+        def launch(x, kernel, strides, pads, dilations, residual):
+            return k.qconv2d(x, weight, kernel, strides, pads, dilations, scales, bias, sums,
+                             zp, epi, config, residual)
+
+        return launch
 
 
 def _tma_ready(layer: LayerSpec, target: Target, zero_point: str) -> bool:
@@ -160,20 +178,16 @@ class _TritonGemmTMA(_TritonGemm):
         return (super().supports(layer, target) and _tma_ready(layer, target, "a_zero_point")
                 and layer.constant_inputs[1].shape[1] % 16 == 0)
 
-    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
-             device: torch.device) -> Callable[..., Any]:
-        k = kernels_tma()
-        weight, scales, bias = tensors["weight"], tensors["scales"], tensors.get("bias")
-        epi, config = epilogue_attrs(layer), self.config
+    def launcher(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                 sums: torch.Tensor | None, zp: int, epi: dict) -> Callable[..., Any]:
+        k, config = kernels_tma(), self.config  # zp is 0 (supports): no weight sums
 
-        def run(a, _w=None):
-            rows = a.reshape(-1, a.shape[-1])
+        def launch(rows):
             if rows.stride(-1) != 1 or rows.stride(0) % 16 or rows.data_ptr() % 16:
                 rows = rows.contiguous()  # TMA rows start on 16-byte boundaries
-            y = k.qgemm_tma(rows, weight, scales, bias, epi, config)
-            return y.reshape(*a.shape[:-1], weight.shape[0])
+            return k.qgemm_tma(rows, weight, scales, bias, epi, config)
 
-        return run
+        return launch
 
 
 class _TritonConvTMA(_TritonConv):
@@ -191,24 +205,15 @@ class _TritonConvTMA(_TritonConv):
         return kernels_tma().fits(shape[1], shape[2], shape[3], tuple(w.shape[2:]), strides,
                                   self.config[2])
 
-    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
-             device: torch.device) -> Callable[..., Any]:
-        k = kernels_tma()
-        attrs = layer.attrs
-        taps, scales, bias = tensors["weight"], tensors["scales"], tensors.get("bias")
-        weight = taps.reshape(taps.shape[0], -1)
-        kernel = (int(taps.shape[1]), int(taps.shape[2]))
-        strides = tuple(attrs.get("strides") or (1, 1))
-        dilations = tuple(attrs.get("dilations") or (1, 1))
-        pads, auto_pad = attrs.get("pads"), attrs.get("auto_pad", "NOTSET")
-        epi, config = epilogue_attrs(layer), self.config
+    def launcher(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                 sums: torch.Tensor | None, zp: int, epi: dict) -> Callable[..., Any]:
+        k, config = kernels_tma(), self.config  # zp is 0 (supports): the zero fill pads
 
-        def run(x, _w=None, residual=None):
-            full = resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
-            return k.qconv2d_tma(x, weight, kernel, strides, tuple(full[:4]), dilations,
-                                 scales, bias, epi, config, residual)
+        def launch(x, kernel, strides, pads, dilations, residual):
+            return k.qconv2d_tma(x, weight, kernel, strides, pads, dilations, scales, bias,
+                                 epi, config, residual)
 
-        return run
+        return launch
 
 
 # The optimization level from which each tile is timed: each (layer, tile) pair is one Triton
