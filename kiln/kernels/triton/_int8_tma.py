@@ -98,9 +98,7 @@ def qconv2d_tma(x: torch.Tensor, w: torch.Tensor, kernel: tuple[int, int], strid
     oh = (h + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // s + 1
     ow = (wd + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // s + 1
     x = x.contiguous(memory_format=torch.channels_last)
-    out_type = _OUT_TORCH[_epilogue_args(epi, x.device)[1]["OUT_MODE"]]
-    out = torch.empty((batch, w.shape[0], oh, ow), dtype=out_type, device=x.device,
-                      memory_format=torch.channels_last)
+    out = ((batch, w.shape[0], oh, ow), torch.channels_last)
     if residual is not None:
         residual = residual.contiguous(memory_format=torch.channels_last)
     if kh == kw == s == 1 and not any(pads):  # the GEMM: one "image" per output pixel
@@ -116,24 +114,26 @@ def qgemm_tma(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
     """As _int8_kernels.qgemm with zero point 0: a [M, K] int8 or float8 with rows
     contiguous and 16-byte aligned, w [N, K]; the rows are 1x1 "images" of K channels."""
     m, k = a.shape
-    out_type = _OUT_TORCH[_epilogue_args(epi, a.device)[1]["OUT_MODE"]]
-    out = torch.empty((m, w.shape[0]), dtype=out_type, device=a.device)
     stride = a.stride(0)
     return _launch(a, ([m, 1, 1, 1, k], [stride, stride, stride, stride, 1]), (1, 1), w,
-                   (1, k, 1, (0, 0), (1, 1)), scales, bias, epi, config, out, None)
+                   (1, k, 1, (0, 0), (1, 1)), scales, bias, epi, config,
+                   ((m, w.shape[0]), torch.contiguous_format), None)
 
 
 def _launch(x: torch.Tensor, view: tuple, out_hw: tuple, w: torch.Tensor, geometry: tuple,
             scales: torch.Tensor, bias: torch.Tensor | None, epi: dict, config: tuple,
-            out: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-    """The kernel over `view` (shape, strides of x as [images, H/S, S, W/S, S*C]) into out,
-    whose rows are (image, oh, ow); geometry is (KW, taps x C, S, (PH, PW), (DH, DW))."""
+            out: tuple, residual: torch.Tensor | None) -> torch.Tensor:
+    """The kernel over `view` (shape, strides of x as [images, H/S, S, W/S, S*C]) into a new
+    output of out = (shape, memory format), whose rows are (image, oh, ow); geometry is
+    (KW, taps x C, S, (PH, PW), (DH, DW))."""
     block_m, block_n, block_k, warps, stages = config
     kw, k, s, (ph, pw), (dh, dw) = geometry
     images, c = view[0][0], view[0][4] // s
     out_h, out_w = out_hw
     oc = w.shape[0]
     runtime, flags = _epilogue_args(epi, x.device)
+    out = torch.empty(out[0], dtype=_OUT_TORCH[flags["OUT_MODE"]], device=x.device,
+                      memory_format=out[1])
     res, res_mode, stride_rm = _residual(residual, epi, images * out_h * out_w, oc, x.device)
     bb, th, tw = spatial_tile(block_m, out_h, out_w)
     x_desc = TensorDescriptor(x, view[0], view[1], [bb, th, 1, tw, block_k])
