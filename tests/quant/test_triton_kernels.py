@@ -206,7 +206,8 @@ def test_fp8_layers_requantize_to_fp8():
 
 
 TMA_CASES = [  # (B, C, H, W, OC, kernel, stride, pads, dilation, residual, out_scale)
-    (2, 32, 6, 6, 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), None, 0.05),
+    (2, 32, 6, 6, 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), None, 0.05),  # int8 lines of 24
+    (2, 32, 6, 6, 48, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "int8", 0.05),
     (3, 32, 8, 10, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), "int8", 0.1),
     (2, 64, 5, 7, 40, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), "float", 0.0),  # the GEMM view
     (2, 32, 8, 6, 16, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), None, 0.0),
@@ -215,10 +216,12 @@ TMA_CASES = [  # (B, C, H, W, OC, kernel, stride, pads, dilation, residual, out_
 ]
 
 
+@pytest.mark.parametrize("tma_out", [False, True])
 @pytest.mark.parametrize("case", TMA_CASES)
-def test_tma_qconv_kernel_matches_the_reference(case):
+def test_tma_qconv_kernel_matches_the_reference(case, tma_out):
     """The TMA convolution (zero point 0; padding from the copy unit's zero fill), with
-    strides through the [B, H/S, S, W/S, S*C] view, tiles of several images, residuals."""
+    strides through the [B, H/S, S, W/S, S*C] view, tiles of several images, residuals;
+    with tma_out the residual and output tiles move by TMA too (clipped at the edges)."""
     tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
     b, c, h, wd, oc, kernel, stride, pads, dil, residual, out_scale = case
     rng = np.random.default_rng(b * c * h + wd)
@@ -229,12 +232,14 @@ def test_tma_qconv_kernel_matches_the_reference(case):
     got = tma.qconv2d_tma(
         x.to(DEVICE).contiguous(memory_format=torch.channels_last), packed.to(DEVICE), kernel,
         stride, pads, dil, torch.from_numpy(combined_scales(0.03, w_scale)).to(DEVICE),
-        torch.from_numpy(bias).to(DEVICE), epi, SMALL, None if r is None else r.to(DEVICE))
+        torch.from_numpy(bias).to(DEVICE), epi, (*SMALL, tma_out),
+        None if r is None else r.to(DEVICE))
     assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
     _close(got, want)
 
 
-def test_tma_qconv_kernel_fp8():
+@pytest.mark.parametrize("tma_out", [False, True])
+def test_tma_qconv_kernel_fp8(tma_out):
     tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
     rng = np.random.default_rng(15)
     x = torch.from_numpy(rng.standard_normal((2, 32, 6, 6)).astype(np.float32) * 30).to(
@@ -250,7 +255,7 @@ def test_tma_qconv_kernel_fp8():
         x.to(DEVICE).contiguous(memory_format=torch.channels_last), packed.to(DEVICE), (3, 3),
         (2, 2), (1, 1, 1, 1), (1, 1),
         torch.from_numpy(combined_scales(0.02, [0.003] * 16)).to(DEVICE),
-        torch.from_numpy(bias).to(DEVICE), _epi(out_dtype="fp16"), SMALL)
+        torch.from_numpy(bias).to(DEVICE), _epi(out_dtype="fp16"), (*SMALL, tma_out))
     np.testing.assert_allclose(got.cpu().float().numpy(), want.float().numpy(), rtol=2e-3,
                                atol=2e-3)
 
@@ -286,7 +291,33 @@ def test_tma_tactic_offered_where_the_view_holds(change, offered, monkeypatch):
         _close(got, qconv(x, torch.from_numpy(w), **attrs))
 
 
-@pytest.mark.parametrize("m,k,n,out_scale,act", [(37, 48, 24, 0.05, "Relu"),
+def test_tma_store_tactic_only_for_residual_layers(monkeypatch):
+    """The TMA-store tiles are offered where the layer reads a residual, and the bound
+    tactic adds it as the reference does."""
+    from kiln.kernels import LayerSpec, Target, get_tactic
+
+    monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")
+    rng = np.random.default_rng(17)
+    w = rng.integers(-127, 128, (32, 64, 1, 1)).astype(np.int8)
+    attrs = {"x_scale": 0.03, "w_scale": rng.uniform(0.001, 0.01, 32).astype(np.float32),
+             "residual_scale": 0.05, "out_scale": 0.04, "out_type": "int8",
+             "activation": "Relu"}
+    spec = LayerSpec("conv", "QConv", "kiln", 1, ["x", "w", "r"], ["y"], attrs,
+                     constant_inputs={1: w}, input_shapes=[(2, 64, 5, 6), w.shape, None],
+                     input_dtypes=["int8", "int8", "int8"])
+    device, tactic = torch.device(DEVICE), get_tactic("int8-triton-conv-tma-t1s")
+    target = Target(device, "int8")
+    assert not tactic.supports(dataclasses.replace(spec, inputs=["x", "w"]), target)
+    assert tactic.supports(spec, target)
+    tensors = {k: t.to(device) for k, t in tactic.prepare(spec, target).items()}
+    x, r = _ints(rng, (2, 64, 5, 6), torch.int8), _ints(rng, (2, 32, 5, 6), torch.int8)
+    cl = torch.channels_last
+    got = tactic.bind(spec, tensors, device)(x.to(device).contiguous(memory_format=cl), None,
+                                             r.to(device).contiguous(memory_format=cl))
+    _close(got, qconv(x, torch.from_numpy(w), r, **attrs))
+
+
+@pytest.mark.parametrize("m,k,n,out_scale,act", [(37, 48, 32, 0.05, "Relu"),
                                                  (20, 64, 40, 0.0, "GeluTanh")])
 def test_tma_gemm_tactic_matches_the_reference(m, k, n, out_scale, act, monkeypatch):
     """QGemm through the TMA kernel (rows as 1x1 images; a K tail that is not a whole
@@ -304,8 +335,7 @@ def test_tma_gemm_tactic_matches_the_reference(m, k, n, out_scale, act, monkeypa
     spec = LayerSpec("fc", "QGemm", "kiln", 1, ["a", "w"], ["y"], attrs,
                      constant_inputs={1: w}, input_dtypes=["int8", "int8"])
     device = torch.device(DEVICE)
-    tactic = get_tactic("int8-triton-gemm-tma-t6" if DEVICE == "cuda" else
-                        "int8-triton-gemm-tma-t1")
+    tactic = get_tactic("int8-triton-gemm-tma-t1")
     assert tactic.supports(spec, Target(device, "int8"))
     assert not tactic.supports(dataclasses.replace(spec, attrs={**attrs, "a_zero_point": 2}),
                                Target(device, "int8"))

@@ -73,9 +73,27 @@ def _finish(acc, rm, row_ok, rn, N: tl.constexpr, out_ptr, stride_om, scales_ptr
             wsum_ptr, res_ptr, stride_rm, zp, res_scale, res_zp, out_inv_scale, out_zp,
             p0, p1, HAS_ZP: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
             ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr):
-    """The epilogue on an accumulator tile whose rows are output rows rm (where row_ok)."""
+    """The epilogue on an accumulator tile whose rows are output rows rm (where row_ok),
+    stored through pointers."""
+    mask = row_ok[:, None] & (rn < N)[None, :]
+    r = acc  # no residual: unused
+    if RES_MODE != 0:
+        r = tl.load(res_ptr + rm[:, None] * stride_rm + rn[None, :], mask=mask, other=0)
+    y = _epilogue(acc, rn, N, scales_ptr, bias_ptr, wsum_ptr, r, zp, res_scale, res_zp,
+                  out_inv_scale, out_zp, p0, p1, HAS_ZP, HAS_BIAS, RES_MODE, ACT, OUT_MODE,
+                  IS_FP8)
+    tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], y, mask=mask)
+
+
+@triton.jit
+def _epilogue(acc, rn, N: tl.constexpr, scales_ptr, bias_ptr, wsum_ptr, r, zp, res_scale,
+              res_zp, out_inv_scale, out_zp, p0, p1, HAS_ZP: tl.constexpr,
+              HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr, ACT: tl.constexpr,
+              OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr):
+    """Zero-point correction, scales, bias, the residual tile r (RES_MODE 1: float,
+    2: quantized bytes), activation; returns the tile as the output stores it (FP8 as its
+    bytes, int8/uint8 requantized)."""
     mask_n = rn < N
-    mask = row_ok[:, None] & mask_n[None, :]
     if HAS_ZP:
         wsum = tl.load(wsum_ptr + rn, mask=mask_n, other=0)
         acc = acc - zp * wsum[None, :]
@@ -84,35 +102,30 @@ def _finish(acc, rm, row_ok, rn, N: tl.constexpr, out_ptr, stride_om, scales_ptr
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + rn, mask=mask_n, other=0.0)[None, :]
     if RES_MODE == 1:
-        r = tl.load(res_ptr + rm[:, None] * stride_rm + rn[None, :], mask=mask, other=0.0)
         y = y + r.to(tl.float32)
     elif RES_MODE == 2:
-        r = tl.load(res_ptr + rm[:, None] * stride_rm + rn[None, :], mask=mask, other=0)
         if IS_FP8:  # an FP8 residual arrives as its bytes, with no zero point
             y = y + r.to(tl.float8e4nv, bitcast=True).to(tl.float32) * res_scale
         else:
             y = y + (r.to(tl.int32) - res_zp).to(tl.float32) * res_scale
     y = _activate(y, ACT, p0, p1)
-    out = out_ptr + rm[:, None] * stride_om + rn[None, :]
     if OUT_MODE == 0:
-        tl.store(out, y, mask=mask)
+        out = y
     elif OUT_MODE == 1:
-        tl.store(out, y.to(tl.float16), mask=mask)
+        out = y.to(tl.float16)
     elif OUT_MODE == 2:
-        tl.store(out, y.to(tl.bfloat16), mask=mask)
-    elif OUT_MODE == 5:  # FP8 outputs are written as their bytes
+        out = y.to(tl.bfloat16)
+    elif OUT_MODE == 5:
         q = tl.minimum(tl.maximum(y * out_inv_scale, -448.0), 448.0)
-        q = q.to(tl.float8e4nv, fp_downcast_rounding="rtne")
-        tl.store(out, q.to(tl.uint8, bitcast=True), mask=mask)
+        out = q.to(tl.float8e4nv, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True)
     else:
         q = tl.minimum(tl.maximum(y * out_inv_scale, -512.0), 512.0)
         q = _round_half_even(q) + out_zp
         if OUT_MODE == 3:
-            q = tl.minimum(tl.maximum(q, -128.0), 127.0)
-            tl.store(out, q.to(tl.int32).to(tl.int8), mask=mask)
+            out = tl.minimum(tl.maximum(q, -128.0), 127.0).to(tl.int32).to(tl.int8)
         else:
-            q = tl.minimum(tl.maximum(q, 0.0), 255.0)
-            tl.store(out, q.to(tl.int32).to(tl.uint8), mask=mask)
+            out = tl.minimum(tl.maximum(q, 0.0), 255.0).to(tl.int32).to(tl.uint8)
+    return out
 
 
 @triton.jit

@@ -23,6 +23,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from kiln.kernels.triton._int8_kernels import (
     _OUT_TORCH,
     _bytes,
+    _epilogue,
     _epilogue_args,
     _finish,
     _residual,
@@ -31,7 +32,7 @@ from kiln.kernels.triton._int8_kernels import (
 
 
 @triton.jit
-def _qconv_tma_kernel(x_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr,
+def _qconv_tma_kernel(x_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, bias_ptr, res_ptr,
                       B, OH, OW, tiles_m, tiles_h, tiles_w, stride_om, stride_rm,
                       res_scale, res_zp, out_inv_scale, out_zp, p0, p1,
                       C: tl.constexpr, N: tl.constexpr, K: tl.constexpr, KW: tl.constexpr,
@@ -39,7 +40,8 @@ def _qconv_tma_kernel(x_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr,
                       DW: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
                       ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr,
                       BB: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                      TMA_OUT: tl.constexpr):
     BLOCK_M: tl.constexpr = BB * TH * TW
     pid_m, pid_n = _tile_start(tiles_m * BLOCK_M, N, BLOCK_M, BLOCK_N, GROUP_M)
     ow0 = (pid_m % tiles_w) * TW
@@ -59,15 +61,25 @@ def _qconv_tma_kernel(x_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr,
                          (dw % S) * C + k0 % C])
         w = w_desc.load([n0, k0])
         acc += tl.dot(a.reshape(BLOCK_M, BLOCK_K), tl.trans(w))
-    i = tl.arange(0, BLOCK_M)
-    bi = b0 + i // (TH * TW)
-    oh = oh0 + i // TW % TH
-    ow = ow0 + i % TW
-    rows = (bi * OH + oh) * OW + ow
     rn = n0 + tl.arange(0, BLOCK_N)
-    _finish(acc, rows, (bi < B) & (oh < OH) & (ow < OW), rn, N, out_ptr, stride_om, scales_ptr,
-            bias_ptr, scales_ptr, res_ptr, stride_rm, 0, res_scale, res_zp, out_inv_scale,
-            out_zp, p0, p1, False, HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8)
+    if TMA_OUT:  # residual and output tiles by TMA too: whole lines, the edges clipped
+        r = acc  # no residual: unused
+        if RES_MODE != 0:
+            r = res_desc.load([b0, oh0, 0, ow0, n0]).reshape(BLOCK_M, BLOCK_N)
+        y = _epilogue(acc, rn, N, scales_ptr, bias_ptr, scales_ptr, r, 0, res_scale, res_zp,
+                      out_inv_scale, out_zp, p0, p1, False, HAS_BIAS, RES_MODE, ACT,
+                      OUT_MODE, IS_FP8)
+        out_desc.store([b0, oh0, 0, ow0, n0], y.reshape(BB, TH, 1, TW, BLOCK_N))
+    else:
+        i = tl.arange(0, BLOCK_M)
+        bi = b0 + i // (TH * TW)
+        oh = oh0 + i // TW % TH
+        ow = ow0 + i % TW
+        rows = (bi * OH + oh) * OW + ow
+        _finish(acc, rows, (bi < B) & (oh < OH) & (ow < OW), rn, N, out_ptr, stride_om,
+                scales_ptr, bias_ptr, scales_ptr, res_ptr, stride_rm, 0, res_scale, res_zp,
+                out_inv_scale, out_zp, p0, p1, False, HAS_BIAS, RES_MODE, ACT, OUT_MODE,
+                IS_FP8)
 
 
 def spatial_tile(block_m: int, oh: int, ow: int) -> tuple[int, int, int]:
@@ -126,7 +138,7 @@ def _launch(x: torch.Tensor, view: tuple, out_hw: tuple, w: torch.Tensor, geomet
     """The kernel over `view` (shape, strides of x as [images, H/S, S, W/S, S*C]) into a new
     output of out = (shape, memory format), whose rows are (image, oh, ow); geometry is
     (KW, taps x C, S, (PH, PW), (DH, DW))."""
-    block_m, block_n, block_k, warps, stages = config
+    block_m, block_n, block_k, warps, stages = config[:5]
     kw, k, s, (ph, pw), (dh, dw) = geometry
     images, c = view[0][0], view[0][4] // s
     out_h, out_w = out_hw
@@ -141,11 +153,33 @@ def _launch(x: torch.Tensor, view: tuple, out_hw: tuple, w: torch.Tensor, geomet
     tiles_h, tiles_w = triton.cdiv(out_h, th), triton.cdiv(out_w, tw)
     tiles_m = triton.cdiv(images, bb) * tiles_h * tiles_w
     grid = (tiles_m * triton.cdiv(oc, block_n),)
+    out_desc = res_desc = w_desc  # stand-ins the kernel does not read
+    tma_out = len(config) > 5 and config[5] and _lines_aligned(oc, out, res)
+    if tma_out:
+        box = [bb, th, 1, tw, block_n]
+        out_desc = _rows_descriptor(_bytes(out), images, out_h, out_w, box)
+        if res_mode:
+            res_desc = _rows_descriptor(res, images, out_h, out_w, box)
     _qconv_tma_kernel[grid](
-        x_desc, w_desc, _bytes(out), scales, bias if bias is not None else scales, res,
+        x_desc, w_desc, out_desc, res_desc, _bytes(out), scales,
+        bias if bias is not None else scales, res,
         images, out_h, out_w, tiles_m, tiles_h, tiles_w, oc, stride_rm, **runtime,
         C=c, N=oc, K=k, KW=kw, S=s, PH=ph, PW=pw, DH=dh, DW=dw,
         HAS_BIAS=bias is not None, RES_MODE=res_mode,
         IS_FP8=x.dtype == torch.float8_e4m3fn, **flags, BB=bb, TH=th, TW=tw,
-        BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, num_warps=warps, num_stages=stages)
+        BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, TMA_OUT=tma_out, num_warps=warps,
+        num_stages=stages)
     return out
+
+
+def _lines_aligned(n: int, out: torch.Tensor, residual: torch.Tensor) -> bool:
+    """Whether output (and residual) lines of n channels start on 16-byte boundaries."""
+    return all((n * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
+               for t in (out, residual) if t.numel() > 1)
+
+
+def _rows_descriptor(t: torch.Tensor, images: int, h: int, w: int, box: list[int]):
+    """t's [images * h * w, n] rows as [images, h, 1, w, n] (the middle axis a stand-in for
+    the stride axis of the input view)."""
+    n = t.shape[-1] if t.dim() == 2 else t.shape[1]
+    return TensorDescriptor(t, [images, h, 1, w, n], [h * w * n, w * n, n, n, 1], box)
