@@ -362,7 +362,8 @@ def _note_precision_choice(label: str, engine, case: Case) -> None:
     case.notes.append(
         f"{label}: {len(times) - len(kept)} of {len(times)} layers faster in {low}, kept "
         f"there; quantizable layers sum {total_low:.3f} ms in {low} vs {total_high:.3f} ms "
-        f"in {high} (per layer, each replayed alone)")
+        f"in {high} (per layer, each replayed alone); whole engines ms "
+        f"{choice.get('engine_ms')}")
 
 
 def _print_profile(label: str, case: Case, layers: list) -> None:

@@ -4,7 +4,8 @@
 #                (TESTS="tests/quant tests/cli" for a part)
 #   conformance  the ONNX node tests on CUDA (KILN_CONFORMANCE_CUDA=1), counts at the end
 #   int8         bench/peers.py INT8/FP8/FP16 engines on ResNet-50 and BERT
-#                (INT8_MODELS, INT8_PRECISIONS, INT8_BATCHES, INT8_TIMEOUT to choose)
+#                (INT8_MODELS, INT8_PRECISIONS, INT8_BATCHES, INT8_TIMEOUT to choose;
+#                INT8_EXTRA: more flags, e.g. --profile)
 #   rebuild      ResNet-50 FP16 built twice with one timing cache: cold, then warm build time
 #   peers        kiln FP16 beside eager and torch.compile on ResNet-50, BERT, ViT at batch 1
 #                and throughput (PEERS_MODELS, PEERS_PEERS, PEERS_TIMEOUT to choose)
@@ -41,7 +42,7 @@ for step in "$@"; do
     int8)
       timeout "${INT8_TIMEOUT:-420}" python3 bench/peers.py --models "${INT8_MODELS:-resnet50,bert}" \
         --batches "${INT8_BATCHES:-1,throughput}" --peers kiln --precisions "${INT8_PRECISIONS:-fp16,int8,fp8}" \
-        --out "$OUT" 2>&1 | tee "$OUT/int8.log" | tail -30
+        --out "$OUT" ${INT8_EXTRA:-} 2>&1 | tee "$OUT/int8.log" | tail -30
       summary+=("int8         see int8.log") ;;
     rebuild)
       rm -f /tmp/kiln-timing.json

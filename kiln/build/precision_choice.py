@@ -5,10 +5,11 @@ is faster than the same layer in the fallback precision (TensorRT's default for 
 The calibrated build is timed layer by layer beside a build in the fallback precision, at
 the first profile's opt shape; quantized layers that lose are pinned to the fallback
 precision and the engine is built again, reusing the calibration. Layers timed one by one
-do not add up to the engine (the quantize/dequantize steps between them, a CUDA graph's
-replay), so the mixed engine is then timed whole against the fallback one, and where it
-is slower every layer goes to the fallback precision: asking for INT8 never gives an
-engine slower than not asking. The choices, with the times, go into the plan
+do not add up to the engine: the quantize steps at precision boundaries fall between them,
+so a second choice counts those (precision_boundaries) and, where it differs, is built
+too. The candidates are timed whole beside the fallback engine and the fastest is kept;
+where the fallback wins, every layer goes to the fallback precision: asking for INT8 never
+gives an engine slower than not asking. The choices, with the times, go into the plan
 (`build.precision_choice`).
 """
 
@@ -18,12 +19,14 @@ import dataclasses
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.build.config import BuilderConfig
+from kiln.build.precision_boundaries import QUANTIZED_OPS, Boundaries, boundaries
 from kiln.engine.engine import Engine
 
-QUANTIZED_OPS = ("QConv", "QGemm")
+if TYPE_CHECKING:
+    from kiln.runtime.profile import LayerTime
 MARGIN = 0.02  # the fallback engine must win by this much: whole-run timings wobble
 Build = Callable[[BuilderConfig], Engine]
 
@@ -44,27 +47,40 @@ def applies(config: BuilderConfig, model: Any) -> bool:
 
 
 def build_fastest(config: BuilderConfig, build: Build) -> Engine:
+    fallback = config.fallback_precision
     with tempfile.TemporaryDirectory() as folder:
         config = calibrate_once(config, Path(folder) / "calibration.cache")
         quantized = build(config)
-        floating = build(dataclasses.replace(config, precision=config.fallback_precision,
-                                             calibrator=None))
-        low, high = layer_times(quantized), layer_times(floating)
+        floating = build(dataclasses.replace(config, precision=fallback, calibrator=None))
+        profile = layer_profile(quantized)
+        low = layer_times(quantized, profile)
+        high = layer_times(floating, layer_profile(floating))
         times = {name: (ms, high[name]) for name, ms in low.items() if name in high}
-        slower = sorted(name for name, (q, f) in times.items() if f < q)
-        engine = _pinned(config, build, slower) if slower else quantized
-        whole = {"mixed": engine_ms(engine), config.fallback_precision: engine_ms(floating)}
-        if len(slower) < len(times) and whole[config.fallback_precision] < (
-                1 - MARGIN) * whole["mixed"]:
+        choices = {"mixed": sorted(name for name, (q, f) in times.items() if f < q)}
+        model = boundary_model(quantized, profile)
+        if model is not None:  # the same search with the quantize steps counted
+            counted = model.search(times, choices["mixed"])
+            if counted != choices["mixed"]:
+                choices["mixed_boundaries"] = counted
+        engines = {label: _pinned(config, build, names) if names else quantized
+                   for label, names in choices.items()}
+        whole = {label: engine_ms(engine) for label, engine in engines.items()}
+        whole[fallback] = engine_ms(floating)
+        label = min(engines, key=whole.__getitem__)
+        engine, slower = engines[label], choices[label]
+        if len(slower) < len(times) and whole[fallback] < (1 - MARGIN) * whole[label]:
             slower = sorted(times)
             engine = _pinned(config, build, slower)
     engine.plan["build"]["precision_choice"] = {
         "constraints": config.precision_constraints,
-        "kept_in_" + config.fallback_precision: slower,
+        "kept_in_" + fallback: slower,
         "engine_ms": {k: round(v, 5) for k, v in whole.items()},
-        "layer_ms": {n: {config.precision: round(q, 5), config.fallback_precision: round(f, 5)}
+        "layer_ms": {n: {config.precision: round(q, 5), fallback: round(f, 5)}
                      for n, (q, f) in sorted(times.items())},
     }
+    if model is not None:
+        engine.plan["build"]["precision_choice"]["quantize_ms_per_melement"] = round(
+            model.ms_per_element * 1e6, 5)
     return engine
 
 
@@ -100,19 +116,30 @@ def engine_ms(engine: Engine, runs: int = 20) -> float:
     return statistics.median(times)
 
 
-def layer_times(engine: Engine) -> dict[str, float]:
-    """Milliseconds per model layer (its first fused node's name) of the engine's quantized
-    layers, or of all layers of a float engine, at the first profile's opt shape, each as
-    a CUDA graph replays it alone."""
+def layer_profile(engine: Engine) -> list[LayerTime]:
+    """Every layer of the engine at the first profile's opt shape, each as a CUDA graph
+    replays it alone."""
     from kiln.runtime import ExecutionContext
     from kiln.runtime.profile import profile_layers
 
-    timed = profile_layers(ExecutionContext(engine), _probe_feeds(engine), runs=3, warmup=2,
-                           replayed=True)
+    return profile_layers(ExecutionContext(engine), _probe_feeds(engine), runs=3, warmup=2,
+                          replayed=True)
+
+
+def layer_times(engine: Engine, timed: list[LayerTime]) -> dict[str, float]:
+    """Milliseconds per model layer (its first fused node's name) of the engine's quantized
+    layers, or of all layers of a float engine."""
     names = {layer["name"]: model_layer_name(layer) for layer in engine.layers()}
     quantized = any(t.op in QUANTIZED_OPS for t in timed)
     return {names.get(t.name, t.name): t.ms for t in timed
             if not quantized or t.op in QUANTIZED_OPS}
+
+
+def boundary_model(engine: Engine, timed: list[LayerTime]) -> Boundaries | None:
+    """The quantize steps between the quantized engine's layers, priced by its own."""
+    layers = engine.layers()
+    return boundaries(layers, timed, {layer["name"]: model_layer_name(layer)
+                                      for layer in layers})
 
 
 def _probe_feeds(engine: Engine) -> dict[str, Any]:

@@ -31,6 +31,7 @@ class LayerTime:
     tactic: str
     precision: str
     ms: float  # mean per run
+    elements: int = 0  # of the layer's first output (what a quantize step there would move)
 
 
 def profile_layers(context: ExecutionContext, inputs: Mapping[str, Any], runs: int = 10,
@@ -43,6 +44,7 @@ def profile_layers(context: ExecutionContext, inputs: Mapping[str, Any], runs: i
     originals = [step.fn for step in program.steps]
     marks: list[Any] = []
     replays: dict[int, float] = {}
+    elements: dict[int, int] = {}
     replay_now = [False]
 
     def wrap(index: int, fn):
@@ -50,6 +52,7 @@ def profile_layers(context: ExecutionContext, inputs: Mapping[str, Any], runs: i
             start = _mark(cuda)
             result = fn(*args, **kwargs)
             marks.append((index, start, _mark(cuda)))
+            elements[index] = _elements(result)
             if replay_now[0]:
                 ms = replayed_ms(lambda: fn(*args, **kwargs), reps=REPLAYS, per_graph=10)
                 if ms is not None:
@@ -78,8 +81,14 @@ def profile_layers(context: ExecutionContext, inputs: Mapping[str, Any], runs: i
     for index, (step, total) in enumerate(zip(program.steps, totals)):
         layer = layers.get(step.name, {})
         result.append(LayerTime(step.name, layer.get("op", "?"), layer.get("tactic", "?"),
-                                layer.get("precision", "?"), replays.get(index, total / runs)))
+                                layer.get("precision", "?"), replays.get(index, total / runs),
+                                elements.get(index, 0)))
     return result
+
+
+def _elements(result: Any) -> int:
+    first = result[0] if isinstance(result, (tuple, list)) and result else result
+    return first.numel() if isinstance(first, torch.Tensor) else 0
 
 
 def _mark(cuda: bool) -> Any:

@@ -5,6 +5,8 @@ would make the choice a coin toss); the timing itself is kiln.runtime.profile's.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -50,8 +52,8 @@ def test_layers_slower_in_int8_leave_it(model, monkeypatch):
     real = precision_choice.layer_times
     calls = []
 
-    def stand_in(engine):
-        times = real(engine)  # the real profile runs; the numbers are then set
+    def stand_in(engine, profile):
+        times = real(engine, profile)  # the real profile runs; the numbers are then set
         quantized = bool(_quantized(engine))
         calls.append(quantized)
         # /c2 and /c4 lose in INT8, the others win
@@ -59,6 +61,7 @@ def test_layers_slower_in_int8_leave_it(model, monkeypatch):
                        0.5 if quantized else 1.0) for name in times}
 
     monkeypatch.setattr(precision_choice, "layer_times", stand_in)
+    monkeypatch.setattr(precision_choice, "boundary_model", lambda *a: None)  # see below
     whole = []
     monkeypatch.setattr(precision_choice, "engine_ms", lambda e: whole.append(e) or (
         1.0 if _quantized(e) else 1.5))  # the mixed engine wins whole too
@@ -104,8 +107,9 @@ def test_a_mixed_engine_slower_as_a_whole_goes_to_the_fallback(model, monkeypatc
     """Every layer wins alone, but the engine with them loses: all leave INT8 (unless the
     whole-run difference is inside the 2% margin)."""
     real = precision_choice.layer_times
-    monkeypatch.setattr(precision_choice, "layer_times", lambda e: {
-        name: (0.5 if _quantized(e) else 1.0) for name in real(e)})
+    monkeypatch.setattr(precision_choice, "layer_times", lambda e, p: {
+        name: (0.5 if _quantized(e) else 1.0) for name in real(e, p)})
+    monkeypatch.setattr(precision_choice, "boundary_model", lambda *a: None)
     monkeypatch.setattr(precision_choice, "engine_ms",
                         lambda e: 1.0 if _quantized(e) else fallback_ms)
     forced = build_engine(str(model), _config(precision_constraints="obey"))
@@ -117,6 +121,33 @@ def test_a_mixed_engine_slower_as_a_whole_goes_to_the_fallback(model, monkeypatc
         assert choice["kept_in_fp32"] == sorted(_quantized(forced))
     else:
         assert _quantized(chosen) == _quantized(forced) and choice["kept_in_fp32"] == []
+
+
+def test_quantize_steps_counted_give_a_second_candidate(model, monkeypatch):
+    """/c2 loses a little in INT8 alone, but leaving INT8 would add two quantize steps
+    (its input is also /c3's residual, its output /c3's input): the search with the steps
+    counted keeps it, that engine is built beside the per-layer one, and the faster whole
+    engine wins."""
+    real_times, real_model = precision_choice.layer_times, precision_choice.boundary_model
+    monkeypatch.setattr(precision_choice, "layer_times", lambda e, p: {
+        name: (1.1 if name == "/c2/Conv" else 0.5) if _quantized(e) else 1.0
+        for name in real_times(e, p)})
+    models = []
+
+    def priced(engine, profile):  # the real tensors, a quantize step priced at 0.1 ms
+        found = real_model(engine, profile)
+        models.append(found)
+        return dataclasses.replace(found, ms_per_element=0.1 / 9216)
+
+    monkeypatch.setattr(precision_choice, "boundary_model", priced)
+    monkeypatch.setattr(precision_choice, "engine_ms", lambda e: (
+        0.9 if "/c2/Conv" in _quantized(e) else 1.0) if _quantized(e) else 2.0)
+    chosen = build_engine(str(model), _config(precision_constraints="none"))
+    tensors = {(t.producer, t.readers) for t in models[0].tensors}
+    assert {("/c1/Conv", ("/c2/Conv", "/c3/Conv")), (None, ("/c1/Conv",))} <= tensors
+    choice = chosen.plan["build"]["precision_choice"]
+    assert choice["engine_ms"] == {"mixed": 1.0, "mixed_boundaries": 0.9, "fp32": 2.0}
+    assert choice["kept_in_fp32"] == [] and "/c2/Conv" in _quantized(chosen)
 
 
 def test_engine_time_is_a_positive_median(model):
