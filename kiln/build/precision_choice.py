@@ -8,8 +8,8 @@ precision and the engine is built again, reusing the calibration. Layers timed o
 do not add up to the engine: the quantize steps at precision boundaries fall between them,
 so a second choice counts those (precision_boundaries) and, where it differs, is built
 too. The candidates are timed whole beside the fallback engine and the fastest is kept;
-where the fallback wins, every layer goes to the fallback precision: asking for INT8 never
-gives an engine slower than not asking. The choices, with the times, go into the plan
+where the fallback wins (or every layer loses), the fallback build is the engine: asking
+for INT8 never gives an engine slower than not asking. The choices, with the times, go into the plan
 (`build.precision_choice`).
 """
 
@@ -62,15 +62,22 @@ def build_fastest(config: BuilderConfig, build: Build) -> Engine:
             counted = model.search(times, choices["mixed"])
             if counted != choices["mixed"]:
                 choices["mixed_boundaries"] = counted
-        engines = {label: _pinned(config, build, names) if names else quantized
-                   for label, names in choices.items()}
-        whole = {label: engine_ms(engine) for label, engine in engines.items()}
-        whole[fallback] = engine_ms(floating)
+        def candidate(names: list[str]) -> Engine:
+            if not names:
+                return quantized
+            if set(names) >= set(low) and not config.layer_precisions:
+                return floating  # every quantized layer in the fallback precision
+            return _pinned(config, build, names)
+
+        engines = {label: candidate(names) for label, names in choices.items()}
+        whole = {fallback: engine_ms(floating)}
+        whole.update({label: whole[fallback] if engine is floating else engine_ms(engine)
+                      for label, engine in engines.items()})
         label = min(engines, key=whole.__getitem__)
         engine, slower = engines[label], choices[label]
         if len(slower) < len(times) and whole[fallback] < (1 - MARGIN) * whole[label]:
             slower = sorted(times)
-            engine = _pinned(config, build, slower)
+            engine = candidate(slower)
     engine.plan["build"]["precision_choice"] = {
         "constraints": config.precision_constraints,
         "kept_in_" + fallback: slower,

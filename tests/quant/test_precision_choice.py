@@ -123,6 +123,22 @@ def test_a_mixed_engine_slower_as_a_whole_goes_to_the_fallback(model, monkeypatc
         assert _quantized(chosen) == _quantized(forced) and choice["kept_in_fp32"] == []
 
 
+def test_every_layer_slower_gives_the_fallback_build_itself(model, monkeypatch):
+    """No third build when every quantized layer loses: the fallback build is that engine
+    (a rebuild with every layer pinned had timed 10% slower whole, one tactic apart)."""
+    real = precision_choice.layer_times
+    monkeypatch.setattr(precision_choice, "layer_times", lambda e, p: {
+        name: (2.0 if _quantized(e) else 1.0) for name in real(e, p)})
+    builds = []
+    monkeypatch.setattr(precision_choice, "_pinned", lambda *a: builds.append(a))
+    chosen = build_engine(str(model), _config(precision_constraints="none"))
+    choice = chosen.plan["build"]["precision_choice"]
+    assert builds == [] and _quantized(chosen) == set()
+    assert chosen.plan["build"]["precision"] == "fp32"
+    assert choice["kept_in_fp32"] == sorted(choice["layer_ms"]) and len(choice["layer_ms"]) == 5
+    assert set(choice["engine_ms"]) == {"mixed", "fp32"}
+
+
 def test_quantize_steps_counted_give_a_second_candidate(model, monkeypatch):
     """/c2 loses a little in INT8 alone, but leaving INT8 would add two quantize steps
     (its input is also /c3's residual, its output /c3's input): the search with the steps
