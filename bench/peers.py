@@ -359,11 +359,12 @@ def _note_precision_choice(label: str, engine, case: Case) -> None:
     kept = next(v for k, v in choice.items() if k.startswith("kept_in_"))
     total_low = sum(t[low] for t in times.values())
     total_high = sum(t[high] for t in times.values())
+    faster = sum(t[low] < t[high] for t in times.values())
     case.notes.append(
-        f"{label}: {len(times) - len(kept)} of {len(times)} layers faster in {low}, kept "
-        f"there; quantizable layers sum {total_low:.3f} ms in {low} vs {total_high:.3f} ms "
-        f"in {high} (per layer, each replayed alone); whole engines ms "
-        f"{choice.get('engine_ms')}")
+        f"{label}: {faster} of {len(times)} layers faster in {low} alone, "
+        f"{len(times) - len([k for k in kept if k in times])} kept there; quantizable layers "
+        f"sum {total_low:.3f} ms in {low} vs {total_high:.3f} ms in {high} (per layer, each "
+        f"replayed alone); whole engines ms {choice.get('engine_ms')}")
 
 
 def _print_profile(label: str, case: Case, layers: list) -> None:

@@ -75,8 +75,8 @@ def build_fastest(config: BuilderConfig, build: Build) -> Engine:
                       for label, engine in engines.items()})
         label = min(engines, key=whole.__getitem__)
         engine, slower = engines[label], choices[label]
-        if len(slower) < len(times) and whole[fallback] < (1 - MARGIN) * whole[label]:
-            slower = sorted(times)
+        if whole[fallback] < (1 - MARGIN) * whole[label]:
+            slower = sorted(low)  # with the layers the fallback build has no twin for
             engine = candidate(slower)
     engine.plan["build"]["precision_choice"] = {
         "constraints": config.precision_constraints,

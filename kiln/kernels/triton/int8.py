@@ -35,7 +35,7 @@ TMA_CONFIGS = {"t1": (128, 64, 64, 4, 4), "t2": (128, 128, 64, 8, 4),
 # ... and with the residual and output tiles by TMA as well (a sixth field: True). On the
 # H100 this wins only where a residual is read (1x1 64->256 at 56x56 with an int8 residual
 # 0.089 -> 0.080 ms; without one 0.061 -> 0.065), so these are tactics for residual layers.
-TMA_STORE_CONFIGS = {f"{key}s": (*TMA_CONFIGS[key], True) for key in ("t1", "t3", "t4", "t6")}
+TMA_STORE_CONFIGS = {f"{key}s": (*config, True) for key, config in TMA_CONFIGS.items()}
 _INPUT_TYPES = ("int8", "uint8", "fp8e4m3")
 
 
@@ -235,7 +235,7 @@ class _TritonConvTMAStore(_TritonConvTMA):
 GEMM_LEVELS = {"a": 0, "c": 2, "b": 4, "d": 4}
 CONV_LEVELS = {"a": 0, "e": 2, "b": 4, "c": 4, "d": 4}
 TMA_LEVELS = {"t1": 0, "t3": 0, "t4": 2, "t6": 2, "t2": 4, "t5": 4,
-              "t1s": 0, "t4s": 2, "t6s": 2, "t3s": 4}
+              "t1s": 0, "t4s": 2, "t6s": 2, "t2s": 4, "t3s": 4, "t5s": 4}
 
 
 def _register() -> None:
