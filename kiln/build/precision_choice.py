@@ -50,6 +50,8 @@ def build_fastest(config: BuilderConfig, build: Build) -> Engine:
     fallback = config.fallback_precision
     with tempfile.TemporaryDirectory() as folder:
         config = calibrate_once(config, Path(folder) / "calibration.cache")
+        if config.timing_cache is None:  # the candidates share their layers' timings
+            config = dataclasses.replace(config, timing_cache=str(Path(folder) / "timing.json"))
         quantized = build(config)
         floating = build(dataclasses.replace(config, precision=fallback, calibrator=None))
         profile = layer_profile(quantized)

@@ -74,6 +74,8 @@ def test_layers_slower_in_int8_leave_it(model, monkeypatch):
     assert {"/c2/Conv", "/c4/Conv"} <= _quantized(forced)
     assert _quantized(chosen) == _quantized(forced) - {"/c2/Conv", "/c4/Conv"}
     choice = chosen.plan["build"]["precision_choice"]
+    tuning = chosen.plan["build"]["tuning"]  # the rebuild reads the earlier builds' timings
+    assert tuning["cached"] > 0
     assert choice["kept_in_fp32"] == ["/c2/Conv", "/c4/Conv"]
     assert choice["layer_ms"]["/c2/Conv"] == {"int8": 2.0, "fp32": 1.0}
     assert choice["engine_ms"] == {"mixed": 1.0, "fp32": 1.5} and len(whole) == 2
