@@ -331,6 +331,9 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
                               f"{allocated_by_pool()}")
         case.results[label] = ms
         case.memory_mb[label] = mb
+        # as it comes, so a run cut off by its time limit still leaves the engines it timed
+        print(f"  {case.model} b{case.batch} {label}: {ms:.3f} ms, build "
+              f"{case.build_s[label]:.1f} s", file=sys.stderr, flush=True)
         case.memory_mb[f"{label}_weights"] = engine.weight_bytes() / 2**20
         planned = engine.memory.get("activations_planned_bytes")
         if planned is not None:
