@@ -49,21 +49,16 @@ def applies(config: BuilderConfig, model: Any) -> bool:
 def build_fastest(config: BuilderConfig, build: Build) -> Engine:
     fallback = config.fallback_precision
     with tempfile.TemporaryDirectory() as folder:
-        config = calibrate_once(config, Path(folder) / "calibration.cache")
-        if config.timing_cache is None:  # the candidates share their layers' timings
-            config = dataclasses.replace(config, timing_cache=str(Path(folder) / "timing.json"))
+        config = _shared_caches(config, Path(folder))
         quantized = build(config)
         floating = build(dataclasses.replace(config, precision=fallback, calibrator=None))
         profile = layer_profile(quantized)
         low = layer_times(quantized, profile)
         high = layer_times(floating, layer_profile(floating))
         times = {name: (ms, high[name]) for name, ms in low.items() if name in high}
-        choices = {"mixed": sorted(name for name, (q, f) in times.items() if f < q)}
         model = boundary_model(quantized, profile)
-        if model is not None:  # the same search with the quantize steps counted
-            counted = model.search(times, choices["mixed"])
-            if counted != choices["mixed"]:
-                choices["mixed_boundaries"] = counted
+        choices = pinned_sets(times, model)
+
         def candidate(names: list[str]) -> Engine:
             if not names:
                 return quantized
@@ -86,11 +81,31 @@ def build_fastest(config: BuilderConfig, build: Build) -> Engine:
         "engine_ms": {k: round(v, 5) for k, v in whole.items()},
         "layer_ms": {n: {config.precision: round(q, 5), fallback: round(f, 5)}
                      for n, (q, f) in sorted(times.items())},
+        **({"quantize_ms_per_melement": round(model.ms_per_element * 1e6, 5)} if model else {}),
     }
-    if model is not None:
-        engine.plan["build"]["precision_choice"]["quantize_ms_per_melement"] = round(
-            model.ms_per_element * 1e6, 5)
     return engine
+
+
+def pinned_sets(times: dict[str, tuple[float, float]], model: Boundaries | None
+                ) -> dict[str, list[str]]:
+    """The layers to pin, by candidate: those slower alone ("mixed"), and where the
+    quantized engine ran quantize steps to price them by and the answer differs, the set
+    that counts the steps at precision boundaries ("mixed_boundaries")."""
+    choices = {"mixed": sorted(name for name, (q, f) in times.items() if f < q)}
+    if model is not None:
+        counted = model.search(times, choices["mixed"])
+        if counted != choices["mixed"]:
+            choices["mixed_boundaries"] = counted
+    return choices
+
+
+def _shared_caches(config: BuilderConfig, folder: Path) -> BuilderConfig:
+    """One calibration and one timing cache for all the candidate builds (temporary ones in
+    `folder` where the user gave none): a rebuild with pinned layers times only those."""
+    config = calibrate_once(config, folder / "calibration.cache")
+    if config.timing_cache is None:
+        config = dataclasses.replace(config, timing_cache=str(folder / "timing.json"))
+    return config
 
 
 def _pinned(config: BuilderConfig, build: Build, names: list[str]) -> Engine:
