@@ -83,7 +83,23 @@ def build_fastest(config: BuilderConfig, build: Build) -> Engine:
                      for n, (q, f) in sorted(times.items())},
         **({"quantize_ms_per_melement": round(model.ms_per_element * 1e6, 5)} if model else {}),
     }
+    if engine is not quantized:
+        _report_calibration(engine, quantized, folder)
     return engine
+
+
+def _report_calibration(engine: Engine, calibrated: Engine, folder: str) -> None:
+    """The engine chosen reports the calibration as the first build ran it: a rebuild read
+    the cache that build wrote (a temporary one, gone now, unless the user named it)."""
+    report = dict(calibrated.plan["build"].get("quantization") or {})
+    if str(report.get("cache_written", "")).startswith(folder):
+        del report["cache_written"]
+    final = engine.plan["build"].get("quantization") or {}
+    report["quantized_layers"] = final.get("quantized_layers", 0)
+    report.pop("skipped", None)
+    if final.get("skipped"):
+        report["skipped"] = final["skipped"]
+    engine.plan["build"]["quantization"] = report
 
 
 def pinned_sets(times: dict[str, tuple[float, float]], model: Boundaries | None

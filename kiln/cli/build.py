@@ -57,7 +57,25 @@ def run(args: argparse.Namespace) -> int:
     quant = engine.plan["build"].get("quantization")
     if quant:
         _print_quantization(quant)
+    choice = engine.plan["build"].get("precision_choice")
+    if choice:
+        _print_precision_choice(choice, (quant or {}).get("quantized_layers", 0))
     return 0
+
+
+def _print_precision_choice(choice: dict, quantized: int) -> None:
+    """What the INT8/FP8 choice kept and the whole-engine times it chose by."""
+    (key, kept), = ((k, v) for k, v in choice.items() if k.startswith("kept_in_"))
+    fallback = key.removeprefix("kept_in_")
+    order = sorted(choice["engine_ms"].items(), key=lambda item: item[0] == fallback)
+    times = ", ".join(f"{label} {ms:.3f} ms" for label, ms in order)
+    if not quantized:
+        console.print(f"[yellow]note:[/] no quantized layer made the engine faster, so it is "
+                      f"the {fallback} build (whole engines: {times}); "
+                      f"--precisionConstraints=obey keeps every layer quantized")
+    elif kept:
+        console.print(f"kept {len(kept)} layer{'s' * (len(kept) != 1)} in {fallback} where "
+                      f"that ran faster (whole engines: {times})")
 
 
 def _print_quantization(quant: dict) -> None:

@@ -157,3 +157,35 @@ def test_the_builder_refuses_int8_without_calibration(model):
         build_engine(str(path), BuilderConfig(precision="int8", device="cpu"))
     report = json.dumps(build_engine(str(path), BuilderConfig(device="cpu")).plan["build"])
     assert "quantization" not in report
+
+
+@pytest.mark.parametrize("int8_wins", [True, False])
+def test_cli_says_what_the_precision_choice_kept(model, tmp_path, capsys, monkeypatch,
+                                                 int8_wins):
+    """--precisionConstraints=none: the build names the layers kept in the fallback
+    precision and the whole-engine times, or says that the engine is the fallback build."""
+    from kiln.build import precision_choice
+
+    def quantized(engine) -> bool:
+        return any(layer["op"] in precision_choice.QUANTIZED_OPS for layer in engine.layers())
+
+    real = precision_choice.layer_times
+    monkeypatch.setattr(precision_choice, "layer_times", lambda e, p: {  # /c4 loses alone
+        name: (2.0 if quantized(e) and name == "/c4/Conv" else 1.0) for name in real(e, p)})
+    monkeypatch.setattr(precision_choice, "boundary_model", lambda *a: None)
+    monkeypatch.setattr(precision_choice, "engine_ms", lambda e: (
+        1.0 if int8_wins else 3.0) if quantized(e) else 2.0)
+    output = tmp_path / "m.kiln"
+    code, text = _run(["build", str(model[0]), "--int8", f"--calib={model[1]}",
+                       "--precisionConstraints=none", "--device", "cpu", "--quiet",
+                       "-o", str(output)], capsys)
+    assert code == 0 and output.exists()
+    if int8_wins:
+        assert "kept 1 layer in fp32 where that ran faster" in " ".join(text.split())
+        assert "mixed 1.000 ms, fp32 2.000 ms" in " ".join(text.split())
+        assert "quantized 4 layers (entropy calibration over 3 batches)" in text
+    else:
+        assert "no quantized layer made the engine faster, so it is the fp32 build" in \
+            " ".join(text.split())
+        assert "quantized 0 layers" in text
+    assert Engine.load(output).plan["build"]["precision_choice"]["kept_in_fp32"]

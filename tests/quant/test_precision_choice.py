@@ -77,6 +77,11 @@ def test_layers_slower_in_int8_leave_it(model, monkeypatch):
     tuning = chosen.plan["build"]["tuning"]  # the rebuild reads the earlier builds' timings
     assert tuning["cached"] > 0
     assert choice["kept_in_fp32"] == ["/c2/Conv", "/c4/Conv"]
+    # the rebuild read the first build's temporary cache; it reports that calibration
+    quant = chosen.plan["build"]["quantization"]
+    assert quant["method"] == "entropy" and quant["batches"] == 3
+    assert "cache" not in quant and "cache_written" not in quant
+    assert quant["quantized_layers"] == len(_quantized(chosen))
     assert choice["layer_ms"]["/c2/Conv"] == {"int8": 2.0, "fp32": 1.0}
     assert choice["engine_ms"] == {"mixed": 1.0, "fp32": 1.5} and len(whole) == 2
     # the layers still in INT8 read the same thresholds as in the forced build
@@ -139,6 +144,22 @@ def test_every_layer_slower_gives_the_fallback_build_itself(model, monkeypatch):
     assert chosen.plan["build"]["precision"] == "fp32"
     assert choice["kept_in_fp32"] == sorted(choice["layer_ms"]) and len(choice["layer_ms"]) == 5
     assert set(choice["engine_ms"]) == {"mixed", "fp32"}
+    quant = chosen.plan["build"]["quantization"]  # calibrated, then nothing kept
+    assert quant["quantized_layers"] == 0 and quant["method"] == "entropy"
+
+
+def test_a_named_calibration_cache_is_reported_written(model, monkeypatch, tmp_path):
+    real = precision_choice.layer_times
+    monkeypatch.setattr(precision_choice, "layer_times", lambda e, p: {
+        name: (2.0 if _quantized(e) and name == "/c4/Conv" else 1.0) for name in real(e, p)})
+    monkeypatch.setattr(precision_choice, "boundary_model", lambda *a: None)
+    monkeypatch.setattr(precision_choice, "engine_ms", lambda e: 1.0 if _quantized(e) else 2.0)
+    config = _config(precision_constraints="none")
+    cache = tmp_path / "model.cache"
+    config.calibrator = dataclasses.replace(config.calibrator, cache=str(cache))
+    chosen = build_engine(str(model), config)
+    assert "/c4/Conv" not in _quantized(chosen) and cache.exists()
+    assert chosen.plan["build"]["quantization"]["cache_written"] == str(cache)
 
 
 def test_quantize_steps_counted_give_a_second_candidate(model, monkeypatch):
