@@ -10,7 +10,9 @@ a tile of output rows (BB images x TH rows x TW columns) reads one box
 reach outside the tensor, so the kernel takes zero-point-0 inputs only (symmetric int8,
 FP8); a 1x1 stride-1 convolution is the GEMM over [B*H*W, C] (the view [B*H*W, 1, 1, 1, C]).
 Output rows outside the image (tiles are powers of two) are computed and not stored.
-The epilogue is _int8_kernels._finish.
+The epilogue's values come from _int8_kernels._epilogue; with TMA_OUT the residual tile
+is read and the output tile written by TMA too (the `s` tiles, which pay where a residual
+is read), otherwise _int8_kernels._finish stores by pointer.
 """
 
 from __future__ import annotations
