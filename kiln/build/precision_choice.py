@@ -9,8 +9,8 @@ do not add up to the engine: the quantize steps at precision boundaries fall bet
 so a second choice counts those (precision_boundaries) and, where it differs, is built
 too. The candidates are timed whole beside the fallback engine and the fastest is kept;
 where the fallback wins (or every layer loses), the fallback build is the engine: asking
-for INT8 never gives an engine slower than not asking. The choices, with the times, go into the plan
-(`build.precision_choice`).
+for INT8 never gives an engine slower than not asking. The choices, with the times, go
+into the plan (`build.precision_choice`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from kiln.engine.engine import Engine
 
 if TYPE_CHECKING:
     from kiln.runtime.profile import LayerTime
+
 MARGIN = 0.02  # the fallback engine must win by this much: whole-run timings wobble
 Build = Callable[[BuilderConfig], Engine]
 
