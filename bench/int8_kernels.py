@@ -22,6 +22,7 @@ from kiln.kernels.triton.int8 import (
     GEMM_CONFIGS,
     GEMM_LEVELS,
     TMA_CONFIGS,
+    TMA_RES_CONFIGS,
     TMA_STORE_CONFIGS,
 )
 from kiln.runtime.cuda_graphs import replayed_ms
@@ -77,7 +78,7 @@ def main() -> None:
     parser.add_argument("--tma-only", action="store_true", help="no gathering kernel, GEMMs")
     args = parser.parse_args()
     layers = [p for p in args.layers.split(",") if p]
-    tma_tiles = {**TMA_CONFIGS, **TMA_STORE_CONFIGS}
+    tma_tiles = {**TMA_CONFIGS, **TMA_STORE_CONFIGS, **TMA_RES_CONFIGS}
     tiles = set(args.tiles.split(",")) if args.tiles else set(tma_tiles) | {"fp8"}
     rows = []
     epi = {"out_scale": 0.05, "out_inv_scale": 20.0, "out_type": "int8", "activation": "Relu"}

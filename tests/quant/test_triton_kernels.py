@@ -216,12 +216,13 @@ TMA_CASES = [  # (B, C, H, W, OC, kernel, stride, pads, dilation, residual, out_
 ]
 
 
-@pytest.mark.parametrize("tma_out", [False, True])
+@pytest.mark.parametrize("tma_out", [False, True, 2])
 @pytest.mark.parametrize("case", TMA_CASES)
 def test_tma_qconv_kernel_matches_the_reference(case, tma_out):
     """The TMA convolution (zero point 0; padding from the copy unit's zero fill), with
     strides through the [B, H/S, S, W/S, S*C] view, tiles of several images, residuals;
-    with tma_out the residual and output tiles move by TMA too (clipped at the edges)."""
+    with tma_out the residual and output tiles move by TMA too (clipped at the edges), with
+    2 the residual alone."""
     tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
     b, c, h, wd, oc, kernel, stride, pads, dil, residual, out_scale = case
     rng = np.random.default_rng(b * c * h + wd)
@@ -238,7 +239,7 @@ def test_tma_qconv_kernel_matches_the_reference(case, tma_out):
     _close(got, want)
 
 
-@pytest.mark.parametrize("tma_out", [False, True])
+@pytest.mark.parametrize("tma_out", [False, True, 2])
 def test_tma_qconv_kernel_fp8(tma_out):
     tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
     rng = np.random.default_rng(15)

@@ -36,6 +36,9 @@ TMA_CONFIGS = {"t1": (128, 64, 64, 4, 4), "t2": (128, 128, 64, 8, 4),
 # H100 this wins only where a residual is read (1x1 64->256 at 56x56 with an int8 residual
 # 0.089 -> 0.080 ms; without one 0.061 -> 0.065), so these are tactics for residual layers.
 TMA_STORE_CONFIGS = {f"{key}s": (*config, True) for key, config in TMA_CONFIGS.items()}
+# ... with only the residual tile by TMA, the output stored by pointer (a sixth field: 2).
+# Not yet tactics: interpreter-tested, not yet run on a GPU (bench/int8_kernels.py --tiles)
+TMA_RES_CONFIGS = {f"{key}r": (*config, 2) for key, config in TMA_CONFIGS.items()}
 _INPUT_TYPES = ("int8", "uint8", "fp8e4m3")
 
 
