@@ -18,6 +18,8 @@ run), 0 leaves both to _int8_kernels._finish.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -30,7 +32,7 @@ from kiln.kernels.triton._int8_kernels import (
     _epilogue_args,
     _finish,
     _residual,
-    _tile_start,
+    _tile_of,
 )
 
 
@@ -44,9 +46,39 @@ def _qconv_tma_kernel(x_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, b
                       ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr,
                       BB: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                      TMA_MODE: tl.constexpr):
+                      TMA_MODE: tl.constexpr, PERSISTENT: tl.constexpr, FLATTEN: tl.constexpr):
     BLOCK_M: tl.constexpr = BB * TH * TW
-    pid_m, pid_n = _tile_start(tiles_m * BLOCK_M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    M = tiles_m * BLOCK_M
+    if PERSISTENT:  # programs loop over the tiles: one tile's loads overlap another's epilogue
+        for tile in tl.range(tl.program_id(0), tiles_m * tl.cdiv(N, BLOCK_N),
+                             tl.num_programs(0), flatten=FLATTEN):
+            pid_m, pid_n = _tile_of(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+            _conv_tile(x_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, bias_ptr,
+                       res_ptr, B, OH, OW, tiles_h, tiles_w, stride_om, stride_rm, res_scale,
+                       res_zp, out_inv_scale, out_zp, p0, p1, pid_m, pid_n, C, N, K, KW, S, PH,
+                       PW, DH, DW, HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8, BB, TH, TW,
+                       BLOCK_N, BLOCK_K, TMA_MODE)
+    else:
+        pid_m, pid_n = _tile_of(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        _conv_tile(x_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, bias_ptr, res_ptr,
+                   B, OH, OW, tiles_h, tiles_w, stride_om, stride_rm, res_scale, res_zp,
+                   out_inv_scale, out_zp, p0, p1, pid_m, pid_n, C, N, K, KW, S, PH, PW, DH, DW,
+                   HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8, BB, TH, TW, BLOCK_N, BLOCK_K,
+                   TMA_MODE)
+
+
+@triton.jit
+def _conv_tile(x_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, bias_ptr, res_ptr,
+               B, OH, OW, tiles_h, tiles_w, stride_om, stride_rm, res_scale, res_zp,
+               out_inv_scale, out_zp, p0, p1, pid_m, pid_n,
+               C: tl.constexpr, N: tl.constexpr, K: tl.constexpr, KW: tl.constexpr,
+               S: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr,
+               DW: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
+               ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr,
+               BB: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, TMA_MODE: tl.constexpr):
+    """One output tile: the K loop, then the epilogue."""
+    BLOCK_M: tl.constexpr = BB * TH * TW
     ow0 = (pid_m % tiles_w) * TW
     oh0 = (pid_m // tiles_w % tiles_h) * TH
     b0 = pid_m // (tiles_w * tiles_h) * BB
@@ -165,7 +197,9 @@ def _launch(x: torch.Tensor, view: tuple, out_hw: tuple, w: torch.Tensor, geomet
     w_desc = TensorDescriptor.from_tensor(w, [block_n, block_k])
     tiles_h, tiles_w = triton.cdiv(out_h, th), triton.cdiv(out_w, tw)
     tiles_m = triton.cdiv(images, bb) * tiles_h * tiles_w
-    grid = (tiles_m * triton.cdiv(oc, block_n),)
+    tiles = tiles_m * triton.cdiv(oc, block_n)
+    per_sm, flatten = (config[6], config[7]) if len(config) > 7 else (0, False)
+    grid = (min(tiles, per_sm * _sm_count(x.device)) if per_sm else tiles,)
     out_desc = res_desc = w_desc  # stand-ins the kernel does not read
     mode = int(config[5]) if len(config) > 5 else 0  # 1: residual and output by TMA; 2: residual
     unaligned = mode and not _lines_aligned(oc, out if mode == 1 else res, res)
@@ -183,9 +217,16 @@ def _launch(x: torch.Tensor, view: tuple, out_hw: tuple, w: torch.Tensor, geomet
         C=c, N=oc, K=k, KW=kw, S=s, PH=ph, PW=pw, DH=dh, DW=dw,
         HAS_BIAS=bias is not None, RES_MODE=res_mode,
         IS_FP8=x.dtype == torch.float8_e4m3fn, **flags, BB=bb, TH=th, TW=tw,
-        BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, TMA_MODE=mode, num_warps=warps,
-        num_stages=stages)
+        BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, TMA_MODE=mode, PERSISTENT=bool(per_sm),
+        FLATTEN=bool(flatten), num_warps=warps, num_stages=stages)
     return out
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: a few programs, each looping over several tiles
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _lines_aligned(n: int, out: torch.Tensor, residual: torch.Tensor) -> bool:

@@ -9,6 +9,7 @@ epilogue factors, the bias and the weight sums for zero-point correction go besi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,18 @@ TMA_STORE_CONFIGS = {f"{key}s": (*config, True) for key, config in TMA_CONFIGS.i
 # ... with only the residual tile by TMA, the output stored by pointer (a sixth field: 2).
 # Not yet tactics: interpreter-tested, not yet run on a GPU (bench/int8_kernels.py --tiles)
 TMA_RES_CONFIGS = {f"{key}r": (*config, 2) for key, config in TMA_CONFIGS.items()}
+_TMA_KEY = re.compile(r"(t\d)([sr]?)(?:([pq])(\d+))?")
+
+
+def tma_config(key: str) -> tuple:
+    """The TMA tile named by key: a TMA_CONFIGS key, then `s` (residual and output by TMA)
+    or `r` (residual by TMA), then `pN` (persistent, N programs per SM, the tile and K
+    loops flattened into one pipelined loop) or `qN` (persistent, loops kept)."""
+    match = _TMA_KEY.fullmatch(key)
+    if not match or match[1] not in TMA_CONFIGS:
+        raise ValueError(f"unknown TMA tile {key!r}: expected e.g. t1, t1s, t1r, t1p2, t1sq1")
+    mode = {"": 0, "s": 1, "r": 2}[match[2]]
+    return (*TMA_CONFIGS[match[1]], mode, int(match[4] or 0), match[3] == "p")
 _INPUT_TYPES = ("int8", "uint8", "fp8e4m3")
 
 
