@@ -23,7 +23,6 @@ from kiln.kernels.triton.int8 import (
     GEMM_LEVELS,
     TMA_CONFIGS,
     TMA_STORE_CONFIGS,
-    tma_config,
 )
 from kiln.runtime.cuda_graphs import replayed_ms
 
@@ -38,7 +37,10 @@ CONVS = [("3x3 c64 56", 64, 64, 56, 56, 64, 3, 1), ("3x3 c128 28", 64, 128, 28, 
          ("1x1 1024->256 @14", 64, 1024, 14, 14, 256, 1, 1),
          ("1x1 512->2048 @7", 64, 512, 7, 7, 2048, 1, 1)]
 GEMMS = [("1x1 64->256 @56", 64 * 56 * 56, 64, 256), ("1x1 1024->256 @14", 64 * 14 * 14, 1024, 256),
-         ("1x1 512->2048 @7", 64 * 7 * 7, 512, 2048)]
+         ("1x1 512->2048 @7", 64 * 7 * 7, 512, 2048),
+         # BERT-base at batch 32, sequence 128: (name, M, K, N)
+         ("bert qkv", 4096, 768, 2304), ("bert out", 4096, 768, 768),
+         ("bert fc1", 4096, 768, 3072), ("bert fc2", 4096, 3072, 768)]
 
 
 def time_ms(fn, *args) -> float:
@@ -69,6 +71,10 @@ def _linear_relu(a, w):
     return F.relu(F.linear(a, w))
 
 
+def _scaled_mm(a, b, one):
+    return torch._scaled_mm(a, b, one, one, out_dtype=torch.half)
+
+
 def _ints(shape, device="cuda"):
     return torch.randint(-128, 128, shape, dtype=torch.int8, device=device)
 
@@ -80,9 +86,8 @@ def main() -> None:
     parser.add_argument("--tma-only", action="store_true", help="no gathering kernel, GEMMs")
     args = parser.parse_args()
     layers = [p for p in args.layers.split(",") if p]
-    tiles = set(args.tiles.split(",")) if args.tiles else {*TMA_CONFIGS, *TMA_STORE_CONFIGS,
-                                                          "fp8"}
-    tma_tiles = {key: tma_config(key) for key in sorted(tiles - {"fp8"})}
+    tma_tiles = {**TMA_CONFIGS, **TMA_STORE_CONFIGS}
+    tiles = set(args.tiles.split(",")) if args.tiles else set(tma_tiles) | {"fp8"}
     rows = []
     epi = {"out_scale": 0.05, "out_inv_scale": 20.0, "out_type": "int8", "activation": "Relu"}
     for name, b, c, h, w, oc, ks, s in CONVS:
@@ -114,7 +119,7 @@ def main() -> None:
             _time_row(rows, name, f"gather {key} {config}", ops, fp16, k.qconv2d,
                       x, wt, *conv, None, 0, layer_epi, config, residual)
         for key, config in tma_tiles.items():
-            if not tma.fits(c, h, w, (ks, ks), (s, s), config[2]):
+            if key not in tiles or not tma.fits(c, h, w, (ks, ks), (s, s), config[2]):
                 continue
             try:
                 diff = (tma.qconv2d_tma(x, wt, *conv, layer_epi, config, residual).float()
@@ -130,7 +135,7 @@ def main() -> None:
         config = TMA_CONFIGS["t1" if c < 128 else "t3"]
         _time_row(rows, name, f"tma fp8 {config}", ops, fp16, tma.qconv2d_tma, *fp8, *conv,
                   {**epi, "out_type": "fp8e4m3"}, config)
-    for name, m, kk, n in GEMMS if not args.tma_only else ():
+    for name, m, kk, n in GEMMS:
         if layers and not any(name.startswith(p) for p in layers):
             continue
         a, wt = _ints((m, kk)), _ints((n, kk))
@@ -143,10 +148,22 @@ def main() -> None:
         ms = time_ms(torch._int_mm, a, wt.t())
         rows.append((name, "torch._int_mm (no epilogue)", ms, ops / ms / 1e9, fp16 / ms))
         for key, config in GEMM_CONFIGS.items():
-            if GEMM_LEVELS[key] > 2:
+            if GEMM_LEVELS[key] > 2 or args.tma_only:
                 continue
             ms = time_ms(k.qgemm, a, wt, scales, bias, None, 0, epi, config)
             rows.append((name, f"triton {key} {config}", ms, ops / ms / 1e9, fp16 / ms))
+        for key, config in TMA_CONFIGS.items():
+            if key in tiles and kk % config[2] == 0:
+                _time_row(rows, name, f"tma {key} {config}", ops, fp16, tma.qgemm_tma, a, wt,
+                          scales, bias, epi, config)
+        if "fp8" not in tiles:
+            continue
+        a8, w8 = (a.float() / 16).to(torch.float8_e4m3fn), (wt.float() / 16).to(torch.float8_e4m3fn)
+        one = torch.ones((), device="cuda")
+        _time_row(rows, name, "torch._scaled_mm fp8 (no epilogue)", ops, fp16, _scaled_mm, a8,
+                  w8.t(), one)
+        _time_row(rows, name, f"tma fp8 t4 {TMA_CONFIGS['t4']}", ops, fp16, tma.qgemm_tma, a8,
+                  w8, scales, bias, {**epi, "out_type": "fp8e4m3"}, TMA_CONFIGS["t4"])
     print(f"\n{'layer':20} {'kernel':40} {'ms':>8} {'TOPS':>7} {'fp16/this':>9}")
     for name, kernel, ms, tops, ratio in rows:
         print(f"{name:20} {kernel:40} {ms:8.3f} {tops:7.1f} {ratio:9.2f}")

@@ -10,15 +10,12 @@ a tile of output rows (BB images x TH rows x TW columns) reads one box
 reach outside the tensor, so the kernel takes zero-point-0 inputs only (symmetric int8,
 FP8); a 1x1 stride-1 convolution is the GEMM over [B*H*W, C] (the view [B*H*W, 1, 1, 1, C]).
 Output rows outside the image (tiles are powers of two) are computed and not stored.
-The epilogue's values come from _int8_kernels._epilogue; TMA_MODE 1 reads the residual
-tile and writes the output tile by TMA too (the `s` tiles, which pay where a residual is
-read), 2 reads the residual by TMA and stores by pointer (`r` tiles, bench-only until a GPU
-run), 0 leaves both to _int8_kernels._finish.
+The epilogue's values come from _int8_kernels._epilogue; with TMA_OUT the residual tile
+is read and the output tile written by TMA too (the `s` tiles, which pay where a residual
+is read), otherwise _int8_kernels._finish stores by pointer.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import triton
@@ -32,7 +29,7 @@ from kiln.kernels.triton._int8_kernels import (
     _epilogue_args,
     _finish,
     _residual,
-    _tile_of,
+    _tile_start,
 )
 
 
@@ -46,39 +43,9 @@ def _qconv_tma_kernel(x_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, b
                       ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr,
                       BB: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                      TMA_MODE: tl.constexpr, PERSISTENT: tl.constexpr, FLATTEN: tl.constexpr):
+                      TMA_OUT: tl.constexpr):
     BLOCK_M: tl.constexpr = BB * TH * TW
-    M = tiles_m * BLOCK_M
-    if PERSISTENT:  # programs loop over the tiles: one tile's loads overlap another's epilogue
-        for tile in tl.range(tl.program_id(0), tiles_m * tl.cdiv(N, BLOCK_N),
-                             tl.num_programs(0), flatten=FLATTEN):
-            pid_m, pid_n = _tile_of(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-            _conv_tile(x_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, bias_ptr,
-                       res_ptr, B, OH, OW, tiles_h, tiles_w, stride_om, stride_rm, res_scale,
-                       res_zp, out_inv_scale, out_zp, p0, p1, pid_m, pid_n, C, N, K, KW, S, PH,
-                       PW, DH, DW, HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8, BB, TH, TW,
-                       BLOCK_N, BLOCK_K, TMA_MODE)
-    else:
-        pid_m, pid_n = _tile_of(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        _conv_tile(x_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, bias_ptr, res_ptr,
-                   B, OH, OW, tiles_h, tiles_w, stride_om, stride_rm, res_scale, res_zp,
-                   out_inv_scale, out_zp, p0, p1, pid_m, pid_n, C, N, K, KW, S, PH, PW, DH, DW,
-                   HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8, BB, TH, TW, BLOCK_N, BLOCK_K,
-                   TMA_MODE)
-
-
-@triton.jit
-def _conv_tile(x_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, bias_ptr, res_ptr,
-               B, OH, OW, tiles_h, tiles_w, stride_om, stride_rm, res_scale, res_zp,
-               out_inv_scale, out_zp, p0, p1, pid_m, pid_n,
-               C: tl.constexpr, N: tl.constexpr, K: tl.constexpr, KW: tl.constexpr,
-               S: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr,
-               DW: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
-               ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr,
-               BB: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BLOCK_N: tl.constexpr,
-               BLOCK_K: tl.constexpr, TMA_MODE: tl.constexpr):
-    """One output tile: the K loop, then the epilogue."""
-    BLOCK_M: tl.constexpr = BB * TH * TW
+    pid_m, pid_n = _tile_start(tiles_m * BLOCK_M, N, BLOCK_M, BLOCK_N, GROUP_M)
     ow0 = (pid_m % tiles_w) * TW
     oh0 = (pid_m // tiles_w % tiles_h) * TH
     b0 = pid_m // (tiles_w * tiles_h) * BB
@@ -97,7 +64,7 @@ def _conv_tile(x_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, bias_ptr
         w = w_desc.load([n0, k0])
         acc += tl.dot(a.reshape(BLOCK_M, BLOCK_K), tl.trans(w))
     rn = n0 + tl.arange(0, BLOCK_N)
-    if TMA_MODE == 1:  # residual and output tiles by TMA too: whole lines, the edges clipped
+    if TMA_OUT:  # residual and output tiles by TMA too: whole lines, the edges clipped
         r = acc  # no residual: unused
         if RES_MODE != 0:
             r = res_desc.load([b0, oh0, 0, ow0, n0]).reshape(BLOCK_M, BLOCK_N)
@@ -111,20 +78,10 @@ def _conv_tile(x_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, bias_ptr
         oh = oh0 + i // TW % TH
         ow = ow0 + i % TW
         rows = (bi * OH + oh) * OW + ow
-        row_ok = (bi < B) & (oh < OH) & (ow < OW)
-        if TMA_MODE == 2:  # the residual tile by TMA, the output stored by pointer
-            r = acc  # no residual: unused
-            if RES_MODE != 0:
-                r = res_desc.load([b0, oh0, 0, ow0, n0]).reshape(BLOCK_M, BLOCK_N)
-            y = _epilogue(acc, rn, N, scales_ptr, bias_ptr, scales_ptr, r, 0, res_scale,
-                          res_zp, out_inv_scale, out_zp, p0, p1, False, HAS_BIAS, RES_MODE,
-                          ACT, OUT_MODE, IS_FP8)
-            tl.store(out_ptr + rows[:, None] * stride_om + rn[None, :], y,
-                     mask=row_ok[:, None] & (rn < N)[None, :])
-        else:
-            _finish(acc, rows, row_ok, rn, N, out_ptr, stride_om, scales_ptr, bias_ptr,
-                    scales_ptr, res_ptr, stride_rm, 0, res_scale, res_zp, out_inv_scale,
-                    out_zp, p0, p1, False, HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8)
+        _finish(acc, rows, (bi < B) & (oh < OH) & (ow < OW), rn, N, out_ptr, stride_om,
+                scales_ptr, bias_ptr, scales_ptr, res_ptr, stride_rm, 0, res_scale, res_zp,
+                out_inv_scale, out_zp, p0, p1, False, HAS_BIAS, RES_MODE, ACT, OUT_MODE,
+                IS_FP8)
 
 
 def spatial_tile(block_m: int, oh: int, ow: int) -> tuple[int, int, int]:
@@ -197,19 +154,14 @@ def _launch(x: torch.Tensor, view: tuple, out_hw: tuple, w: torch.Tensor, geomet
     w_desc = TensorDescriptor.from_tensor(w, [block_n, block_k])
     tiles_h, tiles_w = triton.cdiv(out_h, th), triton.cdiv(out_w, tw)
     tiles_m = triton.cdiv(images, bb) * tiles_h * tiles_w
-    tiles = tiles_m * triton.cdiv(oc, block_n)
-    per_sm, flatten = (config[6], config[7]) if len(config) > 7 else (0, False)
-    grid = (min(tiles, per_sm * _sm_count(x.device)) if per_sm else tiles,)
+    grid = (tiles_m * triton.cdiv(oc, block_n),)
     out_desc = res_desc = w_desc  # stand-ins the kernel does not read
-    mode = int(config[5]) if len(config) > 5 else 0  # 1: residual and output by TMA; 2: residual
-    unaligned = mode and not _lines_aligned(oc, out if mode == 1 else res, res)
-    if unaligned or (mode == 2 and not res_mode):
-        mode = 0
-    box = [bb, th, 1, tw, block_n]
-    if mode == 1:
+    tma_out = len(config) > 5 and config[5] and _lines_aligned(oc, out, res)
+    if tma_out:
+        box = [bb, th, 1, tw, block_n]
         out_desc = _rows_descriptor(_bytes(out), images, out_h, out_w, box)
-    if mode and res_mode:
-        res_desc = _rows_descriptor(res, images, out_h, out_w, box)
+        if res_mode:
+            res_desc = _rows_descriptor(res, images, out_h, out_w, box)
     _qconv_tma_kernel[grid](
         x_desc, w_desc, out_desc, res_desc, _bytes(out), scales,
         bias if bias is not None else scales, res,
@@ -217,16 +169,9 @@ def _launch(x: torch.Tensor, view: tuple, out_hw: tuple, w: torch.Tensor, geomet
         C=c, N=oc, K=k, KW=kw, S=s, PH=ph, PW=pw, DH=dh, DW=dw,
         HAS_BIAS=bias is not None, RES_MODE=res_mode,
         IS_FP8=x.dtype == torch.float8_e4m3fn, **flags, BB=bb, TH=th, TW=tw,
-        BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, TMA_MODE=mode, PERSISTENT=bool(per_sm),
-        FLATTEN=bool(flatten), num_warps=warps, num_stages=stages)
+        BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, TMA_OUT=tma_out, num_warps=warps,
+        num_stages=stages)
     return out
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4  # the interpreter: a few programs, each looping over several tiles
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _lines_aligned(n: int, out: torch.Tensor, residual: torch.Tensor) -> bool:

@@ -9,7 +9,6 @@ epilogue factors, the bias and the weight sums for zero-point correction go besi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -32,26 +31,12 @@ CONV_CONFIGS = {"a": (128, 128, 64, 8, 3), "b": (128, 64, 64, 4, 4),
 # the TMA convolution (_int8_tma.py): BLOCK_M output rows as images x rows x columns
 TMA_CONFIGS = {"t1": (128, 64, 64, 4, 4), "t2": (128, 128, 64, 8, 4),
                "t3": (128, 128, 128, 8, 3), "t4": (128, 256, 128, 8, 3),
-               "t5": (256, 128, 64, 8, 3), "t6": (64, 128, 128, 4, 4)}
+               "t5": (256, 128, 64, 8, 3), "t6": (64, 128, 128, 4, 4),
+               "t7": (128, 256, 128, 8, 4), "t8": (256, 128, 128, 8, 3)}
 # ... and with the residual and output tiles by TMA as well (a sixth field: True). On the
 # H100 this wins only where a residual is read (1x1 64->256 at 56x56 with an int8 residual
 # 0.089 -> 0.080 ms; without one 0.061 -> 0.065), so these are tactics for residual layers.
 TMA_STORE_CONFIGS = {f"{key}s": (*config, True) for key, config in TMA_CONFIGS.items()}
-# ... with only the residual tile by TMA, the output stored by pointer (a sixth field: 2).
-# Not yet tactics: interpreter-tested, not yet run on a GPU (bench/int8_kernels.py --tiles)
-TMA_RES_CONFIGS = {f"{key}r": (*config, 2) for key, config in TMA_CONFIGS.items()}
-_TMA_KEY = re.compile(r"(t\d)([sr]?)(?:([pq])(\d+))?")
-
-
-def tma_config(key: str) -> tuple:
-    """The TMA tile named by key: a TMA_CONFIGS key, then `s` (residual and output by TMA)
-    or `r` (residual by TMA), then `pN` (persistent, N programs per SM, the tile and K
-    loops flattened into one pipelined loop) or `qN` (persistent, loops kept)."""
-    match = _TMA_KEY.fullmatch(key)
-    if not match or match[1] not in TMA_CONFIGS:
-        raise ValueError(f"unknown TMA tile {key!r}: expected e.g. t1, t1s, t1r, t1p2, t1sq1")
-    mode = {"": 0, "s": 1, "r": 2}[match[2]]
-    return (*TMA_CONFIGS[match[1]], mode, int(match[4] or 0), match[3] == "p")
 _INPUT_TYPES = ("int8", "uint8", "fp8e4m3")
 
 
@@ -250,8 +235,8 @@ class _TritonConvTMAStore(_TritonConvTMA):
 # wider search is left to levels 4 and 5.
 GEMM_LEVELS = {"a": 0, "c": 2, "b": 4, "d": 4}
 CONV_LEVELS = {"a": 0, "e": 2, "b": 4, "c": 4, "d": 4}
-TMA_LEVELS = {"t1": 0, "t3": 0, "t4": 2, "t6": 2, "t2": 4, "t5": 4,
-              "t1s": 0, "t4s": 2, "t6s": 2, "t2s": 4, "t3s": 4, "t5s": 4}
+TMA_LEVELS = {"t1": 0, "t3": 0, "t4": 2, "t6": 2, "t2": 4, "t5": 4, "t7": 4, "t8": 4,
+              "t1s": 0, "t4s": 2, "t6s": 2, "t2s": 4, "t3s": 4, "t5s": 4, "t7s": 5, "t8s": 5}
 
 
 def _register() -> None:
