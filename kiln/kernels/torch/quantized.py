@@ -206,26 +206,43 @@ class Fp8ScaledMM(Tactic):
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[..., Any]:
         attrs = layer.attrs
-        weight = tensors["weight_kn"]
-        weight = column_major(weight)  # cuBLASLt takes B column-major
+        weight = column_major(tensors["weight_kn"])  # cuBLASLt takes B column-major
         out_dtype = torch.bfloat16 if attrs.get("out_dtype") == "bf16" else torch.float16
         bias = tensors.get("bias")
         bias = None if bias is None else bias.to(out_dtype)
         scale_a = torch.tensor(float(attrs["a_scale"]), dtype=torch.float32, device=device)
         w_scale = float(_np(attrs["w_scale"]).reshape(-1)[0])
         scale_b = torch.tensor(w_scale, dtype=torch.float32, device=device)
-        finish = partial(epilogue, scales=torch.ones((), device=device), bias=None,
-                         residual=None, residual_scale=0.0, residual_zero_point=0,
-                         activation=attrs.get("activation", ""),
-                         activation_params=attrs.get("activation_params"),
-                         out_scale=float(attrs.get("out_scale", 0.0)),
-                         out_zero_point=0, out_type=attrs.get("out_type", "fp8e4m3"),
-                         out_dtype=attrs.get("out_dtype", "fp16"))
+        finish = self.finish(layer, weight.shape[1], device)
 
         def run(a, _w=None):
             rows = a.reshape(-1, a.shape[-1])
             y = torch._scaled_mm(rows.contiguous(), weight, scale_a=scale_a, scale_b=scale_b,
                                  bias=bias, out_dtype=out_dtype)
-            return finish(y.reshape(*a.shape[:-1], weight.shape[1]))
+            if finish is not None:
+                y = finish(y)
+            return y.reshape(*a.shape[:-1], weight.shape[1])
 
         return run
+
+    def finish(self, layer: LayerSpec, n: int, device: torch.device
+               ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """What follows cuBLASLt's product (scales and bias applied, fp16 or bf16) to give
+        the layer's output; None where the product is the output already, since each
+        extra pass over a large output costs more than the FP8 GEMM saves."""
+        attrs = layer.attrs
+        if not needs_epilogue(attrs):
+            return None
+        return partial(epilogue, scales=torch.ones((), device=device), bias=None,
+                       residual=None, residual_scale=0.0, residual_zero_point=0,
+                       activation=attrs.get("activation", ""),
+                       activation_params=attrs.get("activation_params"),
+                       out_scale=float(attrs.get("out_scale", 0.0)), out_zero_point=0,
+                       out_type=attrs.get("out_type", "fp8e4m3"),
+                       out_dtype=attrs.get("out_dtype", "fp16"))
+
+
+def needs_epilogue(attrs: dict) -> bool:
+    """Whether a layer's output differs from its scaled product plus bias in fp16 or bf16."""
+    return bool(attrs.get("activation") or attrs.get("out_scale")
+                or attrs.get("out_dtype", "fp16") not in ("fp16", "bf16"))

@@ -262,6 +262,19 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scales_ptr, bias_ptr, wsum_ptr, res_ptr
             HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8)
 
 
+@triton.jit
+def _rows_epilogue_kernel(y_ptr, out_ptr, ones_ptr, M, stride_ym, stride_om, res_scale, res_zp,
+                          out_inv_scale, out_zp, p0, p1, N: tl.constexpr, ACT: tl.constexpr,
+                          OUT_MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    y = tl.load(y_ptr + rm[:, None] * stride_ym + rn[None, :],
+                mask=(rm < M)[:, None] & (rn < N)[None, :], other=0.0).to(tl.float32)
+    _finish(y, rm, rm < M, rn, N, out_ptr, stride_om, ones_ptr, ones_ptr, ones_ptr, ones_ptr,
+            0, 0, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, False, False, 0, ACT,
+            OUT_MODE, True)
+
+
 # ----------------------------------------------------------------------------- launchers
 def _bytes(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
@@ -411,4 +424,17 @@ def dequantize(q: torch.Tensor, scale: float, zp: int, out_dtype: str) -> torch.
     _dequantize_kernel[(triton.cdiv(n, 1024),)](
         _bytes(q), out, n, scale, zp, IS_FP8=q.dtype == torch.float8_e4m3fn,
         OUT_MODE=OUT_MODES[out_dtype], BLOCK=1024)
+    return out
+
+
+def rows_epilogue(y: torch.Tensor, ones: torch.Tensor, epi: dict) -> torch.Tensor:
+    """The epilogue's activation and output conversion (requantization or a float type) on
+    a float matrix y [M, N] with rows contiguous, whose scales and bias are already applied
+    (a cuBLASLt product): one pass instead of torch's chain. ones: N float32 ones."""
+    m, n = y.shape
+    runtime, flags = _epilogue_args(epi, y.device)
+    out = torch.empty((m, n), dtype=_OUT_TORCH[flags["OUT_MODE"]], device=y.device)
+    grid = (triton.cdiv(m, 64), triton.cdiv(n, 128))
+    _rows_epilogue_kernel[grid](y, _bytes(out), ones, m, y.stride(0), n, **runtime, N=n,
+                                **flags, BLOCK_M=64, BLOCK_N=128)
     return out
