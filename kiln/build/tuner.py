@@ -8,6 +8,7 @@ so a rebuild with a warm cache times nothing.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from kiln.kernels import LayerSpec, Target, candidates
 from kiln.ops.tensors import inverse_order, to_torch, torch_dtype
 from kiln.runtime.cuda_graphs import replayed_ms
 from kiln.runtime.host_memory import keep_freed_host_memory
+
+log = logging.getLogger("kiln.build")
 
 ROUNDS = 3
 ROUND_MS = 2.0  # each round runs the layer for about this long
@@ -134,7 +137,9 @@ def _measure(tactic: Any, spec: LayerSpec, target: Target, args: list[Any]) -> f
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a kernel declining these inputs says why
             return _time(lambda: fn(*call_args), target.device)
-    except Exception:  # a tactic that cannot run this shape is simply not chosen
+    except Exception as exc:  # a tactic that cannot run this shape is simply not chosen
+        log.debug("tactic %s skipped on %s: %s: %s", tactic.name, spec.name,
+                  type(exc).__name__, exc)
         return None
 
 

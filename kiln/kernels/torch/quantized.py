@@ -127,7 +127,7 @@ class Int8IntMM(Tactic):
         w = to_torch(layer.constant_inputs[1])
         w = w.reshape(w.shape[0], -1)  # [N, K]
         tensors = epilogue_tensors(layer)
-        tensors["weight_kn"] = w.t().contiguous().t()  # column-major [K, N] view of [N, K]
+        tensors["weight_kn"] = w.t()  # [K, N], column-major: a view of [N, K]
         tensors["weight_sums"] = w.to(torch.int32).sum(dim=1)
         return tensors
 
@@ -198,7 +198,7 @@ class Fp8ScaledMM(Tactic):
 
     def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
         w = to_torch(layer.constant_inputs[1])  # [N, K] float8
-        tensors = {"weight_kn": w.t().contiguous().t()}
+        tensors = {"weight_kn": w.t()}  # [K, N], column-major
         if layer.attrs.get("bias") is not None:
             tensors["bias"] = epilogue_tensors(layer)["bias"]
         return tensors

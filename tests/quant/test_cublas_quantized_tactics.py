@@ -1,6 +1,8 @@
-"""FP8 dense layers through cuBLASLt (fp8-scaled-mm, and fp8-scaled-mm-triton with kiln's
-Triton epilogue after it) against kiln's reference QGemm; the Triton epilogue alone
-(rows_epilogue) against the reference epilogue, in the interpreter without a GPU."""
+"""Quantized dense layers through cuBLAS against kiln's reference QGemm, on a GPU: INT8
+through torch._int_mm (int8-int-mm), FP8 through cuBLASLt (fp8-scaled-mm, and
+fp8-scaled-mm-triton with kiln's Triton epilogue after it). The builder's tuner skips a
+tactic that raises, so only these tests catch one that never runs. The Triton epilogue
+alone (rows_epilogue) runs against the reference epilogue in the interpreter too."""
 
 from __future__ import annotations
 
@@ -94,3 +96,27 @@ def test_fp8_scaled_mm_tactics_match_the_reference(tactic, case, rows, k, n):
     got = fn(a.to(DEVICE))
     # the product is rounded to fp16 before the epilogue (cuBLASLt's output type)
     _compare(got, want, bool(case[1]))
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="torch._int_mm needs a CUDA GPU")
+@pytest.mark.parametrize("case", EPILOGUES[:4] + [("", 0.0, "int8", "fp32")])
+@pytest.mark.parametrize("rows, k, n, zero_point", [(64, 128, 96, 0), (150, 64, 40, 3),
+                                                     (5, 32, 24, 0)])
+def test_int_mm_tactic_matches_the_reference(case, rows, k, n, zero_point):
+    rng = np.random.default_rng(rows + k + n)
+    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    w_scale = (rng.random(n) * 0.01 + 0.001).astype(np.float32)
+    activation, out_scale, out_type, out_dtype = case
+    attrs = {"a_scale": 0.02, "a_zero_point": zero_point, "w_scale": w_scale,
+             "bias": rng.standard_normal(n).astype(np.float32), "activation": activation,
+             "out_scale": out_scale, "out_type": out_type, "out_dtype": out_dtype}
+    layer = LayerSpec(name="fc", op="QGemm", domain="kiln", opset=1, inputs=["a", "w"],
+                      outputs=["y"], attrs=attrs, constant_inputs={1: w},
+                      input_dtypes=["int8", "int8"])
+    chosen, target = get_tactic("int8-int-mm"), Target(DEVICE, "int8")
+    assert chosen.supports(layer, target)
+    fn = chosen.bind(layer, {key: v.to(DEVICE) for key, v in chosen.prepare(
+        layer, target).items()}, DEVICE)
+    a = torch.from_numpy(rng.integers(-128, 128, (rows, k)).astype(np.int8))
+    want = qgemm(a, torch.from_numpy(w), **attrs)
+    _compare(fn(a.to(DEVICE)), want, bool(out_scale))
