@@ -47,9 +47,13 @@ def _compare(got: torch.Tensor, want: torch.Tensor, quantized: bool) -> None:
     assert got.dtype == want.dtype and got.shape == want.shape
     if quantized and got.dtype == torch.int8:  # one step where float rounding ties differ
         assert int((got.int() - want.int()).abs().max()) <= 1
+    elif quantized:  # FP8: one step of its 3-bit mantissa (the product is rounded to fp16
+        # first), in a few elements; the subnormal step near zero
+        diff = (got.float() - want.float()).abs()
+        step = torch.maximum(want.float().abs() / 8, torch.full_like(diff, 2.0 ** -9))
+        assert bool((diff <= step * 1.01).all()) and float((diff > 0).float().mean()) < 0.02
     else:
-        torch.testing.assert_close(got.float(), want.float(), rtol=0.07 if quantized else 1e-2,
-                                   atol=1e-2)
+        torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("case", EPILOGUES + (FP8_OUT if DEVICE.type == "cuda" else []))
