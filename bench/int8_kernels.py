@@ -145,6 +145,8 @@ def main() -> None:
         wf = torch.randn(n, kk, device="cuda", dtype=torch.half)
         fp16 = time_ms(_linear_relu, af, wf)
         rows.append((name, "cublas fp16", fp16, ops / fp16 / 1e9, 1.0))
+        ms = time_ms(F.linear, af, wf)
+        rows.append((name, "cublas fp16 (no epilogue)", ms, ops / ms / 1e9, fp16 / ms))
         ms = time_ms(torch._int_mm, a, wt.t())
         rows.append((name, "torch._int_mm (no epilogue)", ms, ops / ms / 1e9, fp16 / ms))
         for key, config in GEMM_CONFIGS.items():
