@@ -4,11 +4,14 @@
              --maxShapes=...] [--device cpu|cuda]
   kiln build model.onnx --int8 --calib=DATA [--calibMethod=entropy|minmax|percentile]
              [--calibBatches=N] [--calibCache=FILE]      (post-training quantization)
+  kiln build model.onnx --verbose       (also: the tactics the tuner skipped, and why)
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from pathlib import Path
 
 from kiln.cli.common import (
@@ -29,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to save the engine (default: the model's name with .kiln)")
     p.add_argument("--loadInputs", help="real inputs for the build's probe run (.npz)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--verbose", action="store_true",
+                   help="log the build's details: tactics the tuner skipped, and why")
     add_build_arguments(p)
 
 
@@ -41,7 +46,12 @@ def run(args: argparse.Namespace) -> int:
     if args.loadInputs:
         config.probe_inputs = load_inputs(args.loadInputs)
     output = Path(args.output or Path(args.model).with_suffix(".kiln").name)
-    engine = build_with_progress(args.model, config, quiet=args.quiet)
+    details = _log_build_details() if args.verbose else None
+    try:
+        engine = build_with_progress(args.model, config, quiet=args.quiet)
+    finally:
+        if details is not None:
+            logging.getLogger("kiln.build").removeHandler(details)
     engine.save(output)
     memory = engine.memory
     layers = engine.layers()
@@ -61,6 +71,15 @@ def run(args: argparse.Namespace) -> int:
     if choice:
         _print_precision_choice(choice, (quant or {}).get("quantized_layers", 0))
     return 0
+
+
+def _log_build_details() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[V] [%(name)s] %(message)s"))  # trtexec's mark
+    log = logging.getLogger("kiln.build")
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    return handler
 
 
 def _print_precision_choice(choice: dict, quantized: int) -> None:

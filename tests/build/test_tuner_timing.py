@@ -5,6 +5,8 @@ timed eagerly, and a large kernel's replayed time agrees with its eager time."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -70,3 +72,45 @@ def _time_eager(call) -> float:
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / 10
+
+
+def test_a_tactic_that_raises_is_skipped_and_logged(caplog):
+    """A tactic that cannot run a layer is not chosen, and the reason is logged (what
+    `kiln build --verbose` prints) rather than lost."""
+    from kiln.build.tuner import _measure
+    from kiln.kernels.registry import LayerSpec, Tactic, Target
+
+    class Broken(Tactic):
+        name = "broken-for-test"
+
+        def bind(self, layer, tensors, device):
+            raise ValueError("no kernel for 7 channels")
+
+    spec = LayerSpec("relu0", "Relu", "", 14, ["x"], ["y"], {})
+    with caplog.at_level(logging.DEBUG, logger="kiln.build"):
+        assert _measure(Broken(), spec, Target(torch.device("cpu")), [torch.randn(4, 7)]) is None
+    assert "broken-for-test skipped on relu0: ValueError: no kernel for 7 channels" in caplog.text
+
+
+def test_build_verbose_names_skipped_tactics(tmp_path, monkeypatch, capsys):
+    from kiln.cli.main import main
+    from kiln.demo import model_path
+    from kiln.engine.engine import Engine
+    from kiln.kernels import registry
+
+    class Refusing(registry.Tactic):  # offered last, so the probe run does not pick it
+        name = "refusing-for-test"
+        ops = (("kiln", "FusedConv"),)
+        priority = 99
+
+        def bind(self, layer, tensors, device):
+            raise RuntimeError("refused for the test")
+
+    monkeypatch.setitem(registry._TACTICS, Refusing.name, Refusing())
+    out = tmp_path / "demo.kiln"
+    assert main(["build", str(model_path()), "-o", str(out), "--device", "cpu", "--quiet",
+                 "--verbose"]) == 0
+    err = capsys.readouterr().err
+    assert "[V] [kiln.build] tactic refusing-for-test skipped on conv1_fused: RuntimeError: " \
+           "refused for the test" in err
+    assert "refusing-for-test" not in {layer.get("tactic") for layer in Engine.load(out).layers()}
