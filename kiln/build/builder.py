@@ -140,7 +140,8 @@ def _tune(engine: Engine, graph: Graph, lowering: Lowering, config: BuilderConfi
         if layer["name"] in report.timings:
             layer["timings"] = report.timings[layer["name"]]
     plan["build"]["tuning"] = {"timed": report.timed, "cached": report.cached,
-                               "seconds": round(report.seconds, 3)}
+                               "seconds": round(report.seconds, 3),
+                               "skipped": report.skipped}
     return engine
 
 

@@ -38,6 +38,13 @@ class TuningReport:
     timed: int = 0
     cached: int = 0
     seconds: float = 0.0
+    # "tactic on layer" -> the error: a tactic that raised where it said it could run
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def skip(self, tactic: str, layer: str, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        self.skipped[f"{tactic} on {layer}"] = error
+        log.debug("tactic %s skipped on %s: %s", tactic, layer, error)
 
 
 def tune(layers: list[LayerSpec], shapes: dict[str, list[int]], target: Target, level: int,
@@ -69,7 +76,11 @@ def tune(layers: list[LayerSpec], shapes: dict[str, list[int]], target: Target, 
             if ms is None:
                 args = args if args is not None else _random_inputs(spec, inputs, target.device,
                                                                      orders)
-                ms = _measure(tactic, spec, target, args)
+                try:
+                    ms = _measure(tactic, spec, target, args)
+                except Exception as exc:  # a tactic that cannot run here is not chosen
+                    ms = None
+                    report.skip(tactic.name, spec.name, exc)
                 report.timed += 1
                 if ms is not None:
                     cache.put(key, ms)
@@ -123,24 +134,19 @@ def _random_inputs(spec: LayerSpec, shapes: list[Any], device: torch.device,
     return args
 
 
-def _measure(tactic: Any, spec: LayerSpec, target: Target, args: list[Any]) -> float | None:
-    """Milliseconds per call (best of ROUNDS), or None when the tactic fails here."""
-    try:
-        prepared = {k: t.to(target.device) for k, t in tactic.prepare(spec, target).items()}
-        fn = tactic.bind(spec, prepared, target.device)
-        call_args = [None if i in tactic.replaces_inputs and i in spec.constant_inputs else a
-                     for i, a in enumerate(args)]
-        if tactic.channels_last:  # time it on what its NHWC neighbours will hand it
-            call_args = [a.contiguous(memory_format=torch.channels_last)
-                         if isinstance(a, torch.Tensor) and a.dim() == 4 else a
-                         for a in call_args]
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a kernel declining these inputs says why
-            return _time(lambda: fn(*call_args), target.device)
-    except Exception as exc:  # a tactic that cannot run this shape is simply not chosen
-        log.debug("tactic %s skipped on %s: %s: %s", tactic.name, spec.name,
-                  type(exc).__name__, exc)
-        return None
+def _measure(tactic: Any, spec: LayerSpec, target: Target, args: list[Any]) -> float:
+    """Milliseconds per call (best of ROUNDS); raises what the tactic raises."""
+    prepared = {k: t.to(target.device) for k, t in tactic.prepare(spec, target).items()}
+    fn = tactic.bind(spec, prepared, target.device)
+    call_args = [None if i in tactic.replaces_inputs and i in spec.constant_inputs else a
+                 for i, a in enumerate(args)]
+    if tactic.channels_last:  # time it on what its NHWC neighbours will hand it
+        call_args = [a.contiguous(memory_format=torch.channels_last)
+                     if isinstance(a, torch.Tensor) and a.dim() == 4 else a
+                     for a in call_args]
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a kernel declining these inputs says why
+        return _time(lambda: fn(*call_args), target.device)
 
 
 def _time(call: Callable[[], Any], device: torch.device) -> float:

@@ -1,6 +1,7 @@
 """INT8/FP8 engines on the GPU agree with the same engines on the CPU (exact simulation):
 same calibration (one cache), every tactic the tuner picks (Triton INT8 GEMM and
-implicit-GEMM convolution, torch._int_mm, torch._scaled_mm, the fused quantize kernels).
+implicit-GEMM convolution, torch._int_mm, torch._scaled_mm, the fused quantize kernels),
+and no cuBLAS tactic raised while the tuner timed it (the tuner skips one that does).
 Skipped without CUDA."""
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def _engines(path, precision, cache, data):
                                                 fallback_precision="fp32",
                                                 optimization_level=2, calibrator=calibrator,
                                                 precision_constraints="obey"))
+    skipped = [key for key in gpu.plan["build"]["tuning"]["skipped"]
+               if key.startswith(("int8-int-mm", "fp8-scaled-mm"))]
+    assert not skipped, {key: gpu.plan["build"]["tuning"]["skipped"][key] for key in skipped}
     return cpu, gpu
 
 
