@@ -92,6 +92,11 @@ def _print_engine(out: Console, engine: Engine, max_rows: int) -> None:
         out.print(f"  note: {memory['note']}")
     if build.get("quantization"):
         out.print(f"  {_quantization_text(build['quantization'], info['layers'])}")
+    skipped = (build.get("tuning") or {}).get("skipped") or {}
+    if skipped:  # a tactic that raised where it said it could run: worth a look
+        first = next(iter(skipped.items()))
+        out.print(f"  [yellow]note:[/] {len(skipped)} tactic timings raised and were skipped "
+                  f"(first: {first[0]}: {first[1]}); all under build.tuning.skipped (--json)")
     layers = info["layers"]
     counts = Counter(layer["precision"] for layer in layers)
     out.print(f"  {len(layers)} layers: " + ", ".join(f"{v} {k}" for k, v in counts.items()))

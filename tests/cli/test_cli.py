@@ -150,6 +150,7 @@ def test_inspect_prints_every_layer(capsys, demo_engine):
         assert layer["name"] in out and layer["tactic"] in out
     assert f"{len(engine.layers())} layers" in out
     assert f"weights {human_bytes(engine.weight_bytes())}" in out
+    assert "skipped" not in out  # every tactic the tuner timed ran
 
 
 def test_inspect_json(capsys, demo_engine):
