@@ -98,6 +98,23 @@ def test_tma_qgemm_kernel_matches_the_reference(case):
     _close(got, want)
 
 
+def test_tma_qgemm_kernel_fp8():
+    tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
+    rng = np.random.default_rng(16)
+    a = torch.from_numpy(rng.standard_normal((50, 64)).astype(np.float32) * 30).to(
+        torch.float8_e4m3fn)
+    w = torch.from_numpy(rng.standard_normal((40, 64)).astype(np.float32) * 30).to(
+        torch.float8_e4m3fn)
+    bias = rng.standard_normal(40).astype(np.float32)
+    want = qgemm(a, w, a_scale=0.02, w_scale=[0.003] * 40, bias=bias, activation="GeluErf",
+                 out_dtype="fp16")
+    got = tma.qgemm_tma(a.to(DEVICE), w.to(DEVICE),
+                        torch.from_numpy(combined_scales(0.02, [0.003] * 40)).to(DEVICE),
+                        torch.from_numpy(bias).to(DEVICE),
+                        _epi(activation="GeluErf", out_dtype="fp16"), SMALL)
+    _close(got, want)
+
+
 def _conv_case(rng, sizes: tuple, kernel: tuple, dtype, zp: int, residual: str | None,
                out_scale: float, attrs: dict) -> tuple:
     """Random input, weights, scales, bias and residual of a QConv case, the reference's
