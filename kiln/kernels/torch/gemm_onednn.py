@@ -5,7 +5,8 @@ The weight is reordered once, when the engine is bound, into oneDNN's blocked la
 EPYC (AVX-512) development machine, khmersm's 187 x 192 x 768: 0.504 ms (109 GFLOP/s)
 against 0.521 with the plain weight and 0.557 for MKL's sgemm behind F.linear (MKL takes
 its AVX2 path on AMD). The reordered weight cannot be saved, so the plan keeps the plain
-one; the tuner keeps the faster tactic per layer."""
+one, and a bound engine holds both (the layer's weight twice in host memory, as the
+prepacked convolution does); the tuner keeps the faster tactic per layer."""
 
 from __future__ import annotations
 
