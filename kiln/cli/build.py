@@ -64,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         f"{engine.plan['build']['seconds']:.2f} s")
     if "note" in memory:
         console.print(f"[yellow]note:[/] {memory['note']}")
+    skipped = engine.plan["build"].get("tuning", {}).get("skipped") or {}
+    if skipped and not args.verbose:
+        console.print(f"[yellow]note:[/] {len(skipped)} tactic timings raised and were "
+                      "skipped; --verbose (or kiln inspect --json) lists them")
     quant = engine.plan["build"].get("quantization")
     if quant:
         _print_quantization(quant)

@@ -116,6 +116,9 @@ def test_build_verbose_names_skipped_tactics(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "[V] [kiln.build] tactic refusing-for-test skipped on conv1_fused: RuntimeError: " \
            "refused for the test" in err
+    assert main(["build", str(model_path()), "-o", str(out), "--device", "cpu", "--quiet"]) == 0
+    shown = " ".join(capsys.readouterr().err.split())  # without --verbose: one note
+    assert "note: 3 tactic timings raised and were skipped; --verbose" in shown
     assert main(["inspect", str(out)]) == 0  # and the engine says so when inspected
     shown = " ".join(capsys.readouterr().out.split())
     assert "3 tactic timings raised and were skipped (first: refusing-for-test on " \
