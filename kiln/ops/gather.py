@@ -21,10 +21,41 @@ def _wrap(indices: torch.Tensor, size: int) -> torch.Tensor:
 @register("Gather", 1)
 def gather(data: torch.Tensor, indices: torch.Tensor, *, axis: int = 0) -> torch.Tensor:
     axis = norm_axis(axis, data.dim())
-    idx = _wrap(indices, data.shape[axis]).to(data.device)
-    flat = torch.index_select(data, axis, idx.reshape(-1))
+    size = data.shape[axis]
+    if indices.device.type == "cpu" and indices.numel() == 1:
+        return _gather_one(data, indices, axis, size)
     shape = list(data.shape[:axis]) + list(indices.shape) + list(data.shape[axis + 1:])
+    idx = indices.reshape(-1)
+    if idx.dtype != torch.int64:
+        idx = idx.to(torch.int64)
+    if idx.device.type == "cpu" and data.device.type == "cpu":
+        try:  # non-negative indices need no wrapping: torch refuses a negative one here
+            return torch.index_select(data, axis, idx).reshape(shape)
+        except (IndexError, RuntimeError):
+            bad = idx[(idx < -size) | (idx >= size)]
+            if bad.numel():
+                raise IndexError(f"Gather index {int(bad[0])} is out of range for an axis "
+                                 f"of size {size}") from None
+    flat = torch.index_select(data, axis, _wrap(idx, size).to(data.device))
     return flat.reshape(shape)
+
+
+def _gather_one(data: torch.Tensor, indices: torch.Tensor, axis: int, size: int
+                ) -> torch.Tensor:
+    """One index on the host (shape arithmetic, a single row): a view, without index
+    tensors; each torch call saved is a microsecond or two, which models of many tiny
+    layers pay many times a run."""
+    i = int(indices.item())
+    if not -size <= i < size:
+        raise IndexError(f"Gather index {i} is out of range for an axis of size {size}")
+    i %= size
+    if indices.dim() == 0:
+        return data.select(axis, i)
+    row = data.narrow(axis, i, 1)
+    if indices.dim() == 1:
+        return row
+    return row.reshape(list(data.shape[:axis]) + list(indices.shape)
+                       + list(data.shape[axis + 1:]))
 
 
 @register("GatherElements", 11)
