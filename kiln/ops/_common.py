@@ -18,6 +18,8 @@ def ints(value: Any) -> list[int]:
     if value is None:
         return []
     if isinstance(value, torch.Tensor):
+        if value.dim() == 1 and not value.is_floating_point():
+            return value.tolist()  # already Python ints: a microsecond less per call
         return [int(v) for v in value.reshape(-1).tolist()]
     if isinstance(value, int):
         return [value]
