@@ -76,7 +76,11 @@ def main() -> None:
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         shapes = {k: list(v.shape) for k, v in feeds.items()}
         started = time.perf_counter()
-        engine = build_engine(path, BuilderConfig(device="cpu", profiles=[{"opt": shapes}]))
+        # the sample is also the build's probe input (`kiln build --loadInputs`): random
+        # values would send a model like silero-vad (its sample rate an input) down a
+        # branch that fails, leaving the build nothing to tune
+        engine = build_engine(path, BuilderConfig(device="cpu", profiles=[{"opt": shapes}],
+                                                  probe_inputs=feeds))
         build_s = time.perf_counter() - started
         context = ExecutionContext(engine)
         t_ort, t_kiln = paired_medians(lambda s=session, f=feeds: s.run(None, f),

@@ -80,8 +80,11 @@ class Program:
         return needed
 
     def run(self, feeds: Mapping[str, Any], outer: Mapping[str, Any] | None = None,
-            on_step: Callable[[int, Step, Scope], None] | None = None) -> list[Any]:
-        """Runs every step; `on_step(index, step, scope)` sees each step's results."""
+            on_step: Callable[[int, Step, Scope], None] | None = None,
+            on_nested_step: Callable[[int, Step, Scope], None] | None = None) -> list[Any]:
+        """Runs every step; `on_step(index, step, scope)` sees each step's results, and
+        `on_nested_step` those of the steps inside subgraph bodies (If, Loop, Scan), at
+        any depth, with indices of their own body."""
         scope = Scope(outer)
         scope.update(self.constants)
         scope.update(feeds)
@@ -89,7 +92,7 @@ class Program:
             args = [None if n is None else scope[n] for n in step.inputs]
             try:
                 if step.subgraphs:
-                    result = step.fn(*args, **{k: bind_body(p, scope)
+                    result = step.fn(*args, **{k: bind_body(p, scope, on_nested_step)
                                                for k, p in step.subgraphs.items()})
                 else:
                     result = step.fn(*args)
@@ -120,13 +123,16 @@ class StepError(RuntimeError):
         super().__init__(f"layer {self.step_path} failed: {self.cause}")
 
 
-def bind_body(program: Program | list[Program], scope: Scope) -> Callable | list[Callable]:
-    """A subgraph as a callable that reads outer values from `scope`."""
+def bind_body(program: Program | list[Program], scope: Scope,
+              on_step: Callable[[int, Step, Scope], None] | None = None
+              ) -> Callable | list[Callable]:
+    """A subgraph as a callable that reads outer values from `scope`; `on_step` sees its
+    steps (and those of the bodies inside it)."""
     if isinstance(program, list):
-        return [bind_body(p, scope) for p in program]  # type: ignore[misc]
+        return [bind_body(p, scope, on_step) for p in program]  # type: ignore[misc]
 
     def body(*inputs: Any) -> list[Any]:
-        return program.run(dict(zip(program.inputs, inputs)), scope)
+        return program.run(dict(zip(program.inputs, inputs)), scope, on_step, on_step)
 
     return body
 

@@ -77,7 +77,18 @@ def trace(program: Program, feeds: Mapping[str, Any], layouts: dict[str, list[in
                 owner = name
             owners[key] = (owner, [*seen, weakref.ref(value)])
 
-    program.run(feeds, on_step=record)
+    def record_nested(index: int, step: Step, scope: Scope) -> None:
+        # shapes (and memory orders) only: the tuner times layers inside If/Loop bodies on
+        # them; a body's values live and die within its step, so they take no buffers here
+        for name in step.outputs:
+            value = scope.get(name) if name is not None else None
+            if isinstance(value, torch.Tensor):
+                shapes[name] = list(value.shape)
+                order = memory_order(value) if layouts is not None else None
+                if order is not None:
+                    layouts[name] = order
+
+    program.run(feeds, on_step=record, on_nested_step=record_nested)
     for name in program.outputs:
         touch(name, len(program.steps))
     return list(buffers.values()), shapes
