@@ -98,14 +98,16 @@ def test_tma_qgemm_kernel_matches_the_reference(case):
     _close(got, want)
 
 
+def _fp8_gemm_case(rng, m: int, k: int, n: int) -> tuple:
+    """FP8 a [m, k] and w [n, k] spread over E4M3's range, and a float bias."""
+    a, w = (torch.from_numpy(rng.standard_normal(shape).astype(np.float32) * 30).to(
+        torch.float8_e4m3fn) for shape in ((m, k), (n, k)))
+    return a, w, rng.standard_normal(n).astype(np.float32)
+
+
 def test_tma_qgemm_kernel_fp8():
     tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
-    rng = np.random.default_rng(16)
-    a = torch.from_numpy(rng.standard_normal((50, 64)).astype(np.float32) * 30).to(
-        torch.float8_e4m3fn)
-    w = torch.from_numpy(rng.standard_normal((40, 64)).astype(np.float32) * 30).to(
-        torch.float8_e4m3fn)
-    bias = rng.standard_normal(40).astype(np.float32)
+    a, w, bias = _fp8_gemm_case(np.random.default_rng(16), 50, 64, 40)
     want = qgemm(a, w, a_scale=0.02, w_scale=[0.003] * 40, bias=bias, activation="GeluErf",
                  out_dtype="fp16")
     got = tma.qgemm_tma(a.to(DEVICE), w.to(DEVICE),
@@ -165,12 +167,7 @@ def test_qconv_kernel_matches_the_reference(case):
 
 
 def test_fp8_gemm_kernel():
-    rng = np.random.default_rng(11)
-    a = torch.from_numpy(rng.standard_normal((24, 64)).astype(np.float32) * 30).to(
-        torch.float8_e4m3fn)
-    w = torch.from_numpy(rng.standard_normal((16, 64)).astype(np.float32) * 30).to(
-        torch.float8_e4m3fn)
-    bias = rng.standard_normal(16).astype(np.float32)
+    a, w, bias = _fp8_gemm_case(np.random.default_rng(11), 24, 64, 16)
     want = qgemm(a, w, a_scale=0.02, w_scale=[0.003] * 16, bias=bias, out_dtype="fp16")
     got = kernels.qgemm(a.to(DEVICE), w.to(DEVICE),
                         torch.from_numpy(combined_scales(0.02, [0.003] * 16)).to(DEVICE),
