@@ -218,7 +218,10 @@ def _probe(engine: Engine, profile: Profile, given: dict[str, Any] | None,
             buffers, shapes = trace(program, {k: to_torch(v, device) for k, v in feeds.items()},
                                     layouts)
     except Exception as exc:  # a probe failure must not fail the build
-        report["note"] = f"probe run at the opt shape failed: {str(exc)[:300]}"
+        hint = "" if given is not None else (
+            "; the generated inputs may not suit the model (a sample rate, token ids): give "
+            "real ones with --loadInputs, so that layers are tuned and memory planned")
+        report["note"] = f"probe run at the opt shape failed: {str(exc)[:300]}{hint}"
         return report, layouts
     report.update({
         "probe_shapes": {k: profile.opt_shape(k) for k in profile.dims},

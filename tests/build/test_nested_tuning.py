@@ -70,3 +70,39 @@ def test_layers_inside_the_taken_branch_are_tuned(tmp_path, frames):
                  "flag": np.array(flag)}
         np.testing.assert_allclose(context.run(feeds)["y"], session.run(None, feeds)[0],
                                    rtol=1e-4, atol=1e-4)
+
+
+def _rate_model(rng) -> onnx.ModelProto:
+    """y = If(rate == 16000, x @ w, x[rate - 16000]): the generated probe (rate 0) takes the
+    branch whose index is out of range, as silero-vad's took the wrong branch for its rate."""
+    w = numpy_helper.from_array(rng.standard_normal((6, 4)).astype(np.float32), "w")
+    good = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["g"], name="mm")],
+                             "good", [], [helper.make_tensor_value_info("g", TensorProto.FLOAT,
+                                                                        None)])
+    bad = helper.make_graph(
+        [helper.make_node("Sub", ["rate", "sixteen"], ["row"], name="sub"),
+         helper.make_node("Gather", ["x", "row"], ["b"], name="pick", axis=0)], "bad", [],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)])
+    sixteen = numpy_helper.from_array(np.array(16000, np.int64), "sixteen")
+    graph = helper.make_graph(
+        [helper.make_node("Equal", ["rate", "sixteen"], ["is16"], name="eq"),
+         helper.make_node("If", ["is16"], ["y"], name="branch", then_branch=good,
+                          else_branch=bad)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 6]),
+         helper.make_tensor_value_info("rate", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, sixteen])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_failed_probe_names_the_fix_and_real_inputs_repair_it(tmp_path):
+    rng = np.random.default_rng(5)
+    path = tmp_path / "rate.onnx"
+    onnx.save(_rate_model(rng), path)
+    generated = build_engine(str(path), BuilderConfig(device="cpu"))
+    note = generated.plan["memory"]["note"]
+    assert note.startswith("probe run at the opt shape failed") and "--loadInputs" in note
+    real = {"x": rng.standard_normal((3, 6)).astype(np.float32), "rate": np.array(16000)}
+    given = build_engine(str(path), BuilderConfig(device="cpu", probe_inputs=real))
+    assert "note" not in given.plan["memory"] and "value_shapes" in given.plan
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, real)
+    np.testing.assert_allclose(ExecutionContext(given).run(real)["y"], want[0], rtol=1e-5)
