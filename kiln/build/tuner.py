@@ -42,7 +42,8 @@ class TuningReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def skip(self, tactic: str, layer: str, exc: Exception) -> None:
-        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        first_line = str(exc).split("\n", 1)[0][:200]
+        error = f"{type(exc).__name__}: {first_line}"
         self.skipped[f"{tactic} on {layer}"] = error
         log.debug("tactic %s skipped on %s: %s", tactic, layer, error)
 

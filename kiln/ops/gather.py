@@ -24,7 +24,7 @@ def gather(data: torch.Tensor, indices: torch.Tensor, *, axis: int = 0) -> torch
     size = data.shape[axis]
     if indices.device.type == "cpu" and indices.numel() == 1:
         return _gather_one(data, indices, axis, size)
-    shape = list(data.shape[:axis]) + list(indices.shape) + list(data.shape[axis + 1:])
+    shape = _gathered_shape(data, indices, axis)
     idx = indices.reshape(-1)
     if idx.dtype != torch.int64:
         idx = idx.to(torch.int64)
@@ -54,8 +54,11 @@ def _gather_one(data: torch.Tensor, indices: torch.Tensor, axis: int, size: int
     row = data.narrow(axis, i, 1)
     if indices.dim() == 1:
         return row
-    return row.reshape(list(data.shape[:axis]) + list(indices.shape)
-                       + list(data.shape[axis + 1:]))
+    return row.reshape(_gathered_shape(data, indices, axis))
+
+
+def _gathered_shape(data: torch.Tensor, indices: torch.Tensor, axis: int) -> list[int]:
+    return list(data.shape[:axis]) + list(indices.shape) + list(data.shape[axis + 1:])
 
 
 @register("GatherElements", 11)

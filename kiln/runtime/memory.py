@@ -53,18 +53,22 @@ def trace(program: Program, feeds: Mapping[str, Any], layouts: dict[str, list[in
         if owner in buffers:
             buffers[owner].last = index
 
-    def record(index: int, step: Step, scope: Scope) -> None:
-        for name in [*step.inputs, *_captures(step)]:
-            touch(name, index)
+    def outputs(step: Step, scope: Scope):
+        """The step's tensor outputs, their shapes (and memory orders) noted on the way."""
         for name in step.outputs:
             value = scope.get(name) if name is not None else None
             if not isinstance(value, torch.Tensor):
                 continue
             shapes[name] = list(value.shape)
-            if layouts is not None:
-                order = memory_order(value)
-                if order is not None:
-                    layouts[name] = order
+            order = memory_order(value) if layouts is not None else None
+            if order is not None:
+                layouts[name] = order
+            yield name, value
+
+    def record(index: int, step: Step, scope: Scope) -> None:
+        for name in [*step.inputs, *_captures(step)]:
+            touch(name, index)
+        for name, value in outputs(step, scope):
             key = _storage(value)
             owner, seen = owners.get(key, (None, []))
             seen = [ref for ref in seen if ref() is not None]
@@ -80,13 +84,8 @@ def trace(program: Program, feeds: Mapping[str, Any], layouts: dict[str, list[in
     def record_nested(index: int, step: Step, scope: Scope) -> None:
         # shapes (and memory orders) only: the tuner times layers inside If/Loop bodies on
         # them; a body's values live and die within its step, so they take no buffers here
-        for name in step.outputs:
-            value = scope.get(name) if name is not None else None
-            if isinstance(value, torch.Tensor):
-                shapes[name] = list(value.shape)
-                order = memory_order(value) if layouts is not None else None
-                if order is not None:
-                    layouts[name] = order
+        for _ in outputs(step, scope):
+            pass
 
     program.run(feeds, on_step=record, on_nested_step=record_nested)
     for name in program.outputs:

@@ -120,7 +120,7 @@ class LstmSteps(_Lstm):
         biases = [tensors[f"b_ih{d}"] + tensors[f"b_hh{d}"] for d in range(directions)]
 
         def one_direction(x, h, c, d: int):
-            ys = [x[0]] * x.shape[0]
+            ys: list[torch.Tensor | None] = [None] * x.shape[0]  # filled in time order
             steps = range(x.shape[0] - 1, -1, -1) if d == 1 else range(x.shape[0])
             for t in steps:
                 gates = torch.addmm(biases[d], torch.cat([x[t], h], 1), weights[d])
