@@ -84,7 +84,11 @@ def main() -> None:
     parser.add_argument("--layers", default="", help="comma list of layer name prefixes")
     parser.add_argument("--tiles", default="", help="comma list of TMA tiles (and 'fp8')")
     parser.add_argument("--tma-only", action="store_true", help="no gathering kernel, GEMMs")
+    parser.add_argument("--epilogues", action="store_true",
+                        help="FP8 BERT GEMMs with each epilogue, and the quantize steps")
     args = parser.parse_args()
+    if args.epilogues:
+        return epilogues()
     layers = [p for p in args.layers.split(",") if p]
     tma_tiles = {**TMA_CONFIGS, **TMA_STORE_CONFIGS}
     tiles = set(args.tiles.split(",")) if args.tiles else set(tma_tiles) | {"fp8"}
@@ -166,9 +170,54 @@ def main() -> None:
                   w8.t(), one)
         _time_row(rows, name, f"tma fp8 t4 {TMA_CONFIGS['t4']}", ops, fp16, tma.qgemm_tma, a8,
                   w8, scales, bias, {**epi, "out_type": "fp8e4m3"}, TMA_CONFIGS["t4"])
+    print_table(rows)
+
+
+def print_table(rows: list) -> None:
     print(f"\n{'layer':20} {'kernel':40} {'ms':>8} {'TOPS':>7} {'fp16/this':>9}")
     for name, kernel, ms, tops, ratio in rows:
         print(f"{name:20} {kernel:40} {ms:8.3f} {tops:7.1f} {ratio:9.2f}")
+
+
+# (label, epilogue): what a BERT engine's FP8 layers ask of the kernel
+EPILOGUES = [("fp16 out", {"out_dtype": "fp16"}),
+             ("fp8 out", {"out_scale": 0.05, "out_inv_scale": 20.0, "out_type": "fp8e4m3"}),
+             ("gelu fp16 out", {"out_dtype": "fp16", "activation": "GeluErf"}),
+             ("gelu fp8 out", {"out_scale": 0.05, "out_inv_scale": 20.0,
+                               "out_type": "fp8e4m3", "activation": "GeluErf"}),
+             ("gelu-tanh fp8 out", {"out_scale": 0.05, "out_inv_scale": 20.0,
+                                    "out_type": "fp8e4m3", "activation": "GeluTanh"})]
+
+
+def epilogues() -> None:
+    """Where an FP8 BERT layer's time goes: the Triton kernel per tile and epilogue,
+    cuBLASLt with bias (and fast accumulation), and the Quantize steps between layers."""
+    from kiln.kernels.triton import _int8_kernels as k8
+
+    rows = []
+    for name, m, kk, n in GEMMS[3:]:
+        a8 = (torch.randn(m, kk, device="cuda") * 2).to(torch.float8_e4m3fn)
+        w8 = (torch.randn(n, kk, device="cuda") / 8).to(torch.float8_e4m3fn)
+        scales, bias = torch.rand(n, device="cuda") / 8, torch.rand(n, device="cuda")
+        ops = 2 * m * n * kk
+        af = torch.randn(m, kk, device="cuda", dtype=torch.half)
+        wf = torch.randn(n, kk, device="cuda", dtype=torch.half)
+        bf = bias.half()
+        fp16 = time_ms(F.linear, af, wf, bf)
+        rows.append((name, "cublas fp16 +bias", fp16, ops / fp16 / 1e9, 1.0))
+        one = torch.ones((), device="cuda")
+        for label, fast in (("", False), (" fast-accum", True)):
+            _time_row(rows, name, f"_scaled_mm +bias{label}", ops, fp16, torch._scaled_mm, a8,
+                      w8.t(), one, one, bf, None, torch.half, fast)
+        for key in ("t1", "t4", "t6", "t7"):
+            for label, epi in EPILOGUES:
+                _time_row(rows, name, f"tma {key} {label}", ops, fp16, tma.qgemm_tma, a8, w8,
+                          scales, bias, epi, TMA_CONFIGS[key])
+    for m, n in ((4096, 768), (4096, 3072)):
+        x = torch.randn(m, n, device="cuda", dtype=torch.half)
+        ms = time_ms(k8.quantize, x, 0.05, 0, "fp8e4m3")
+        rows.append((f"quantize {m}x{n}", "quantize-triton fp8", ms, 0, 0))
+    print_table(rows)
 
 
 if __name__ == "__main__":

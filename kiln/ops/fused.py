@@ -6,7 +6,8 @@ kiln/kernels/ implement the same functions.
 
 - FusedConv:   act(Conv(x, w, b) + residual)
 - FusedGemm:   act(a @ w + bias)          (w is [K, N], or [N, K] with trans_b=1)
-- LayerNorm:   LayerNormalization(x + residual) (and the sum, as a second output)
+- LayerNorm:   LayerNormalization(x + residual) (and the sum, as a second output; and
+               the result quantized, as a third, when a quantized layer reads it)
 - Attention:   softmax(q @ k^T * scale + mask) @ v, per batch and head (zero_nan_rows:
                rows whose mask removed every key give 0, not NaN)
 """
@@ -86,13 +87,31 @@ def fused_gemm(a, w, bias=None, *, trans_b: int = 0, activation: str = "",
 
 @register("LayerNorm", 1, domain=KILN_DOMAIN)
 def layer_norm(x, residual=None, scale=None, bias=None, *, axis: int = -1,
-               epsilon: float = 1e-5, num_outputs: int = 1):
+               epsilon: float = 1e-5, quantize_scale: float = 0.0,
+               quantize_zero_point: int = 0, quantize_to: str = "int8", num_outputs: int = 1):
     summed = x if residual is None else x + residual
     dims = summed.shape[axis if axis >= 0 else summed.dim() + axis:]
     work = summed.float() if summed.dtype in (torch.float16, torch.bfloat16) else summed
     y = F.layer_norm(work, dims, None if scale is None else scale.to(work.dtype),
                      None if bias is None else bias.to(work.dtype), epsilon).to(summed.dtype)
-    return (y, summed) if num_outputs > 1 else y
+    return layer_norm_outputs(y, summed, num_outputs, quantize_scale, quantize_zero_point,
+                              quantize_to)
+
+
+def layer_norm_outputs(y: torch.Tensor, summed: torch.Tensor, num_outputs: int,
+                       quantize_scale: float = 0.0, quantize_zero_point: int = 0,
+                       quantize_to: str = "int8") -> torch.Tensor | tuple:
+    """LayerNorm's outputs: y; (y, sum); or (y, sum, Quantize(y)) where fuse_layernorm_quantize
+    gave the node the quantize step that read y (computed from y as stored, so it equals
+    the separate step's result)."""
+    if num_outputs == 1:
+        return y
+    if num_outputs == 2:
+        return y, summed
+    from kiln.quant import arith
+
+    return y, summed, arith.quantize(y, quantize_scale, quantize_zero_point,
+                                     qtype=quantize_to)
 
 
 def to_bhsd(t: torch.Tensor, layout: str) -> torch.Tensor:

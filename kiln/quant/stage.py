@@ -20,6 +20,7 @@ import torch
 from kiln.errors import KilnError
 from kiln.ir import DType, Graph
 from kiln.passes import PassContext
+from kiln.passes.fuse_layernorm_quantize import fuse_layernorm_quantize
 from kiln.passes.lower_qdq import QUANTIZED_OPS, lower_qdq
 from kiln.quant.calibrate import CalibrationResult, calibrate
 from kiln.quant.calibration_cache import CalibrationTable, method_of
@@ -119,6 +120,7 @@ def apply(graph: Graph, plan: QuantizationPlan | None, ctx: PassContext) -> None
     inserted = insert_qdq(graph, amax, plan.qtype, overrides)
     while lower_qdq(graph, ctx):
         pass
+    fuse_layernorm_quantize(graph, ctx)
     if inserted.skipped:
         plan.report["skipped"] = inserted.skipped
 
@@ -128,7 +130,7 @@ def finalize(graph: Graph, plan: QuantizationPlan | None) -> dict[str, Any] | No
     precision. Returns the build report's quantization entry."""
     count = 0
     for node in graph.walk_nodes():
-        if node.domain != "kiln":
+        if node.domain != "kiln" or node.op_type == "LayerNorm":  # no first output needed
             continue
         out = node.output
         if (node.op_type in QUANTIZED_OPS or node.op_type == "Dequantize") and \

@@ -50,7 +50,9 @@ def test_matches_reference(shape, axis, layout, dtype, affine):
         residual = _random(shape[lead:], dtype, seed + 1)
     scale = _random(shape[lead:], dtype, seed + 2) if affine else None
     shift = _random(shape[lead:], dtype, seed + 3) if affine else None
-    y, total = add_layer_norm(x, residual, scale, shift, axis, 1e-5, want_sum=residual is not None)
+    y, total, q = add_layer_norm(x, residual, scale, shift, axis, 1e-5,
+                                 want_sum=residual is not None)
+    assert q is None
     want_y, want_sum = layer_norm(x, residual, scale, shift, axis=axis, epsilon=1e-5,
                                   num_outputs=2)
     tol = 1e-5 if dtype == torch.float32 else 4e-3
@@ -58,6 +60,39 @@ def test_matches_reference(shape, axis, layout, dtype, affine):
     torch.testing.assert_close(y.float(), want_y.float(), atol=tol, rtol=tol)
     if residual is not None:
         torch.testing.assert_close(total, want_sum, atol=0, rtol=0)  # the same rounded sum
+
+
+FP8_OUT = pytest.mark.skipif(DEVICE == "cpu", reason="the Triton interpreter's float32 -> "
+                             "float8 conversion is wrong; run on a GPU")
+
+
+@pytest.mark.parametrize("to, zero_point", [("int8", 0), ("uint8", 128),
+                                            pytest.param("fp8e4m3", 0, marks=FP8_OUT)])
+@pytest.mark.parametrize("want_y", [True, False])
+@pytest.mark.parametrize("shape", [(3, 5, 40), (2, 1030)], ids=str)
+def test_quantized_output_is_the_quantize_step_of_y(to, zero_point, want_y, shape):
+    """The third output (fuse_layernorm_quantize) holds Quantize(y) for y as stored, byte
+    for byte as kiln's reference quantize computes it, with or without y written."""
+    from kiln.quant import arith
+
+    seed = hash((to, shape)) % 2**31
+    x, residual = _random(shape, torch.float16, seed), _random(shape, torch.float16, seed + 1)
+    scale = _random(shape[-1:], torch.float16, seed + 2)
+    step = 0.031 if to != "fp8e4m3" else 0.01
+    attrs = {"quantize_scale": step, "quantize_zero_point": zero_point, "quantize_to": to}
+    y, total, q = add_layer_norm(x, residual, scale, None, -1, 1e-5, want_sum=True,
+                                 quantize=attrs, want_y=want_y)
+    want_y_, want_sum, want_q = layer_norm(x, residual, scale, None, epsilon=1e-5,
+                                           num_outputs=3, **attrs)
+    torch.testing.assert_close(total, want_sum, atol=0, rtol=0)
+    assert (y is not None) == want_y and q.dtype == want_q.dtype
+    stored = y if want_y else want_y_
+    if want_y:
+        torch.testing.assert_close(y.float(), want_y_.float(), atol=4e-3, rtol=4e-3)
+    expected = arith.quantize(stored, step, zero_point, qtype=to)  # of the kernel's own y
+    assert torch.equal(q.view(torch.uint8) if to == "fp8e4m3" else q,
+                       expected.view(torch.uint8) if to == "fp8e4m3" else expected)
+    assert len(torch.unique(q.float())) > 10  # real values, not one saturated level
 
 
 def test_rows_view_reads_strides_and_refuses_split_rows():

@@ -4,12 +4,20 @@ input's type (its CUDA kernel accumulates in fp32 for fp16 inputs)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
+from kiln.ops.fused import layer_norm_outputs
+
+
+def quantize_attrs(attrs: dict) -> dict[str, Any]:
+    """The quantize step a LayerNorm took over (fuse_layernorm_quantize), as keywords."""
+    return {k: attrs[k] for k in ("quantize_scale", "quantize_zero_point", "quantize_to")
+            if k in attrs}
 
 
 @register_tactic
@@ -26,14 +34,14 @@ class LayerNormTorch(Tactic):
              device: torch.device) -> Callable[..., Any]:
         axis = layer.attrs.get("axis", -1)
         eps = layer.attrs.get("epsilon", 1e-5)
-        two_outputs = len(layer.outputs) > 1
+        outputs = partial(layer_norm_outputs, num_outputs=len(layer.outputs),
+                          **quantize_attrs(layer.attrs))
 
         def run(x, residual=None, scale=None, bias=None):
             summed = x if residual is None else x + residual
             dims = summed.shape[axis if axis >= 0 else summed.dim() + axis:]
             weight = None if scale is None else scale.to(summed.dtype)
             shift = None if bias is None else bias.to(summed.dtype)
-            y = F.layer_norm(summed, dims, weight, shift, eps)
-            return (y, summed) if two_outputs else y
+            return outputs(F.layer_norm(summed, dims, weight, shift, eps), summed)
 
         return run

@@ -370,19 +370,23 @@ def _quantize_kernel(x_ptr, out_ptr, n, scale, zp, OUT_MODE: tl.constexpr,
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offsets, quantized(x, scale, zp, OUT_MODE), mask=mask)
+
+
+@triton.jit
+def quantized(x, scale, zp, OUT_MODE: tl.constexpr):
+    """Quantize's values of float32 x as the output stores them (FP8 as its bytes)."""
     q = tl.math.div_rn(x, scale)  # ONNX divides; round to nearest like the reference
     if OUT_MODE == 5:
         q = tl.minimum(tl.maximum(q, -448.0), 448.0)
-        q = q.to(tl.float8e4nv, fp_downcast_rounding="rtne")
-        tl.store(out_ptr + offsets, q.to(tl.uint8, bitcast=True), mask=mask)
+        out = q.to(tl.float8e4nv, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True)
     else:
         q = _round_half_even(tl.minimum(tl.maximum(q, -512.0), 512.0)) + zp
         if OUT_MODE == 3:
-            q = tl.minimum(tl.maximum(q, -128.0), 127.0)
-            tl.store(out_ptr + offsets, q.to(tl.int32).to(tl.int8), mask=mask)
+            out = tl.minimum(tl.maximum(q, -128.0), 127.0).to(tl.int32).to(tl.int8)
         else:
-            q = tl.minimum(tl.maximum(q, 0.0), 255.0)
-            tl.store(out_ptr + offsets, q.to(tl.int32).to(tl.uint8), mask=mask)
+            out = tl.minimum(tl.maximum(q, 0.0), 255.0).to(tl.int32).to(tl.uint8)
+    return out
 
 
 @triton.jit

@@ -5,7 +5,9 @@ so the permuted views transformer exports hand over (torch's MultiheadAttention 
 its output through a [1, 0, 2] Transpose) are read in place: torch's add reads those on
 its slow strided path and layer_norm then needs a contiguous copy. The sum is rounded to
 the input type before the statistics, as the two-kernel reference computes them, and
-written out only when the graph reads it (the next residual).
+written out only when the graph reads it (the next residual). Where a quantized layer
+reads the result, the kernel quantizes it too (fuse_layernorm_quantize), saving the
+quantize step's pass over memory; y itself is then written only if something else reads it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
+from kiln.kernels.torch.layernorm import quantize_attrs
 from kiln.kernels.triton import AVAILABLE, usable_on
 
 MAX_ROW = 8192  # one row lives in registers
@@ -25,11 +28,14 @@ if AVAILABLE:
     import triton
     import triton.language as tl
 
+    from kiln.kernels.triton._int8_kernels import _OUT_TORCH, OUT_MODES, _bytes, quantized
+
     @triton.jit
-    def _add_layer_norm(x, res, w, b, y, total, d1, n, eps,
+    def _add_layer_norm(x, res, w, b, y, total, q, d1, n, eps, q_scale, q_zp,
                         x_s0, x_s1, r_s0, r_s1,
                         HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                        STORE_SUM: tl.constexpr, BLOCK: tl.constexpr):
+                        STORE_SUM: tl.constexpr, STORE_Y: tl.constexpr, Q_MODE: tl.constexpr,
+                        BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         i0 = row // d1
         i1 = row % d1
@@ -49,7 +55,12 @@ if AVAILABLE:
             out = out * tl.load(w + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_B:
             out = out + tl.load(b + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(y + row * n + cols, out.to(y.dtype.element_ty), mask=mask)
+        out = out.to(y.dtype.element_ty)
+        if STORE_Y:
+            tl.store(y + row * n + cols, out, mask=mask)
+        if Q_MODE != 0:  # the quantize step that read y, from y as stored
+            tl.store(q + row * n + cols, quantized(out.to(tl.float32), q_scale, q_zp, Q_MODE),
+                     mask=mask)
 
 
 def rows_view(t: torch.Tensor, lead: int) -> tuple[int, int, int, int] | None:
@@ -76,8 +87,9 @@ def rows_view(t: torch.Tensor, lead: int) -> tuple[int, int, int, int] | None:
 
 
 def add_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
-                   bias: torch.Tensor | None, axis: int, eps: float, want_sum: bool
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   bias: torch.Tensor | None, axis: int, eps: float, want_sum: bool,
+                   quantize: dict | None = None, want_y: bool = True) -> tuple:
+    """(y, sum or None, y quantized or None); `quantize`: the keywords of quantize_attrs."""
     lead = axis if axis >= 0 else x.dim() + axis
     if residual is not None and residual.shape != x.shape:
         residual = residual.expand(x.shape)
@@ -90,14 +102,19 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch
     (d0, d1, x_s0, x_s1), (_, _, r_s0, r_s1) = views[0], views[-1]
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     total = torch.empty(x.shape, dtype=x.dtype, device=x.device) if want_sum else y
+    q_mode = OUT_MODES[quantize.get("quantize_to", "int8")] if quantize else 0
+    q = torch.empty(x.shape, dtype=_OUT_TORCH[q_mode], device=x.device) if q_mode else y
     if y.numel():
         _add_layer_norm[(d0 * d1,)](
             x, residual if residual is not None else x, weight if weight is not None else x,
-            bias if bias is not None else x, y, total, d1, n, eps, x_s0, x_s1, r_s0, r_s1,
+            bias if bias is not None else x, y, total, _bytes(q), d1, n, eps,
+            float(quantize.get("quantize_scale", 1.0)) if quantize else 1.0,
+            int(quantize.get("quantize_zero_point", 0)) if quantize else 0,
+            x_s0, x_s1, r_s0, r_s1,
             HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None,
-            STORE_SUM=want_sum, BLOCK=triton.next_power_of_2(n),
-            num_warps=4 if n <= 2048 else 8)
-    return y, (total if want_sum else None)
+            STORE_SUM=want_sum, STORE_Y=want_y, Q_MODE=q_mode,
+            BLOCK=triton.next_power_of_2(n), num_warps=4 if n <= 2048 else 8)
+    return (y if want_y else None), (total if want_sum else None), (q if q_mode else None)
 
 
 @register_tactic
@@ -113,7 +130,10 @@ class LayerNormTriton(Tactic):
              device: torch.device) -> Callable[..., Any]:
         axis = layer.attrs.get("axis", -1)
         eps = float(layer.attrs.get("epsilon", 1e-5))
-        want_sum = len(layer.outputs) > 1 and layer.outputs[1] is not None
+        outputs = list(layer.outputs) + [None] * (3 - len(layer.outputs))
+        quantize = quantize_attrs(layer.attrs) if outputs[2] is not None else None
+        want_sum = outputs[1] is not None
+        count = len(layer.outputs)
 
         def run(x, residual=None, scale=None, shift=None):
             lead = axis if axis >= 0 else x.dim() + axis
@@ -121,8 +141,9 @@ class LayerNormTriton(Tactic):
                 from kiln.ops.fused import layer_norm
 
                 return layer_norm(x, residual, scale, shift, axis=axis, epsilon=eps,
-                                  num_outputs=2 if want_sum else 1)
-            y, total = add_layer_norm(x, residual, scale, shift, axis, eps, want_sum)
-            return (y, total) if want_sum else y
+                                  num_outputs=count, **(quantize or {}))
+            y, total, q = add_layer_norm(x, residual, scale, shift, axis, eps, want_sum,
+                                         quantize, want_y=outputs[0] is not None)
+            return (y, total, q)[:count] if count > 1 else y
 
         return run
