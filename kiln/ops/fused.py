@@ -102,16 +102,17 @@ def layer_norm_outputs(y: torch.Tensor, summed: torch.Tensor, num_outputs: int,
                        quantize_scale: float = 0.0, quantize_zero_point: int = 0,
                        quantize_to: str = "int8") -> torch.Tensor | tuple:
     """LayerNorm's outputs: y; (y, sum); or (y, sum, Quantize(y)) where fuse_layernorm_quantize
-    gave the node the quantize step that read y (computed from y as stored, so it equals
-    the separate step's result)."""
+    gave the node the quantize step that read y: from y as stored, multiplied by the
+    inverse scale as fused epilogues quantize (so within a level of the separate step)."""
     if num_outputs == 1:
         return y
     if num_outputs == 2:
         return y, summed
+    from kiln.ops.quantized import inverse_scale
     from kiln.quant import arith
 
-    return y, summed, arith.quantize(y, quantize_scale, quantize_zero_point,
-                                     qtype=quantize_to)
+    return y, summed, arith.quantize(y, inverse_scale(quantize_scale), quantize_zero_point,
+                                     qtype=quantize_to, inv_scale=True)
 
 
 def to_bhsd(t: torch.Tensor, layout: str) -> torch.Tensor:

@@ -71,8 +71,9 @@ FP8_OUT = pytest.mark.skipif(DEVICE == "cpu", reason="the Triton interpreter's f
 @pytest.mark.parametrize("want_y", [True, False])
 @pytest.mark.parametrize("shape", [(3, 5, 40), (2, 1030)], ids=str)
 def test_quantized_output_is_the_quantize_step_of_y(to, zero_point, want_y, shape):
-    """The third output (fuse_layernorm_quantize) holds Quantize(y) for y as stored, byte
-    for byte as kiln's reference quantize computes it, with or without y written."""
+    """The third output (fuse_layernorm_quantize) holds y as stored quantized, byte for byte
+    as kiln's reference computes it, with or without y written."""
+    from kiln.ops.quantized import inverse_scale
     from kiln.quant import arith
 
     seed = hash((to, shape)) % 2**31
@@ -89,7 +90,8 @@ def test_quantized_output_is_the_quantize_step_of_y(to, zero_point, want_y, shap
     stored = y if want_y else want_y_
     if want_y:
         torch.testing.assert_close(y.float(), want_y_.float(), atol=4e-3, rtol=4e-3)
-    expected = arith.quantize(stored, step, zero_point, qtype=to)  # of the kernel's own y
+    expected = arith.quantize(stored, inverse_scale(step), zero_point, qtype=to,
+                              inv_scale=True)  # of the kernel's own y, as epilogues do
     assert torch.equal(q.view(torch.uint8) if to == "fp8e4m3" else q,
                        expected.view(torch.uint8) if to == "fp8e4m3" else expected)
     assert len(torch.unique(q.float())) > 10  # real values, not one saturated level

@@ -7,7 +7,9 @@
   epilogue in torch ops. One candidate among others: it measured far below the chip's
   INT8 peak on the H200, so the tuner keeps it only where it wins.
 - fp8-scaled-mm: torch._scaled_mm (cuBLASLt FP8, per-tensor scales, bias fused) for FP8
-  dense layers on Hopper/Ada.
+  dense layers on Hopper/Ada, with fast accumulation as inference libraries run FP8
+  forward passes (Transformer Engine's default): without it BERT-base's QKV GEMM at
+  batch 32 measured 24 us, no faster than FP16; with it 17 us (H100).
 """
 
 from __future__ import annotations
@@ -218,7 +220,7 @@ class Fp8ScaledMM(Tactic):
         def run(a, _w=None):
             rows = a.reshape(-1, a.shape[-1])
             y = torch._scaled_mm(rows.contiguous(), weight, scale_a=scale_a, scale_b=scale_b,
-                                 bias=bias, out_dtype=out_dtype)
+                                 bias=bias, out_dtype=out_dtype, use_fast_accum=True)
             if finish is not None:
                 y = finish(y)
             return y.reshape(*a.shape[:-1], weight.shape[1])

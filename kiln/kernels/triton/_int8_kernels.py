@@ -62,10 +62,11 @@ def _activate(y, ACT: tl.constexpr, p0, p1):
 
 @triton.jit
 def _round_half_even(v):
-    r = tl.floor(v + 0.5)
-    tie = (r - v) == 0.5
-    odd = (r.to(tl.int32) & 1) == 1
-    return tl.where(tie & odd, r - 1.0, r)
+    """v (|v| <= 2**22, as the callers clamp it) rounded to the nearest integer, ties to
+    even: adding and taking away 1.5 * 2**23 leaves no fraction bits, and float32 addition
+    rounds to nearest even. Two instructions where floor-and-fix-ties took seven, which
+    counts in memory-bound kernels that quantize (the LayerNorm's third output)."""
+    return (v + 12582912.0) - 12582912.0
 
 
 @triton.jit
@@ -374,9 +375,13 @@ def _quantize_kernel(x_ptr, out_ptr, n, scale, zp, OUT_MODE: tl.constexpr,
 
 
 @triton.jit
-def quantized(x, scale, zp, OUT_MODE: tl.constexpr):
-    """Quantize's values of float32 x as the output stores them (FP8 as its bytes)."""
-    q = tl.math.div_rn(x, scale)  # ONNX divides; round to nearest like the reference
+def quantized(x, scale, zp, OUT_MODE: tl.constexpr, INVERSE: tl.constexpr = False):
+    """Quantize's values of float32 x as the output stores them (FP8 as its bytes);
+    INVERSE: scale holds 1 / scale and multiplies, as fused epilogues do."""
+    if INVERSE:
+        q = x * scale
+    else:
+        q = tl.math.div_rn(x, scale)  # ONNX divides; round to nearest like the reference
     if OUT_MODE == 5:
         q = tl.minimum(tl.maximum(q, -448.0), 448.0)
         out = q.to(tl.float8e4nv, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True)

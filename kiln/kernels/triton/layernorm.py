@@ -21,6 +21,7 @@ import torch
 from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
 from kiln.kernels.torch.layernorm import quantize_attrs
 from kiln.kernels.triton import AVAILABLE, usable_on
+from kiln.ops.quantized import inverse_scale
 
 MAX_ROW = 8192  # one row lives in registers
 
@@ -31,7 +32,7 @@ if AVAILABLE:
     from kiln.kernels.triton._int8_kernels import _OUT_TORCH, OUT_MODES, _bytes, quantized
 
     @triton.jit
-    def _add_layer_norm(x, res, w, b, y, total, q, d1, n, eps, q_scale, q_zp,
+    def _add_layer_norm(x, res, w, b, y, total, q, d1, n, eps, q_inv_scale, q_zp,
                         x_s0, x_s1, r_s0, r_s1,
                         HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                         STORE_SUM: tl.constexpr, STORE_Y: tl.constexpr, Q_MODE: tl.constexpr,
@@ -59,8 +60,8 @@ if AVAILABLE:
         if STORE_Y:
             tl.store(y + row * n + cols, out, mask=mask)
         if Q_MODE != 0:  # the quantize step that read y, from y as stored
-            tl.store(q + row * n + cols, quantized(out.to(tl.float32), q_scale, q_zp, Q_MODE),
-                     mask=mask)
+            tl.store(q + row * n + cols,
+                     quantized(out.to(tl.float32), q_inv_scale, q_zp, Q_MODE, True), mask=mask)
 
 
 def rows_view(t: torch.Tensor, lead: int) -> tuple[int, int, int, int] | None:
@@ -108,7 +109,7 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch
         _add_layer_norm[(d0 * d1,)](
             x, residual if residual is not None else x, weight if weight is not None else x,
             bias if bias is not None else x, y, total, _bytes(q), d1, n, eps,
-            float(quantize.get("quantize_scale", 1.0)) if quantize else 1.0,
+            inverse_scale(quantize["quantize_scale"]) if quantize else 1.0,
             int(quantize.get("quantize_zero_point", 0)) if quantize else 0,
             x_s0, x_s1, r_s0, r_s1,
             HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None,
