@@ -182,7 +182,7 @@ def test_cli_says_what_the_precision_choice_kept(model, tmp_path, capsys, monkey
     assert code == 0 and output.exists()
     if int8_wins:
         assert "kept 1 layer in fp32 where that ran faster" in " ".join(text.split())
-        assert "mixed 1.000 ms, fp32 2.000 ms" in " ".join(text.split())
+        assert "mixed 1.000 ms, all 1.000 ms, fp32 2.000 ms" in " ".join(text.split())
         assert "quantized 4 layers (entropy calibration over 3 batches)" in text
     else:
         assert "no quantized layer made the engine faster, so it is the fp32 build" in \

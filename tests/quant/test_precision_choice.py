@@ -83,7 +83,7 @@ def test_layers_slower_in_int8_leave_it(model, monkeypatch):
     assert "cache" not in quant and "cache_written" not in quant
     assert quant["quantized_layers"] == len(_quantized(chosen))
     assert choice["layer_ms"]["/c2/Conv"] == {"int8": 2.0, "fp32": 1.0}
-    assert choice["engine_ms"] == {"mixed": 1.0, "fp32": 1.5} and len(whole) == 2
+    assert choice["engine_ms"] == {"mixed": 1.0, "all": 1.0, "fp32": 1.5} and len(whole) == 3
     # the layers still in INT8 read the same thresholds as in the forced build
     for name in _quantized(chosen):
         scales = [_input_scale(layer) for e in (forced, chosen) for layer in e.layers()
@@ -97,6 +97,24 @@ def test_layers_slower_in_int8_leave_it(model, monkeypatch):
     cos = float(np.dot(got.ravel(), reference.ravel()) /
                 (np.linalg.norm(got) * np.linalg.norm(reference)))
     assert cos > 0.99
+
+
+def test_the_quantized_build_whole_can_beat_the_pinned_choices(model, monkeypatch):
+    """/c2 and /c4 lose alone, yet the engine with every layer quantized runs fastest whole
+    (fewer precision boundaries than the models count): it is the engine, with no rebuild."""
+    real = precision_choice.layer_times
+    monkeypatch.setattr(precision_choice, "layer_times", lambda e, p: {
+        name: (2.0 if name in ("/c2/Conv", "/c4/Conv") else 0.5) if _quantized(e) else 1.0
+        for name in real(e, p)})
+    monkeypatch.setattr(precision_choice, "boundary_model", lambda *a: None)
+    forced = build_engine(str(model), _config(precision_constraints="obey"))
+    every = _quantized(forced)
+    monkeypatch.setattr(precision_choice, "engine_ms", lambda e: (
+        0.8 if _quantized(e) == every else 1.0) if _quantized(e) else 1.5)
+    chosen = build_engine(str(model), _config(precision_constraints="none"))
+    choice = chosen.plan["build"]["precision_choice"]
+    assert choice["engine_ms"] == {"mixed": 1.0, "all": 0.8, "fp32": 1.5}
+    assert choice["kept_in_fp32"] == [] and _quantized(chosen) == every
 
 
 def test_auto_obeys_on_the_cpu_and_a_bad_value_is_named(model):
