@@ -79,3 +79,17 @@ def test_layernorms_quantize_their_result(model, engines, shape):
     got = np.asarray(got, dtype=np.float64).ravel()
     cosine = got @ reference.ravel() / np.linalg.norm(got) / np.linalg.norm(reference)
     assert cosine > 0.99
+
+
+def test_a_saved_engine_keeps_the_layernorms_outputs(model, engines, tmp_path):
+    """A LayerNorm with no first output (y unread) survives the plan file."""
+    from kiln.engine.engine import Engine
+
+    fused, _ = engines
+    fused.save(tmp_path / "e.kiln")
+    loaded = Engine.load(tmp_path / "e.kiln")
+    outputs = [layer["outputs"] for layer in loaded.layers() if layer["op"] == "LayerNorm"]
+    assert outputs == [layer["outputs"] for layer in fused.layers() if layer["op"] == "LayerNorm"]
+    x = np.random.default_rng(9).standard_normal((2, 6, 32)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(ExecutionContext(loaded).run({"x": x})["y"]),
+                                  np.asarray(ExecutionContext(fused).run({"x": x})["y"]))
