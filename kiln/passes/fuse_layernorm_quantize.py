@@ -13,9 +13,8 @@ residual of a post-norm block).
 from __future__ import annotations
 
 from kiln.ir import Graph, Node
+from kiln.passes.lower_qdq import quantize_key
 from kiln.passes.pipeline import PassContext, register_pass
-
-QUANTIZED_TYPES = ("int8", "uint8", "fp8e4m3")
 
 
 @register_pass("fuse", priority=85)  # after lower_qdq, which absorbs the steps it can
@@ -32,26 +31,16 @@ def fuse_layernorm_quantize(graph: Graph, ctx: PassContext) -> bool:
     return changed
 
 
-def _key(node: Node) -> tuple[float, int, str] | None:
-    if node.domain != "kiln" or node.op_type != "Quantize":
-        return None
-    scale, to = node.attrs.get("scale"), node.attrs.get("to", "int8")
-    zero_point = node.attrs.get("zero_point", 0)
-    if isinstance(scale, list | tuple) or isinstance(zero_point, list | tuple) \
-            or to not in QUANTIZED_TYPES:
-        return None
-    return float(scale), int(zero_point), to
-
-
 def _fuse(graph: Graph, node: Node) -> int:
     """Fuses the Quantize readers of node's result that share the first one's scale and
     type; returns how many."""
     y = node.outputs[0]
-    readers = [n for n in y.consumers if n.graph is graph and _key(n) is not None]
-    if not readers:
+    keyed = [(n, quantize_key(n)) for n in y.consumers if n.graph is graph]
+    keyed = [(n, k) for n, k in keyed if k is not None]
+    if not keyed:
         return 0
-    key = _key(readers[0])
-    readers = [n for n in readers if _key(n) == key]
+    key = keyed[0][1]
+    readers = [n for n, k in keyed if k == key]
     q = readers[0].outputs[0]
     for other in readers[1:]:
         graph.replace_all_uses(other.outputs[0], q)

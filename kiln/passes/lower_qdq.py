@@ -166,7 +166,7 @@ def _fuse_requantize(graph: Graph, node: Node) -> bool:
     if node.attrs.get("out_scale") or not out.consumers or any(out is v for v in graph.outputs):
         return False
     readers = out.consumers
-    keys = {_quantize_key(q) for q in readers}
+    keys = {quantize_key(q) for q in readers}
     if len(keys) != 1 or None in keys:
         return False
     scale, zero_point, qtype = keys.pop()  # type: ignore[misc]
@@ -183,7 +183,8 @@ def _fuse_requantize(graph: Graph, node: Node) -> bool:
     return True
 
 
-def _quantize_key(node: Node) -> tuple[float, int, str] | None:
+def quantize_key(node: Node) -> tuple[float, int, str] | None:
+    """(scale, zero point, type) of a per-tensor kiln.Quantize; None for anything else."""
     if node.domain != "kiln" or node.op_type != "Quantize":
         return None
     scale, to = node.attrs.get("scale"), node.attrs.get("to", "int8")
@@ -207,4 +208,4 @@ def qtype_dtype(qtype: str) -> DType:
     return _DTYPE_OF[qtype]
 
 
-__all__ = ["forced_float", "lower_qdq", "qtype_dtype", "quantizable"]
+__all__ = ["forced_float", "lower_qdq", "qtype_dtype", "quantizable", "quantize_key"]
