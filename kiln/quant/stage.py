@@ -130,12 +130,10 @@ def finalize(graph: Graph, plan: QuantizationPlan | None) -> dict[str, Any] | No
     precision. Returns the build report's quantization entry."""
     count = 0
     for node in graph.walk_nodes():
-        if node.domain != "kiln" or node.op_type == "LayerNorm":  # no first output needed
+        if node.domain != "kiln" or node.op_type not in (*QUANTIZED_OPS, "Dequantize"):
             continue
-        out = node.output
-        if (node.op_type in QUANTIZED_OPS or node.op_type == "Dequantize") and \
-                out.dtype in _FLOAT_NAMES:
-            node.attrs["out_dtype"] = _FLOAT_NAMES[out.dtype]
+        if node.output.dtype in _FLOAT_NAMES:
+            node.attrs["out_dtype"] = _FLOAT_NAMES[node.output.dtype]
         if node.op_type in QUANTIZED_OPS:
             node.meta["precision"] = "fp8" if node.meta.get("quantized") == "fp8e4m3" else "int8"
             count += 1
