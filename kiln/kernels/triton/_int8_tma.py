@@ -8,8 +8,9 @@ dh = kh*DH - PH the input row S*oh + dh sits at (oh + dh div S, dh mod S) in the
 a tile of output rows (BB images x TH rows x TW columns) reads one box
 [BB, TH, 1, TW, BLOCK_K] per step. Padding comes from TMA's zero fill of boxes that
 reach outside the tensor, so the kernel takes zero-point-0 inputs only (symmetric int8,
-FP8); a 1x1 stride-1 convolution is the GEMM over [B*H*W, C] (the view [B*H*W, 1, 1, 1, C]);
-QGemm has its own kernel over plain 2-D boxes (_qgemm_tma_kernel).
+FP8). QGemm, and a 1x1 stride-1 convolution as the GEMM over its [B*H*W, C] rows, take a
+kernel over plain 2-D boxes (_qgemm_tma_kernel); the TMA-store tiles keep such a
+convolution in the box kernel, as [B*H*W, 1, 1, 1, C].
 Output rows outside the image (tiles are powers of two) are computed and not stored.
 The epilogue's values come from _int8_kernels._epilogue; with TMA_OUT the residual tile
 is read and the output tile written by TMA too (the `s` tiles, which pay where a residual
@@ -86,12 +87,14 @@ def _qconv_tma_kernel(x_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, b
 
 
 @triton.jit
-def _qgemm_tma_kernel(a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, M, stride_om,
-                      res_scale, res_zp, out_inv_scale, out_zp, p0, p1, N: tl.constexpr,
-                      K: tl.constexpr, HAS_BIAS: tl.constexpr, IS_FP8: tl.constexpr,
-                      ACT: tl.constexpr, OUT_MODE: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """QGemm over 2-D boxes of a [M, K] and w [N, K]; the epilogue stores by pointer."""
+def _qgemm_tma_kernel(a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M, stride_om,
+                      stride_rm, res_scale, res_zp, out_inv_scale, out_zp, p0, p1,
+                      N: tl.constexpr, K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      RES_MODE: tl.constexpr, IS_FP8: tl.constexpr, ACT: tl.constexpr,
+                      OUT_MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """QGemm over 2-D boxes of a [M, K] and w [N, K]; the epilogue reads the residual and
+    stores by pointer."""
     pid_m, pid_n = _tile_start(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     if IS_FP8:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -103,8 +106,8 @@ def _qgemm_tma_kernel(a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, M, stride_o
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     _finish(acc, rm, rm < M, rn, N, out_ptr, stride_om, scales_ptr, bias_ptr, scales_ptr,
-            scales_ptr, 0, 0, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, False,
-            HAS_BIAS, 0, ACT, OUT_MODE, IS_FP8)
+            res_ptr, stride_rm, 0, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, False,
+            HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8)
 
 
 def spatial_tile(block_m: int, oh: int, ow: int) -> tuple[int, int, int]:
@@ -138,30 +141,39 @@ def qconv2d_tma(x: torch.Tensor, w: torch.Tensor, kernel: tuple[int, int], strid
     out = ((batch, w.shape[0], oh, ow), torch.channels_last)
     if residual is not None:
         residual = residual.contiguous(memory_format=torch.channels_last)
-    if kh == kw == s == 1 and not any(pads):  # the GEMM: one "image" per output pixel
-        return _launch(x, ([batch * h * wd, 1, 1, 1, c], [c, c, c, c, 1]), (1, 1), w,
-                       (1, c, 1, (0, 0), (1, 1)), scales, bias, epi, config, out, residual)
+    if kh == kw == s == 1 and not any(pads):  # the GEMM over [B*H*W, C]
+        if len(config) > 5 and config[5]:  # the TMA-store tiles: one "image" per pixel
+            return _launch(x, ([batch * h * wd, 1, 1, 1, c], [c, c, c, c, 1]), (1, 1), w,
+                           (1, c, 1, (0, 0), (1, 1)), scales, bias, epi, config, out,
+                           residual)
+        rows = x.permute(0, 2, 3, 1).reshape(batch * h * wd, c)  # a view: channels-last
+        y = qgemm_tma(rows, w, scales, bias, epi, config, residual)
+        return y.view(batch, h, wd, -1).permute(0, 3, 1, 2)
     view = ([batch, h // s, s, wd // s, s * c], [h * wd * c, s * wd * c, wd * c, s * c, 1])
     return _launch(x, view, (oh, ow), w, (kw, kh * kw * c, s, pads[:2], dilation), scales,
                    bias, epi, config, out, residual)
 
 
 def qgemm_tma(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
-              bias: torch.Tensor | None, epi: dict, config: tuple) -> torch.Tensor:
+              bias: torch.Tensor | None, epi: dict, config: tuple,
+              residual: torch.Tensor | None = None) -> torch.Tensor:
     """As _int8_kernels.qgemm with zero point 0: a [M, K] int8 or float8 with rows
-    contiguous and 16-byte aligned, w [N, K]. Plain 2-D boxes (_qgemm_tma_kernel): viewing
+    contiguous and 16-byte aligned, w [N, K], residual rows [M, N] contiguous (a 1x1
+    convolution's channels-last residual). Plain 2-D boxes (_qgemm_tma_kernel): viewing
     the rows as 1x1 images cost INT8 GEMMs 5-15% and FP8 ones up to 1.9x on the H100."""
     block_m, block_n, block_k, warps, stages = config[:5]
     m, k = a.shape
     n = w.shape[0]
     runtime, flags = _epilogue_args(epi, a.device)
     out = torch.empty((m, n), dtype=_OUT_TORCH[flags["OUT_MODE"]], device=a.device)
+    res, res_mode, stride_rm = _residual(residual, epi, m, n, a.device)
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
     _qgemm_tma_kernel[grid](
         TensorDescriptor(a, [m, k], [a.stride(0), 1], [block_m, block_k]),
         TensorDescriptor.from_tensor(w, [block_n, block_k]), _bytes(out), scales,
-        bias if bias is not None else scales, m, n, **runtime, N=n, K=k,
-        HAS_BIAS=bias is not None, IS_FP8=a.dtype == torch.float8_e4m3fn, **flags,
+        bias if bias is not None else scales, res, m, n, stride_rm, **runtime, N=n, K=k,
+        HAS_BIAS=bias is not None, RES_MODE=res_mode, IS_FP8=a.dtype == torch.float8_e4m3fn,
+        **flags,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, num_warps=warps,
         num_stages=stages)
     return out
