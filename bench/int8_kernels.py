@@ -82,7 +82,8 @@ def _ints(shape, device="cuda"):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", default="", help="comma list of layer name prefixes")
-    parser.add_argument("--tiles", default="", help="comma list of TMA tiles (and 'fp8')")
+    parser.add_argument("--tiles", default="",
+                        help="comma list of TMA tiles (t4p: t4 persistent; and 'fp8')")
     parser.add_argument("--tma-only", action="store_true", help="no gathering kernel, GEMMs")
     parser.add_argument("--epilogues", action="store_true",
                         help="FP8 BERT GEMMs with each epilogue, and the quantize steps")
@@ -133,6 +134,12 @@ def main() -> None:
                 continue
             _time_row(rows, name, f"tma {key} {config} d{diff.abs().max().item():.0f}", ops,
                       fp16, tma.qconv2d_tma, x, wt, *conv, layer_epi, config, residual)
+            if f"{key}p" in tiles and ks == s == 1:  # the persistent 2-D GEMM
+                diff = (tma.qconv2d_tma(x, wt, *conv, layer_epi, config, residual,
+                                        persistent=True).float() - reference)
+                _time_row(rows, name, f"tma {key} persistent d{diff.abs().max().item():.0f}",
+                          ops, fp16, tma.qconv2d_tma, x, wt, *conv, layer_epi, config,
+                          residual, True)
         if "fp8" not in tiles or residual is not None:
             continue
         fp8 = (x.float() / 16).to(torch.float8_e4m3fn), (wt.float() / 16).to(torch.float8_e4m3fn)
@@ -162,6 +169,9 @@ def main() -> None:
             if key in tiles and kk % config[2] == 0:
                 _time_row(rows, name, f"tma {key} {config}", ops, fp16, tma.qgemm_tma, a, wt,
                           scales, bias, epi, config)
+            if f"{key}p" in tiles and kk % config[2] == 0:  # one program per SM
+                _time_row(rows, name, f"tma {key} persistent", ops, fp16, tma.qgemm_tma, a,
+                          wt, scales, bias, epi, config, None, True)
         if "fp8" not in tiles:
             continue
         a8, w8 = (a.float() / 16).to(torch.float8_e4m3fn), (wt.float() / 16).to(torch.float8_e4m3fn)

@@ -77,9 +77,11 @@ def test_qgemm_kernel_matches_the_reference(case):
 @pytest.mark.parametrize("case", [c for c in GEMM_CASES if c[3] == torch.int8 and c[4] == 0]
                          + [(45, 64, 40, torch.int8, 0, 0.1, "Relu", "fp32"),
                             (130, 96, 24, torch.int8, 0, 0.0, "GeluErf", "fp16")])
-def test_tma_qgemm_kernel_matches_the_reference(case):
+@pytest.mark.parametrize("persistent", [False, True])
+def test_tma_qgemm_kernel_matches_the_reference(case, persistent):
     """QGemm through the TMA kernel (zero point 0; rows and K edges from the copy unit's
-    zero fill, partial tiles at both edges)."""
+    zero fill, partial tiles at both edges); persistent: a few programs walking all tiles
+    (four on the interpreter, so each program takes several)."""
     tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
     m, k, n, dtype, _, out_scale, act, out_dtype = case
     if k % SMALL[2]:
@@ -93,7 +95,8 @@ def test_tma_qgemm_kernel_matches_the_reference(case):
     got = tma.qgemm_tma(a.to(DEVICE), w.to(DEVICE),
                         torch.from_numpy(combined_scales(0.02, w_scale)).to(DEVICE),
                         torch.from_numpy(bias).to(DEVICE),
-                        _epi(out_scale, activation=act, out_dtype=out_dtype), SMALL)
+                        _epi(out_scale, activation=act, out_dtype=out_dtype), SMALL,
+                        persistent=persistent)
     assert got.dtype == want.dtype and got.shape == want.shape
     _close(got, want)
 
@@ -278,6 +281,24 @@ def test_tma_qconv_kernel_matches_the_reference(case, tma_out):
     _close(got, want)
 
 
+@pytest.mark.parametrize("case", [c for c in TMA_CASES if c[5] == (1, 1) and c[6] == (1, 1)])
+def test_persistent_1x1_conv_matches_the_reference(case):
+    """A 1x1 stride-1 QConv through the persistent 2-D GEMM, residual included."""
+    tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
+    b, c, h, wd, oc, kernel, stride, pads, dil, residual, out_scale = case
+    rng = np.random.default_rng(b * c + oc)
+    x, packed, w_scale, bias, r, epi, want = _conv_case(
+        rng, (b, c, h, wd, oc), kernel, torch.int8, 0, residual, out_scale,
+        {"strides": list(stride), "pads": list(pads), "dilations": list(dil)})
+    got = tma.qconv2d_tma(
+        x.to(DEVICE).contiguous(memory_format=torch.channels_last), packed.to(DEVICE), kernel,
+        stride, pads, dil, torch.from_numpy(combined_scales(0.03, w_scale)).to(DEVICE),
+        torch.from_numpy(bias).to(DEVICE), epi, SMALL, None if r is None else r.to(DEVICE),
+        persistent=True)
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    _close(got, want)
+
+
 @pytest.mark.parametrize("tma_out", [False, True])
 def test_tma_qconv_kernel_fp8(tma_out):
     tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
@@ -331,6 +352,26 @@ def test_tma_tactic_offered_where_the_view_holds(change, offered, monkeypatch):
         _close(got, qconv(x, torch.from_numpy(w), **attrs))
 
 
+@pytest.mark.parametrize("kernel,strides,pads,offered", [
+    ((1, 1), [1, 1], [0, 0, 0, 0], True), ((3, 3), [1, 1], [1, 1, 1, 1], False),
+    ((1, 1), [2, 2], [0, 0, 0, 0], False), ((1, 1), [1, 1], [1, 1, 1, 1], False)])
+def test_persistent_conv_tactic_only_for_1x1_stride_1(kernel, strides, pads, offered,
+                                                      monkeypatch):
+    from kiln.kernels import LayerSpec, Target, get_tactic
+
+    monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")
+    rng = np.random.default_rng(17)
+    w = rng.integers(-127, 128, (16, 64, *kernel)).astype(np.int8)
+    attrs = {"x_scale": 0.03, "x_zero_point": 0, "pads": pads, "strides": strides,
+             "w_scale": rng.uniform(0.001, 0.01, 16).astype(np.float32),
+             "out_scale": 0.04, "out_type": "int8"}
+    spec = LayerSpec("conv", "QConv", "kiln", 1, ["x", "w"], ["y"], attrs,
+                     constant_inputs={1: w}, input_shapes=[(2, 64, 8, 8), w.shape],
+                     input_dtypes=["int8", "int8"])
+    tactic = get_tactic("int8-triton-conv-tma-t1-persistent")
+    assert tactic.supports(spec, Target(torch.device(DEVICE), "int8")) == offered
+
+
 def test_tma_store_tactic_only_for_residual_layers(monkeypatch):
     """The TMA-store tiles are offered where the layer reads a residual, and the bound
     tactic adds it as the reference does."""
@@ -359,7 +400,9 @@ def test_tma_store_tactic_only_for_residual_layers(monkeypatch):
 
 @pytest.mark.parametrize("m,k,n,out_scale,act", [(37, 48, 32, 0.05, "Relu"),
                                                  (20, 64, 40, 0.0, "GeluTanh")])
-def test_tma_gemm_tactic_matches_the_reference(m, k, n, out_scale, act, monkeypatch):
+@pytest.mark.parametrize("name", ["int8-triton-gemm-tma-t1",
+                                  "int8-triton-gemm-tma-t1-persistent"])
+def test_tma_gemm_tactic_matches_the_reference(m, k, n, out_scale, act, name, monkeypatch):
     """QGemm through the TMA kernel (rows as 1x1 images; a K tail that is not a whole
     block comes from the zero fill), with a 3-D input whose rows are a strided view."""
     from kiln.kernels import LayerSpec, Target, get_tactic
@@ -375,7 +418,7 @@ def test_tma_gemm_tactic_matches_the_reference(m, k, n, out_scale, act, monkeypa
     spec = LayerSpec("fc", "QGemm", "kiln", 1, ["a", "w"], ["y"], attrs,
                      constant_inputs={1: w}, input_dtypes=["int8", "int8"])
     device = torch.device(DEVICE)
-    tactic = get_tactic("int8-triton-gemm-tma-t1")
+    tactic = get_tactic(name)
     assert tactic.supports(spec, Target(device, "int8"))
     assert not tactic.supports(dataclasses.replace(spec, attrs={**attrs, "a_zero_point": 2}),
                                Target(device, "int8"))

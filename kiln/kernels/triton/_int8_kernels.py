@@ -152,7 +152,13 @@ def _load_w(ptrs, mask, IS_FP8: tl.constexpr):
 def _tile_start(M, N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 GROUP_M: tl.constexpr):
     """Grouped ordering of output tiles, so neighbouring programs share A rows in L2."""
-    pid = tl.program_id(0)
+    return _tile_of(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+
+
+@triton.jit
+def _tile_of(pid, M, N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             GROUP_M: tl.constexpr):
+    """(row block, column block) of output tile `pid` in the grouped order."""
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = (N + BLOCK_N - 1) // BLOCK_N
     width = GROUP_M * grid_n

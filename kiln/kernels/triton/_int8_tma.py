@@ -31,6 +31,7 @@ from kiln.kernels.triton._int8_kernels import (
     _epilogue_args,
     _finish,
     _residual,
+    _tile_of,
     _tile_start,
 )
 
@@ -95,7 +96,52 @@ def _qgemm_tma_kernel(a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M,
                       BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """QGemm over 2-D boxes of a [M, K] and w [N, K]; the epilogue reads the residual and
     stores by pointer."""
-    pid_m, pid_n = _tile_start(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    _qgemm_tile(tl.program_id(0), a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M,
+                stride_om, stride_rm, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, N, K,
+                HAS_BIAS, RES_MODE, IS_FP8, ACT, OUT_MODE, BLOCK_M, BLOCK_N, BLOCK_K,
+                GROUP_M)
+
+
+@triton.jit
+def _qgemm_tma_persistent_kernel(
+        a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M, stride_om, stride_rm,
+        res_scale, res_zp, out_inv_scale, out_zp, p0, p1, N: tl.constexpr, K: tl.constexpr,
+        HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr, IS_FP8: tl.constexpr,
+        ACT: tl.constexpr, OUT_MODE: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+        PROGRAMS: tl.constexpr, INTERPRETED_TILES: tl.constexpr):
+    """_qgemm_tma_kernel as PROGRAMS programs (one per SM) that each walk every PROGRAMS-th
+    tile: the loop over tiles is flattened into one software pipeline, so the next tile's
+    loads are in flight while this one's epilogue runs, and the last wave is not a
+    partial one of fresh launches (BERT-base's QKV at batch 32 is 2.2 waves of 128x256).
+    Triton's interpreter takes no loop bound known only at run time: there the host passes
+    the tiles per program (INTERPRETED_TILES) and the same tile body runs in a fixed loop."""
+    tiles = tl.cdiv(M, BLOCK_M) * ((N + BLOCK_N - 1) // BLOCK_N)
+    if INTERPRETED_TILES == 0:
+        for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=True):
+            _qgemm_tile(tile, a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M,
+                        stride_om, stride_rm, res_scale, res_zp, out_inv_scale, out_zp, p0,
+                        p1, N, K, HAS_BIAS, RES_MODE, IS_FP8, ACT, OUT_MODE, BLOCK_M,
+                        BLOCK_N, BLOCK_K, GROUP_M)
+    else:
+        for i in range(INTERPRETED_TILES):
+            tile = tl.program_id(0) + i * PROGRAMS
+            if tile < tiles:
+                _qgemm_tile(tile, a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M,
+                            stride_om, stride_rm, res_scale, res_zp, out_inv_scale, out_zp,
+                            p0, p1, N, K, HAS_BIAS, RES_MODE, IS_FP8, ACT, OUT_MODE, BLOCK_M,
+                            BLOCK_N, BLOCK_K, GROUP_M)
+
+
+@triton.jit
+def _qgemm_tile(tile, a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M, stride_om,
+                stride_rm, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, N: tl.constexpr,
+                K: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
+                IS_FP8: tl.constexpr, ACT: tl.constexpr, OUT_MODE: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                GROUP_M: tl.constexpr):
+    """One output tile of the persistent GEMM: the K loop and the epilogue."""
+    pid_m, pid_n = _tile_of(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     if IS_FP8:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
@@ -128,10 +174,11 @@ def fits(c: int, h: int, w: int, kernel: tuple, stride: tuple, block_k: int) -> 
 
 def qconv2d_tma(x: torch.Tensor, w: torch.Tensor, kernel: tuple[int, int], stride: tuple,
                 pads: tuple, dilation: tuple, scales: torch.Tensor, bias: torch.Tensor | None,
-                epi: dict, config: tuple, residual: torch.Tensor | None = None
-                ) -> torch.Tensor:
+                epi: dict, config: tuple, residual: torch.Tensor | None = None,
+                persistent: bool = False) -> torch.Tensor:
     """As _int8_kernels.qconv2d with zero point 0 and fits(...) true: x [B, C, H, W] int8 or
-    float8 in channels-last memory, w [OC, KH*KW*C]. Returns [B, OC, OH, OW], channels-last."""
+    float8 in channels-last memory, w [OC, KH*KW*C]. Returns [B, OC, OH, OW], channels-last.
+    persistent: a 1x1 stride-1 convolution through the persistent GEMM kernel."""
     batch, c, h, wd = x.shape
     kh, kw = kernel
     s = stride[0]
@@ -147,7 +194,7 @@ def qconv2d_tma(x: torch.Tensor, w: torch.Tensor, kernel: tuple[int, int], strid
                            (1, c, 1, (0, 0), (1, 1)), scales, bias, epi, config, out,
                            residual)
         rows = x.permute(0, 2, 3, 1).reshape(batch * h * wd, c)  # a view: channels-last
-        y = qgemm_tma(rows, w, scales, bias, epi, config, residual)
+        y = qgemm_tma(rows, w, scales, bias, epi, config, residual, persistent)
         return y.view(batch, h, wd, -1).permute(0, 3, 1, 2)
     view = ([batch, h // s, s, wd // s, s * c], [h * wd * c, s * wd * c, wd * c, s * c, 1])
     return _launch(x, view, (oh, ow), w, (kw, kh * kw * c, s, pads[:2], dilation), scales,
@@ -156,27 +203,41 @@ def qconv2d_tma(x: torch.Tensor, w: torch.Tensor, kernel: tuple[int, int], strid
 
 def qgemm_tma(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
               bias: torch.Tensor | None, epi: dict, config: tuple,
-              residual: torch.Tensor | None = None) -> torch.Tensor:
+              residual: torch.Tensor | None = None, persistent: bool = False) -> torch.Tensor:
     """As _int8_kernels.qgemm with zero point 0: a [M, K] int8 or float8 with rows
     contiguous and 16-byte aligned, w [N, K], residual rows [M, N] contiguous (a 1x1
     convolution's channels-last residual). Plain 2-D boxes (_qgemm_tma_kernel): viewing
-    the rows as 1x1 images cost INT8 GEMMs 5-15% and FP8 ones up to 1.9x on the H100."""
+    the rows as 1x1 images cost INT8 GEMMs 5-15% and FP8 ones up to 1.9x on the H100.
+    persistent: one program per SM walking the tiles (_qgemm_tma_persistent_kernel)."""
     block_m, block_n, block_k, warps, stages = config[:5]
     m, k = a.shape
     n = w.shape[0]
     runtime, flags = _epilogue_args(epi, a.device)
     out = torch.empty((m, n), dtype=_OUT_TORCH[flags["OUT_MODE"]], device=a.device)
     res, res_mode, stride_rm = _residual(residual, epi, m, n, a.device)
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
-    _qgemm_tma_kernel[grid](
-        TensorDescriptor(a, [m, k], [a.stride(0), 1], [block_m, block_k]),
-        TensorDescriptor.from_tensor(w, [block_n, block_k]), _bytes(out), scales,
-        bias if bias is not None else scales, res, m, n, stride_rm, **runtime, N=n, K=k,
-        HAS_BIAS=bias is not None, RES_MODE=res_mode, IS_FP8=a.dtype == torch.float8_e4m3fn,
-        **flags,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, num_warps=warps,
-        num_stages=stages)
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    args = (TensorDescriptor(a, [m, k], [a.stride(0), 1], [block_m, block_k]),
+            TensorDescriptor.from_tensor(w, [block_n, block_k]), _bytes(out), scales,
+            bias if bias is not None else scales, res, m, n, stride_rm)
+    meta = dict(**runtime, N=n, K=k, HAS_BIAS=bias is not None, RES_MODE=res_mode,
+                IS_FP8=a.dtype == torch.float8_e4m3fn, **flags, BLOCK_M=block_m,
+                BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, num_warps=warps,
+                num_stages=stages)
+    if persistent:
+        programs = min(tiles, _processors(a.device))
+        interpreted = triton.cdiv(tiles, programs) if a.device.type == "cpu" else 0
+        _qgemm_tma_persistent_kernel[(programs,)](*args, **meta, PROGRAMS=programs,
+                                                  INTERPRETED_TILES=interpreted)
+    else:
+        _qgemm_tma_kernel[(tiles,)](*args, **meta)
     return out
+
+
+def _processors(device: torch.device) -> int:
+    """Streaming multiprocessors of the device (a persistent kernel's program count)."""
+    if device.type != "cuda":
+        return 4  # the interpreter: a few programs, so that each walks several tiles
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _launch(x: torch.Tensor, view: tuple, out_hw: tuple, w: torch.Tensor, geometry: tuple,

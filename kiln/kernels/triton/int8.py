@@ -195,6 +195,21 @@ class _TritonGemmTMA(_TritonGemm):
         return launch
 
 
+class _TritonGemmTMAPersistent(_TritonGemmTMA):
+    """The 2-D TMA GEMM as one program per SM walking the tiles (_qgemm_tma_persistent_kernel)."""
+
+    def launcher(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                 sums: torch.Tensor | None, zp: int, epi: dict) -> Callable[..., Any]:
+        k, config = kernels_tma(), self.config
+
+        def launch(rows):
+            if rows.stride(-1) != 1 or rows.stride(0) % 16 or rows.data_ptr() % 16:
+                rows = rows.contiguous()
+            return k.qgemm_tma(rows, weight, scales, bias, epi, config, persistent=True)
+
+        return launch
+
+
 class _TritonGemmTMATanhForErf(_TritonGemmTMA):
     """Erf GELU in its tanh form, as gemm-lt-gelu-tanh-for-erf takes it for FP16 layers:
     the forms differ by at most 4.8e-4, far below the step of the INT8/FP8 input. libdevice's
@@ -234,6 +249,29 @@ class _TritonConvTMA(_TritonConv):
         return launch
 
 
+class _TritonConvTMAPersistent(_TritonConvTMA):
+    """A 1x1 stride-1 unpadded convolution as the persistent 2-D GEMM over its rows."""
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        attrs = layer.attrs
+        w = layer.constant_inputs.get(1)
+        return (w is not None and tuple(w.shape[2:]) == (1, 1)
+                and tuple(attrs.get("strides") or (1, 1)) == (1, 1)
+                and not any(attrs.get("pads") or ())
+                and attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+                and super().supports(layer, target))
+
+    def launcher(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                 sums: torch.Tensor | None, zp: int, epi: dict) -> Callable[..., Any]:
+        k, config = kernels_tma(), self.config
+
+        def launch(x, kernel, strides, pads, dilations, residual):
+            return k.qconv2d_tma(x, weight, kernel, strides, pads, dilations, scales, bias,
+                                 epi, config, residual, persistent=True)
+
+        return launch
+
+
 class _TritonConvTMAStore(_TritonConvTMA):
     """The TMA convolution that also reads its residual tile (and writes its output tile)
     by TMA: offered for layers with a residual input, the only ones where it wins."""
@@ -250,6 +288,7 @@ GEMM_LEVELS = {"a": 0, "c": 2, "b": 4, "d": 4}
 CONV_LEVELS = {"a": 0, "e": 2, "b": 4, "c": 4, "d": 4}
 TMA_LEVELS = {"t1": 0, "t3": 0, "t4": 2, "t6": 2, "t2": 4, "t5": 4, "t7": 4, "t8": 4,
               "t1s": 0, "t4s": 2, "t6s": 2, "t2s": 4, "t3s": 4, "t5s": 4, "t7s": 5, "t8s": 5}
+PERSISTENT_LEVELS = {"t1": 2, "t4": 2, "t6": 4}
 
 
 def _register() -> None:
@@ -272,6 +311,13 @@ def _register() -> None:
         register_tactic(type(f"TritonQGemmTMATanhForErf_{key}", (_TritonGemmTMATanhForErf,), {
             "name": f"int8-triton-gemm-tma-{key}-gelu-tanh-for-erf", "config": TMA_CONFIGS[key],
             "priority": 40 + index, "min_level": max(1, TMA_LEVELS[key])}))
+    for index, key in enumerate(("t1", "t4", "t6")):
+        register_tactic(type(f"TritonQGemmTMAPersistent_{key}", (_TritonGemmTMAPersistent,), {
+            "name": f"int8-triton-gemm-tma-{key}-persistent", "config": TMA_CONFIGS[key],
+            "priority": 50 + index, "min_level": PERSISTENT_LEVELS[key]}))
+        register_tactic(type(f"TritonQConvTMAPersistent_{key}", (_TritonConvTMAPersistent,), {
+            "name": f"int8-triton-conv-tma-{key}-persistent", "config": TMA_CONFIGS[key],
+            "priority": 50 + index, "min_level": PERSISTENT_LEVELS[key]}))
     for index, (key, config) in enumerate(TMA_STORE_CONFIGS.items()):
         register_tactic(type(f"TritonQConvTMAStore_{key}", (_TritonConvTMAStore,), {
             "name": f"int8-triton-conv-tma-{key}", "config": config,
