@@ -72,7 +72,15 @@ class DType(enum.Enum):
     @classmethod
     def from_numpy(cls, dtype: np.dtype) -> DType:
         """The DType of a numpy dtype, ml_dtypes' bfloat16/float8/int4... included."""
-        dtype = np.dtype(dtype)
+        known = _FROM_NUMPY.get(dtype)  # every engine run checks its inputs' types
+        if known is not None:
+            return known
+        known = cls._from_numpy(np.dtype(dtype))
+        _FROM_NUMPY[dtype] = known
+        return known
+
+    @classmethod
+    def _from_numpy(cls, dtype: np.dtype) -> DType:
         if dtype.kind in ("U", "S", "O"):
             return cls.STRING
         for kiln_dtype, np_dtype in _NUMPY.items():
@@ -83,6 +91,7 @@ class DType(enum.Enum):
         raise ValueError(f"numpy dtype {dtype} has no ONNX element type")
 
 
+_FROM_NUMPY: dict = {}  # numpy dtype -> DType, filled on first use
 _SHORT = {
     DType.FLOAT: "fp32",
     DType.FLOAT16: "fp16",

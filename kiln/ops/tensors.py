@@ -68,6 +68,13 @@ if E8M0 is not None:
     _ML_DTYPES["float8_e8m0fnu"] = E8M0
 _TORCH_TO_ML = {t: n for n, t in _ML_DTYPES.items()}
 _UNSIGNED_WIDE = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
+# types numpy and torch share bit for bit: torch.from_numpy / Tensor.numpy take them directly
+_PLAIN_TORCH = frozenset({torch.float32, torch.float16, torch.float64, torch.int8, torch.int16,
+                          torch.int32, torch.int64, torch.uint8, torch.bool, torch.complex64,
+                          torch.complex128})
+_PLAIN_NUMPY = frozenset(np.dtype(t) for t in (
+    np.float32, np.float16, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8,
+    np.bool_, np.complex64, np.complex128))
 
 
 def torch_dtype(dtype: DType) -> torch.dtype:
@@ -86,6 +93,10 @@ def to_torch(array: Any, device: torch.device | str | None = None) -> Any:
     """A numpy array (or scalar) as a torch tensor; strings stay numpy object arrays."""
     if isinstance(array, torch.Tensor):
         return array if device is None else array.to(device)
+    if (type(array) is np.ndarray and array.dtype in _PLAIN_NUMPY and array.flags.c_contiguous
+            and array.flags.writeable):  # the common case, without the checks below
+        tensor = torch.from_numpy(array)
+        return tensor if device is None else tensor.to(device)
     array = np.asarray(array)
     if array.dtype.kind in ("U", "S", "O"):
         return array.astype(object)
@@ -116,6 +127,8 @@ def to_numpy(value: Any, dtype: DType | None = None) -> Any:
         return [to_numpy(v, dtype) for v in value]
     if not isinstance(value, torch.Tensor):
         return value
+    if value.dtype in _PLAIN_TORCH and value.device.type == "cpu" and dtype not in _CARRIED_ML:
+        return value.detach().contiguous().numpy()  # the common case
     tensor = value.detach()
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()

@@ -33,7 +33,7 @@ def check_inputs(engine: Engine, inputs: Mapping[str, Any],
     """Raises InputError naming the first problem. `known`: the engine's input specs by
     name and its profiles, worked out once by a caller that checks every run (they are
     parsed from the plan on each access)."""
-    specs, profiles = known if known is not None else input_facts(engine)
+    specs, profiles, accepted = known if known is not None else input_facts(engine)
     if not isinstance(inputs, Mapping):
         raise InputError(
             f"inputs must be a mapping of input name to array, got a {type(inputs).__name__}; "
@@ -58,12 +58,13 @@ def check_inputs(engine: Engine, inputs: Mapping[str, Any],
             _check_optional(spec, value)
         elif spec.kind == "tensor":
             shapes[name] = _check_one(spec, value)
-    _check_profiles(profiles, shapes)
+    _check_profiles(profiles, shapes, accepted)
 
 
-def input_facts(engine: Engine) -> tuple[dict[str, IOSpec], list]:
-    """The engine's input specs by name and its optimization profiles."""
-    return {spec.name: spec for spec in engine.inputs}, engine.profiles
+def input_facts(engine: Engine) -> tuple[dict[str, IOSpec], list, set]:
+    """The engine's input specs by name, its optimization profiles, and an empty memo of
+    the input shape sets found inside them."""
+    return {spec.name: spec for spec in engine.inputs}, engine.profiles, set()
 
 
 def _describe(spec: IOSpec) -> str:
@@ -83,7 +84,7 @@ def _check_one(spec: IOSpec, value: Any) -> tuple[int, ...]:
         raise InputError(
             f"input {spec.name!r} has dtype {given}; the engine takes {spec.dtype.short}",
             hint=_convert_hint(spec.dtype, value))
-    shape = tuple(int(d) for d in value.shape)
+    shape = tuple(value.shape)  # ints: numpy's and torch's shapes hold plain ints
     if spec.shape is not None:
         if len(shape) != len(spec.shape):
             raise InputError(
@@ -142,11 +143,21 @@ def _check_element(spec: IOSpec, value: Any, label: str) -> None:
                          f"({spec.shape_text()})")
 
 
-def _check_profiles(profiles: list, shapes: dict[str, tuple[int, ...]]) -> None:
+_ACCEPTED_LIMIT = 64  # shape sets remembered per engine as inside a profile
+
+
+def _check_profiles(profiles: list, shapes: dict[str, tuple[int, ...]],
+                    accepted: set | None = None) -> None:
+    """`accepted`: shape sets already found inside a profile (a run's shapes mostly repeat)."""
     if not profiles:
+        return
+    key = tuple(shapes.items())
+    if accepted is not None and key in accepted:
         return
     reasons = [p.accepts(shapes) for p in profiles]
     if any(r is None for r in reasons):
+        if accepted is not None and len(accepted) < _ACCEPTED_LIMIT:
+            accepted.add(key)
         return
     given = ", ".join(f"{n} {_text(s)}" for n, s in shapes.items())
     ranges = "; ".join(

@@ -142,3 +142,24 @@ def test_engine_without_profiles_flags_takes_any_batch():
         np.testing.assert_allclose(got, reference(inputs), rtol=1e-6, atol=1e-7)
     with pytest.raises(InputError, match="axis 1 must be 4"):
         context.run(_with("x", np.zeros((2, 3), np.float32)))
+
+
+def test_remembered_shapes_never_let_a_shape_outside_every_profile_through():
+    """Shape sets once found inside a profile are remembered (the check is cheaper on the
+    runs after); a shape outside every profile is refused before and after, every time,
+    and a read-only or Fortran-ordered numpy input is copied, not aliased."""
+    engine = build_engine(two_input_model(), BuilderConfig(device="cpu", profiles=PROFILES))
+    context = ExecutionContext(engine)
+    for batch in (2, 6, 2, 6, 12, 17, 12):
+        inputs = feeds(batch, seed=batch)
+        if batch in (6, 17):
+            with pytest.raises(InputError, match="outside every optimization profile"):
+                context.run(inputs)
+        else:
+            np.testing.assert_allclose(context.run(inputs)["y"], reference(inputs),
+                                       rtol=1e-6, atol=1e-7)
+    inputs = feeds(3, seed=9)
+    frozen = {"x": np.asfortranarray(inputs["x"]), "ids": inputs["ids"].copy()}
+    frozen["ids"].flags.writeable = False
+    np.testing.assert_allclose(context.run(frozen)["y"], reference(inputs), rtol=1e-6,
+                               atol=1e-7)
