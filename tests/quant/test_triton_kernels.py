@@ -361,14 +361,14 @@ def test_persistent_conv_tactic_only_for_1x1_stride_1(kernel, strides, pads, off
 
     monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")
     rng = np.random.default_rng(17)
-    w = rng.integers(-127, 128, (16, 64, *kernel)).astype(np.int8)
+    w = rng.integers(-127, 128, (16, 128, *kernel)).astype(np.int8)  # t4: K steps of 128
     attrs = {"x_scale": 0.03, "x_zero_point": 0, "pads": pads, "strides": strides,
              "w_scale": rng.uniform(0.001, 0.01, 16).astype(np.float32),
              "out_scale": 0.04, "out_type": "int8"}
     spec = LayerSpec("conv", "QConv", "kiln", 1, ["x", "w"], ["y"], attrs,
-                     constant_inputs={1: w}, input_shapes=[(2, 64, 8, 8), w.shape],
+                     constant_inputs={1: w}, input_shapes=[(2, 128, 8, 8), w.shape],
                      input_dtypes=["int8", "int8"])
-    tactic = get_tactic("int8-triton-conv-tma-t1-persistent")
+    tactic = get_tactic("int8-triton-conv-tma-t4-persistent")
     assert tactic.supports(spec, Target(torch.device(DEVICE), "int8")) == offered
 
 
@@ -401,7 +401,7 @@ def test_tma_store_tactic_only_for_residual_layers(monkeypatch):
 @pytest.mark.parametrize("m,k,n,out_scale,act", [(37, 48, 32, 0.05, "Relu"),
                                                  (20, 64, 40, 0.0, "GeluTanh")])
 @pytest.mark.parametrize("name", ["int8-triton-gemm-tma-t1",
-                                  "int8-triton-gemm-tma-t1-persistent"])
+                                  "int8-triton-gemm-tma-t4-persistent"])
 def test_tma_gemm_tactic_matches_the_reference(m, k, n, out_scale, act, name, monkeypatch):
     """QGemm through the TMA kernel (rows as 1x1 images; a K tail that is not a whole
     block comes from the zero fill), with a 3-D input whose rows are a strided view."""
