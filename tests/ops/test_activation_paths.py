@@ -56,7 +56,7 @@ def test_prelu_slope_of_another_type_takes_the_general_path():
 @pytest.mark.parametrize("perm,axis", [([0, 2, 3, 1], -1), ([0, 2, 3, 1], 1),
                                        ([2, 0, 1], 0), ([1, 0], -1), ([0, 2, 1, 3], 2)])
 def test_softmax_over_a_transposed_view_matches_onnx_runtime(op, perm, axis):
-    # above kiln's small-tensor cut-off (4096 elements), so the memory-order path runs
+    # above kiln's small-tensor cut-off (256 elements), so the memory-order path runs
     shape = {2: [80, 60], 3: [12, 20, 24], 4: [4, 6, 25, 12]}[len(perm)]
     rng = np.random.default_rng(len(perm) + axis + 7)
     nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=perm),
@@ -70,7 +70,8 @@ def test_softmax_over_a_transposed_view_matches_onnx_runtime(op, perm, axis):
 
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
 @pytest.mark.parametrize("shape,axis", [((300, 7, 2), -1), ((20, 6, 8, 5), 3), ((300, 16), 1),
-                                        ((12, 9, 40), -1), ((5, 1000), 0), ((3, 7, 2), -1)])
+                                        ((12, 9, 40), -1), ((5, 1000), 0), ((3, 7, 2), -1),
+                                        ((360, 10), 1), ((30, 10), -1)])  # the cut-off's sides
 @pytest.mark.parametrize("opset", [11, 21])  # before 13: softmax over the flattened tail
 def test_softmax_along_short_and_long_axes_matches_onnx_runtime(op, shape, axis, opset):
     rng = np.random.default_rng(sum(shape) + axis)
