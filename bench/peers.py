@@ -309,14 +309,17 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
     for choice in precisions:
         print(f"  building kiln_{choice} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        # "int8-obey": every calibrated layer quantized (--precisionConstraints=obey)
-        precision, _, constraints = choice.partition("-")
+        # "int8-obey": every calibrated layer quantized (--precisionConstraints=obey);
+        # "int8@5": built at --builderOptimizationLevel 5 (default 3)
+        spec, _, level = choice.partition("@")
+        precision, _, constraints = spec.partition("-")
         # INT8/FP8: calibrated (entropy) on a few other batches; other layers in FP16
         calibrator = Calibrator(calibration) if precision in ("int8", "fp8") else None
         config = BuilderConfig(precision=precision, device=device,
                                profiles=[{"opt": shapes}], calibrator=calibrator,
                                timing_cache=str(cache) if cache else None,
-                               precision_constraints=constraints or "auto")
+                               precision_constraints=constraints or "auto",
+                               optimization_level=int(level or 3))
         engine = build_engine(onnx_bytes, config)
         label = f"kiln_{choice}"
         case.build_s[label] = time.perf_counter() - t0
@@ -458,7 +461,8 @@ def main() -> None:
     parser.add_argument("--peers", default="kiln,eager,cudagraph,compile")
     parser.add_argument("--precisions", default="fp32,fp16",
                         help="kiln engines to build: fp32, fp16, int8, fp8 (int8-obey, "
-                        "fp8-obey: every calibrated layer quantized)")
+                        "fp8-obey: every calibrated layer quantized; int8@5: built at "
+                        "optimization level 5)")
     parser.add_argument("--out", default=None, help="folder for results.json")
     parser.add_argument("--timing-cache", default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny models (works on CPU)")
