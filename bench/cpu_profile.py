@@ -16,10 +16,8 @@ import collections
 import glob
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from kiln.bench.timing import median, time_calls
 from kiln.build import BuilderConfig, build_engine
 from kiln.runtime import ExecutionContext
 from kiln.runtime.profile import profile_layers
-
-
-def _median_ms(fn, runs: int = 200) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
 
 
 def _ort_nodes(path: str, feeds: dict, threads: int, runs: int) -> dict[str, list[float]]:
@@ -91,7 +79,7 @@ def main() -> None:
         engine = build_engine(path, BuilderConfig(device="cpu", profiles=[{"opt": shapes}],
                                                   probe_inputs=feeds))
         context = ExecutionContext(engine)
-        kiln_ms = _median_ms(lambda c=context, f=feeds: c.run(f))
+        kiln_ms = median(time_calls(lambda c=context, f=feeds: c.run(f), min_s=1.0))
         layers = profile_layers(context, feeds, runs=args.runs)
         by_op: dict[str, list[float]] = collections.defaultdict(list)
         for layer in layers:
@@ -100,7 +88,7 @@ def main() -> None:
         options.intra_op_num_threads = args.threads
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        ort_ms = _median_ms(lambda s=session, f=feeds: s.run(None, f))
+        ort_ms = median(time_calls(lambda s=session, f=feeds: s.run(None, f), min_s=1.0))
         in_layers = sum(layer.ms for layer in layers)
         print(f"{name}: kiln {kiln_ms:.3f} ms (layers {in_layers:.3f}, between layers "
               f"{kiln_ms - in_layers:.3f}), ORT {ort_ms:.3f} ms")
