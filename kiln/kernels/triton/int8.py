@@ -183,14 +183,17 @@ class _TritonGemmTMA(_TritonGemm):
         return (super().supports(layer, target) and _tma_ready(layer, target, "a_zero_point")
                 and layer.constant_inputs[1].shape[1] % 16 == 0)
 
+    persistent = False  # one program per SM walking the tiles (the -persistent tactics)
+
     def launcher(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
                  sums: torch.Tensor | None, zp: int, epi: dict) -> Callable[..., Any]:
         k, config = kernels_tma(), self.config  # zp is 0 (supports): no weight sums
+        persistent = self.persistent
 
         def launch(rows):
             if rows.stride(-1) != 1 or rows.stride(0) % 16 or rows.data_ptr() % 16:
                 rows = rows.contiguous()  # TMA rows start on 16-byte boundaries
-            return k.qgemm_tma(rows, weight, scales, bias, epi, config)
+            return k.qgemm_tma(rows, weight, scales, bias, epi, config, persistent=persistent)
 
         return launch
 
@@ -198,16 +201,7 @@ class _TritonGemmTMA(_TritonGemm):
 class _TritonGemmTMAPersistent(_TritonGemmTMA):
     """The 2-D TMA GEMM as one program per SM walking the tiles (_qgemm_tma_persistent_kernel)."""
 
-    def launcher(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
-                 sums: torch.Tensor | None, zp: int, epi: dict) -> Callable[..., Any]:
-        k, config = kernels_tma(), self.config
-
-        def launch(rows):
-            if rows.stride(-1) != 1 or rows.stride(0) % 16 or rows.data_ptr() % 16:
-                rows = rows.contiguous()
-            return k.qgemm_tma(rows, weight, scales, bias, epi, config, persistent=True)
-
-        return launch
+    persistent = True
 
 
 class _TritonGemmTMATanhForErf(_TritonGemmTMA):
@@ -238,19 +232,24 @@ class _TritonConvTMA(_TritonConv):
         return kernels_tma().fits(shape[1], shape[2], shape[3], tuple(w.shape[2:]), strides,
                                   self.config[2])
 
+    persistent = False  # 1x1 stride-1 layers through the persistent GEMM
+
     def launcher(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
                  sums: torch.Tensor | None, zp: int, epi: dict) -> Callable[..., Any]:
         k, config = kernels_tma(), self.config  # zp is 0 (supports): the zero fill pads
+        persistent = self.persistent
 
         def launch(x, kernel, strides, pads, dilations, residual):
             return k.qconv2d_tma(x, weight, kernel, strides, pads, dilations, scales, bias,
-                                 epi, config, residual)
+                                 epi, config, residual, persistent=persistent)
 
         return launch
 
 
 class _TritonConvTMAPersistent(_TritonConvTMA):
     """A 1x1 stride-1 unpadded convolution as the persistent 2-D GEMM over its rows."""
+
+    persistent = True
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
         attrs = layer.attrs
@@ -260,16 +259,6 @@ class _TritonConvTMAPersistent(_TritonConvTMA):
                 and not any(attrs.get("pads") or ())
                 and attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
                 and super().supports(layer, target))
-
-    def launcher(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
-                 sums: torch.Tensor | None, zp: int, epi: dict) -> Callable[..., Any]:
-        k, config = kernels_tma(), self.config
-
-        def launch(x, kernel, strides, pads, dilations, residual):
-            return k.qconv2d_tma(x, weight, kernel, strides, pads, dilations, scales, bias,
-                                 epi, config, residual, persistent=True)
-
-        return launch
 
 
 class _TritonConvTMAStore(_TritonConvTMA):
