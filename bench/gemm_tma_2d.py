@@ -1,8 +1,10 @@
 """Does the 5-D box view cost the TMA kernel its speed on plain GEMMs? A minimal 2-D TMA
 GEMM (A [M, K] and W [N, K] by TMA, one tl.dot per K step, the product stored as fp16)
-against kiln's convolution kernel run as a GEMM (qgemm_tma, rows as 1x1 images), cuBLAS
-FP16 and cuBLASLt FP8, on BERT-base's GEMMs at batch 32, INT8 and FP8, several tiles.
-A probe for where kiln's FP8 GEMM loses to cuBLASLt (0.4-0.7x): not a kiln kernel.
+against kiln's QGemm kernel (qgemm_tma), cuBLAS FP16 and cuBLASLt FP8, on BERT-base's
+GEMMs at batch 32, INT8 and FP8, several tiles. A probe for where kiln's FP8 GEMM lost to
+cuBLASLt (0.4-0.7x), not a kiln kernel: when it was written qgemm_tma viewed the rows as
+1x1 images; it now takes the same plain 2-D boxes, so what is left between the two is
+kiln's epilogue.
 
     PYTHONPATH=. python bench/gemm_tma_2d.py
 """

@@ -310,7 +310,7 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
         print(f"  building kiln_{choice} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         # "int8-obey": every calibrated layer quantized (--precisionConstraints=obey);
-        # "int8@5": built at --builderOptimizationLevel 5 (default 3)
+        # "int8@5": built at --builderOptimizationLevel 5 (else the builder's default)
         spec, _, level = choice.partition("@")
         precision, _, constraints = spec.partition("-")
         # INT8/FP8: calibrated (entropy) on a few other batches; other layers in FP16
@@ -319,7 +319,7 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
                                profiles=[{"opt": shapes}], calibrator=calibrator,
                                timing_cache=str(cache) if cache else None,
                                precision_constraints=constraints or "auto",
-                               optimization_level=int(level or 3))
+                               **({"optimization_level": int(level)} if level else {}))
         engine = build_engine(onnx_bytes, config)
         label = f"kiln_{choice}"
         case.build_s[label] = time.perf_counter() - t0

@@ -143,7 +143,7 @@ def _check_element(spec: IOSpec, value: Any, label: str) -> None:
                          f"({spec.shape_text()})")
 
 
-_ACCEPTED_LIMIT = 64  # shape sets remembered per engine as inside a profile
+_ACCEPTED_LIMIT = 64  # shape sets remembered per execution context as inside a profile
 
 
 def _check_profiles(profiles: list, shapes: dict[str, tuple[int, ...]],

@@ -403,8 +403,9 @@ def test_tma_store_tactic_only_for_residual_layers(monkeypatch):
 @pytest.mark.parametrize("name", ["int8-triton-gemm-tma-t1",
                                   "int8-triton-gemm-tma-t4-persistent"])
 def test_tma_gemm_tactic_matches_the_reference(m, k, n, out_scale, act, name, monkeypatch):
-    """QGemm through the TMA kernel (rows as 1x1 images; a K tail that is not a whole
-    block comes from the zero fill), with a 3-D input whose rows are a strided view."""
+    """QGemm through the TMA kernel (plain 2-D boxes, one program per tile or per SM; a K
+    tail that is not a whole block comes from the zero fill), with a 3-D input whose rows
+    are a strided view."""
     from kiln.kernels import LayerSpec, Target, get_tactic
 
     monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")

@@ -177,13 +177,13 @@ def _tma_ready(layer: LayerSpec, target: Target, zero_point: str) -> bool:
 
 
 class _TritonGemmTMA(_TritonGemm):
-    """The TMA kernel over the GEMM's rows as 1x1 images (_int8_tma.qgemm_tma)."""
+    """The TMA kernel over the GEMM's rows as plain 2-D boxes (_int8_tma.qgemm_tma)."""
+
+    persistent = False  # one program per SM walking the tiles (the -persistent tactics)
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
         return (super().supports(layer, target) and _tma_ready(layer, target, "a_zero_point")
                 and layer.constant_inputs[1].shape[1] % 16 == 0)
-
-    persistent = False  # one program per SM walking the tiles (the -persistent tactics)
 
     def launcher(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
                  sums: torch.Tensor | None, zp: int, epi: dict) -> Callable[..., Any]:
@@ -221,6 +221,8 @@ class _TritonConvTMA(_TritonConv):
     """The TMA convolution (Hopper): zero-point-0 int8 or FP8 inputs whose static shape the
     box view covers (_int8_tma.fits)."""
 
+    persistent = False  # 1x1 stride-1 layers through the persistent GEMM
+
     def supports(self, layer: LayerSpec, target: Target) -> bool:
         if not super().supports(layer, target) or not _tma_ready(layer, target, "x_zero_point"):
             return False
@@ -231,8 +233,6 @@ class _TritonConvTMA(_TritonConv):
         strides = tuple(layer.attrs.get("strides") or (1, 1))
         return kernels_tma().fits(shape[1], shape[2], shape[3], tuple(w.shape[2:]), strides,
                                   self.config[2])
-
-    persistent = False  # 1x1 stride-1 layers through the persistent GEMM
 
     def launcher(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
                  sums: torch.Tensor | None, zp: int, epi: dict) -> Callable[..., Any]:
