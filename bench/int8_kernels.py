@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kiln.kernels.triton import _int8_kernels as k
+from kiln.kernels.triton import _int8_s2d as s2d
 from kiln.kernels.triton import _int8_tma as tma
 from kiln.kernels.triton.int8 import (
     CONV_CONFIGS,
@@ -24,10 +25,12 @@ from kiln.kernels.triton.int8 import (
     TMA_CONFIGS,
     TMA_STORE_CONFIGS,
 )
+from kiln.kernels.triton.int8_s2d import MAX_CHANNELS, S2D_CONFIGS
 from kiln.runtime.cuda_graphs import replayed_ms
 
 # (name, batch, C, H, W, OC, kernel, stride)
-CONVS = [("3x3 c64 56", 64, 64, 56, 56, 64, 3, 1), ("3x3 c128 28", 64, 128, 28, 28, 128, 3, 1),
+CONVS = [("7x7 c3 224 s2 stem", 64, 3, 224, 224, 64, 7, 2),
+         ("3x3 c64 56", 64, 64, 56, 56, 64, 3, 1), ("3x3 c128 28", 64, 128, 28, 28, 128, 3, 1),
          ("3x3 c256 14", 64, 256, 14, 14, 256, 3, 1), ("3x3 c512 7", 64, 512, 7, 7, 512, 3, 1),
          ("3x3 c128 56 s2", 64, 128, 56, 56, 128, 3, 2),
          ("1x1 64->256 @56", 64, 64, 56, 56, 256, 1, 1),
@@ -140,6 +143,8 @@ def main() -> None:
                 _time_row(rows, name, f"tma {key} persistent d{diff.abs().max().item():.0f}",
                           ops, fp16, tma.qconv2d_tma, x, wt, *conv, layer_epi, config,
                           residual, True)
+        if s == 2 and ks > 1 and (ks + 1) // 2 * 4 * c <= MAX_CHANNELS:
+            _s2d_rows(rows, name, x, wt, conv, layer_epi, ops, fp16, reference)
         if "fp8" not in tiles or residual is not None:
             continue
         fp8 = (x.float() / 16).to(torch.float8_e4m3fn), (wt.float() / 16).to(torch.float8_e4m3fn)
@@ -181,6 +186,22 @@ def main() -> None:
         _time_row(rows, name, f"tma fp8 t4 {TMA_CONFIGS['t4']}", ops, fp16, tma.qgemm_tma, a8,
                   w8, scales, bias, {**epi, "out_type": "fp8e4m3"}, TMA_CONFIGS["t4"])
     print_table(rows)
+
+
+def _s2d_rows(rows: list, name: str, x, wt, conv: tuple, epi: dict, ops: float, fp16: float,
+              reference) -> None:
+    """A stride-2 layer over few channels by space to depth (_int8_s2d), and the unfold
+    kernel alone."""
+    (ks, _), _, pads, _, scales, bias = conv
+    oc, c = wt.shape[0], x.shape[1]
+    w = wt.reshape(oc, ks, ks, c).permute(0, 3, 1, 2)
+    for key, config in S2D_CONFIGS.items():
+        packed = s2d.pack_weights(w, config[2])
+        diff = (s2d.qconv2d_s2d(x, packed, (ks, ks), pads, scales, bias, epi, config).float()
+                - reference).abs().max().item()
+        _time_row(rows, name, f"s2d {key} {config} d{diff:.0f}", ops, fp16, s2d.qconv2d_s2d,
+                  x, packed, (ks, ks), pads, scales, bias, epi, config)
+    _time_row(rows, name, "s2d unfold alone", ops, fp16, s2d.unfold, x, (ks, ks), pads, 64)
 
 
 def print_table(rows: list) -> None:

@@ -1,0 +1,133 @@
+"""The space-to-depth stem tactic (kiln/kernels/triton/int8_s2d.py) against kiln's
+reference QConv. Without a GPU the kernels run in Triton's interpreter (small sizes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kiln.ops.quantized import combined_scales, inverse_scale, qconv
+
+pytest.importorskip("triton")
+s2d = pytest.importorskip("kiln.kernels.triton._int8_s2d")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SMALL = (32, 32, 32, 4, 1)  # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp")
+
+
+def _ints(rng, shape):
+    return torch.from_numpy(rng.integers(-128, 128, shape)).to(torch.int8)
+
+
+def _close(got, want):
+    if want.is_floating_point():
+        np.testing.assert_allclose(got.cpu().float().numpy(), want.float().numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    else:  # requantized: the float epilogue may round an element one step apart
+        diff = (got.cpu().int() - want.int()).abs()
+        assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 1e-3
+
+
+CASES = [  # (N, C, H, W, OC, kernel, pads, out_scale)
+    (2, 3, 11, 9, 8, (7, 7), (3, 3, 3, 3), 0.05),  # ResNet's stem, odd sizes
+    (1, 3, 8, 8, 16, (3, 3), (1, 1, 1, 1), 0.0),
+    (2, 1, 9, 12, 8, (5, 5), (2, 1, 1, 2), 0.05),  # uneven pads
+    (1, 4, 7, 6, 24, (4, 4), (0, 0, 0, 0), 0.0),  # even kernel, no padding
+    (1, 2, 10, 7, 8, (3, 5), (1, 2, 0, 2), 0.1),  # rectangular
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_s2d_conv_matches_the_reference(case):
+    n, c, h, w, oc, kernel, pads, out_scale = case
+    rng = np.random.default_rng(n * c * h + w)
+    x, weight = _ints(rng, (n, c, h, w)), _ints(rng, (oc, c, *kernel))
+    w_scale = rng.uniform(0.001, 0.01, oc).astype(np.float32)
+    bias = rng.standard_normal(oc).astype(np.float32)
+    attrs = {"strides": [2, 2], "pads": list(pads)}
+    want = qconv(x, weight, x_scale=0.03, w_scale=w_scale, bias=bias, out_scale=out_scale,
+                 activation="Relu", **attrs)
+    epi = {"activation": "Relu", "out_type": "int8", "out_dtype": "fp32"}
+    if out_scale:
+        epi.update(out_scale=out_scale, out_inv_scale=inverse_scale(out_scale))
+    packed = s2d.pack_weights(weight, SMALL[2]).to(DEVICE)
+    assert packed.shape == (oc, (kernel[0] + 1) // 2 * s2d.channels(c, kernel[1], SMALL[2]))
+    got = s2d.qconv2d_s2d(x.to(DEVICE), packed, kernel, pads,
+                          torch.from_numpy(combined_scales(0.03, w_scale)).to(DEVICE),
+                          torch.from_numpy(bias).to(DEVICE), epi, SMALL)
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    _close(got, want)
+
+
+def test_unfold_places_each_pixel_by_space_to_depth():
+    """u[n, i, j, ((b*2 + r)*2 + s)*C + c] = xp[n, 2i + r, 2(j + b) + s, c], zero beyond
+    the real channels, on a channels-last input."""
+    rng = np.random.default_rng(3)
+    x = _ints(rng, (2, 3, 7, 9))
+    pads, kernel = (2, 1, 2, 1), (5, 3)
+    u = s2d.unfold(x.to(DEVICE).contiguous(memory_format=torch.channels_last), kernel, pads,
+                   32).cpu().permute(0, 2, 3, 1)  # [N, HU, OW, CP]
+    xp = torch.nn.functional.pad(x, (pads[1], pads[3] + 4, pads[0], pads[2] + 4))
+    for i in range(u.shape[1]):
+        for j in range(u.shape[2]):
+            want = [xp[:, c, 2 * i + r, 2 * (j + b) + s] for b in range(2) for r in range(2)
+                    for s in range(2) for c in range(3)]
+            assert torch.equal(u[:, i, j, :24], torch.stack(want, dim=1))
+    assert not u[..., 24:].any()
+
+
+def _stem_spec(rng, c=3, kernel=(7, 7), strides=(2, 2), zero_point=0, dtype="int8"):
+    from kiln.kernels import LayerSpec
+
+    w = rng.integers(-127, 128, (16, c, *kernel)).astype(np.int8)
+    attrs = {"x_scale": 0.03, "x_zero_point": zero_point, "strides": list(strides),
+             "w_scale": rng.uniform(0.001, 0.01, 16).astype(np.float32),
+             "pads": [k // 2 for k in kernel] * 2, "out_scale": 0.04, "out_type": "int8",
+             "activation": "Relu", "bias": rng.standard_normal(16).astype(np.float32)}
+    return LayerSpec("stem", "QConv", "kiln", 1, ["x", "w"], ["y"], attrs,
+                     constant_inputs={1: w}, input_shapes=[(2, c, 12, 10), w.shape],
+                     input_dtypes=[dtype, "int8"]), w
+
+
+@pytest.mark.parametrize("change,offered", [
+    ({}, True), ({"strides": (1, 1)}, False), ({"zero_point": 2}, False),
+    ({"dtype": "uint8"}, False), ({"kernel": (1, 1)}, False),
+    ({"c": 16}, False)])  # 4 taps x 4 x 16 = 256 channels: wide enough already
+def test_s2d_tactic_offered_for_stride_2_over_few_channels(change, offered, monkeypatch):
+    from kiln.kernels import Target, get_tactic
+
+    monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")  # the interpreter stands in for a GPU
+    rng = np.random.default_rng(5)
+    spec, w = _stem_spec(rng, **change)
+    device = torch.device(DEVICE)
+    tactic = get_tactic("int8-triton-conv-s2d-128x64")
+    target = Target(device, "int8")
+    assert tactic.supports(spec, target) == offered
+    if offered:  # prepared, bound, and run as the engine would
+        tensors = {k: t.to(device) for k, t in tactic.prepare(spec, target).items()}
+        x = _ints(rng, (2, 3, 12, 10))
+        got = tactic.bind(spec, tensors, device)(
+            x.to(device).contiguous(memory_format=torch.channels_last))
+        _close(got, qconv(x, torch.from_numpy(w), **spec.attrs))
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="the Triton interpreter's float8 conversion is "
+                    "wrong; run on a GPU")
+def test_s2d_conv_fp8():
+    rng = np.random.default_rng(15)
+    x = torch.from_numpy(rng.standard_normal((2, 3, 10, 10)).astype(np.float32) * 30).to(
+        torch.float8_e4m3fn)
+    w = torch.from_numpy(rng.standard_normal((16, 3, 7, 7)).astype(np.float32) * 30).to(
+        torch.float8_e4m3fn)
+    bias = rng.standard_normal(16).astype(np.float32)
+    attrs = {"strides": [2, 2], "pads": [3, 3, 3, 3]}
+    want = qconv(x, w, x_scale=0.02, w_scale=[0.003] * 16, bias=bias, out_dtype="fp16",
+                 **attrs)
+    got = s2d.qconv2d_s2d(x.to(DEVICE), s2d.pack_weights(w, 64).to(DEVICE), (7, 7),
+                          (3, 3, 3, 3),
+                          torch.from_numpy(combined_scales(0.02, [0.003] * 16)).to(DEVICE),
+                          torch.from_numpy(bias).to(DEVICE),
+                          {"out_type": "int8", "out_dtype": "fp16"}, (64, 64, 64, 4, 3))
+    np.testing.assert_allclose(got.cpu().float().numpy(), want.float().numpy(), rtol=2e-3,
+                               atol=2e-3)
