@@ -55,7 +55,8 @@ def max_pool(
     full = resolve_pads(x, kernel_shape, strides, dilations, pads, auto_pad)
     padding = _torch_padding(full, kernel_shape, dilations)
     dtype = x.dtype
-    work = x if x.is_floating_point() else x.to(torch.float64)
+    # integers and 8-bit floats (quantized activations) pool exactly in float64
+    work = x if x.is_floating_point() and x.element_size() > 1 else x.to(torch.float64)
     if padding is None:
         work = explicit_pad(work, full, float("-inf"))
         padding = [0] * n

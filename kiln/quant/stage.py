@@ -22,6 +22,7 @@ from kiln.ir import DType, Graph
 from kiln.passes import PassContext
 from kiln.passes.fuse_layernorm_quantize import fuse_layernorm_quantize
 from kiln.passes.lower_qdq import QUANTIZED_OPS, lower_qdq
+from kiln.passes.quantize_before_maxpool import quantize_before_maxpool
 from kiln.quant.calibrate import CalibrationResult, calibrate
 from kiln.quant.calibration_cache import CalibrationTable, method_of
 from kiln.quant.calibrators import Calibrator
@@ -118,7 +119,7 @@ def apply(graph: Graph, plan: QuantizationPlan | None, ctx: PassContext) -> None
             result.table().save(plan.calibrator.cache)
             plan.report["cache_written"] = str(plan.calibrator.cache)
     inserted = insert_qdq(graph, amax, plan.qtype, overrides)
-    while lower_qdq(graph, ctx):
+    while lower_qdq(graph, ctx) | quantize_before_maxpool(graph, ctx):
         pass
     fuse_layernorm_quantize(graph, ctx)
     if inserted.skipped:

@@ -28,15 +28,24 @@ CASES = [  # shape, kernel, strides, pads, ceil_mode, auto_pad
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int8, torch.uint8,
+                                   torch.float8_e4m3fn])
 def test_matches_reference(case, dtype):
+    """Quantized activations too (a quantize step moved in front of the pool): all-negative
+    int8 windows check that the padding reads as below every value, not as 0."""
     shape, kernel, strides, pads, ceil, auto_pad = case
     g = torch.Generator().manual_seed(len(str(case)))
-    x = torch.randn(shape, generator=g).to(DEVICE, dtype).contiguous(
-        memory_format=torch.channels_last)
+    if dtype.is_floating_point:
+        x = torch.randn(shape, generator=g) * (30 if dtype == torch.float8_e4m3fn else 1)
+    else:
+        low = -128 if dtype == torch.int8 else 0
+        x = torch.randint(low, low + 256, shape, generator=g)
+        if dtype == torch.int8:
+            x[:, :1] = -torch.randint(1, 129, x[:, :1].shape, generator=g)
+    x = x.to(dtype).to(DEVICE).contiguous(memory_format=torch.channels_last)
     want = max_pool(x.contiguous(), kernel_shape=kernel, strides=strides, pads=pads,
                     ceil_mode=ceil, auto_pad=auto_pad)
     full = resolve_pads(x, kernel, strides, [1, 1], pads, auto_pad)
     got = maxpool_nhwc(x, kernel, strides, list(full), bool(ceil))
-    assert got.shape == want.shape
-    torch.testing.assert_close(got, want)
+    assert got.shape == want.shape and got.dtype == dtype
+    torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=0)

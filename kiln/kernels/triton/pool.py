@@ -3,7 +3,8 @@
 torch's CUDA max_pool2d always computes the argmax indices too (int64, four times the
 bytes of fp16 values), which ONNX inference never reads; this kernel writes only the
 values. Each program takes a tile of output pixels by channels; channels are contiguous
-in NHWC, so every load is coalesced.
+in NHWC, so every load is coalesced. Quantized activations (int8, uint8, FP8) pool as
+they are: every value is exact in float32.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ if AVAILABLE:
                 iw = ow * SW - pad_w + kw
                 inside = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
                 row = n * sxn + ih * sxh + iw * sxw
-                value = tl.load(x + row[:, None] + c[None, :] * sxc,
-                                mask=inside[:, None] & cmask[None, :], other=float("-inf"))
-                best = tl.maximum(best, value.to(tl.float32))
+                mask = inside[:, None] & cmask[None, :]
+                value = tl.load(x + row[:, None] + c[None, :] * sxc, mask=mask)
+                best = tl.maximum(best, tl.where(mask, value.to(tl.float32), float("-inf")))
         target = n * son + oh * soh + ow * sow
         tl.store(out + target[:, None] + c[None, :] * soc, best.to(out.dtype.element_ty),
                  mask=pmask[:, None] & cmask[None, :])
@@ -90,7 +91,8 @@ class TritonMaxPoolNHWC(Tactic):
         return (usable_on(target.device.type) and len(attrs.get("kernel_shape", [])) == 2
                 and len([o for o in layer.outputs if o is not None]) == 1
                 and all(d == 1 for d in attrs.get("dilations") or [1, 1])
-                and layer.input_dtypes[:1] in (["fp32"], ["fp16"], ["bf16"]))
+                and layer.input_dtypes[:1] in (["fp32"], ["fp16"], ["bf16"], ["int8"],
+                                               ["uint8"], ["fp8e4m3"]))
 
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[..., Any]:
