@@ -420,6 +420,9 @@ def test_tma_gemm_tactic_matches_the_reference(m, k, n, out_scale, act, name, mo
                      constant_inputs={1: w}, input_dtypes=["int8", "int8"])
     device = torch.device(DEVICE)
     tactic = get_tactic(name)
+    if name.endswith("persistent") and not out_scale:  # float output: more shared memory
+        assert not tactic.supports(spec, Target(device, "int8"))  # than the H100 has
+        return
     assert tactic.supports(spec, Target(device, "int8"))
     assert not tactic.supports(dataclasses.replace(spec, attrs={**attrs, "a_zero_point": 2}),
                                Target(device, "int8"))

@@ -199,9 +199,14 @@ class _TritonGemmTMA(_TritonGemm):
 
 
 class _TritonGemmTMAPersistent(_TritonGemmTMA):
-    """The 2-D TMA GEMM as one program per SM walking the tiles (_qgemm_tma_persistent_kernel)."""
+    """The 2-D TMA GEMM as one program per SM walking the tiles (_qgemm_tma_persistent_kernel),
+    for requantizing layers only: with a float32 output tile the flattened pipeline asked
+    the H100 for 278 KB of shared memory with t4 (227 KB there), a compile that fails."""
 
     persistent = True
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        return bool(layer.attrs.get("out_scale")) and super().supports(layer, target)
 
 
 class _TritonGemmTMATanhForErf(_TritonGemmTMA):
@@ -247,14 +252,15 @@ class _TritonConvTMA(_TritonConv):
 
 
 class _TritonConvTMAPersistent(_TritonConvTMA):
-    """A 1x1 stride-1 unpadded convolution as the persistent 2-D GEMM over its rows."""
+    """A 1x1 stride-1 unpadded requantizing convolution as the persistent 2-D GEMM over its
+    rows (as _TritonGemmTMAPersistent, not with float outputs)."""
 
     persistent = True
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
         attrs = layer.attrs
         w = layer.constant_inputs.get(1)
-        return (w is not None and tuple(w.shape[2:]) == (1, 1)
+        return (w is not None and tuple(w.shape[2:]) == (1, 1) and bool(attrs.get("out_scale"))
                 and tuple(attrs.get("strides") or (1, 1)) == (1, 1)
                 and not any(attrs.get("pads") or ())
                 and attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
