@@ -25,6 +25,16 @@ except ImportError:  # torch < 2.3
     SDPBackend = sdpa_kernel = None
 
 
+def layout_attrs(layer: LayerSpec) -> tuple[tuple[str, str, str], float | None, bool, bool]:
+    """(q, k, v layouts), scale, whether the output is [B, S, H, D], and whether fully
+    masked rows come out as zeros."""
+    attrs = layer.attrs
+    layouts = (attrs.get("q_layout", "bhsd"), attrs.get("k_layout", "bhsd"),
+               attrs.get("v_layout", "bhsd"))
+    return (layouts, attrs.get("scale"), attrs.get("out_layout", "bhsd") == "bshd",
+            bool(attrs.get("zero_nan_rows", 0)))
+
+
 class _Sdpa(Tactic):
     ops = (("kiln", "Attention"),)
     backend: str | None = None
@@ -41,13 +51,8 @@ class _Sdpa(Tactic):
 
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[..., Any]:
-        attrs = layer.attrs
-        layouts = (attrs.get("q_layout", "bhsd"), attrs.get("k_layout", "bhsd"),
-                   attrs.get("v_layout", "bhsd"))
-        scale = attrs.get("scale")
-        bshd_out = attrs.get("out_layout", "bhsd") == "bshd"
-        causal = bool(attrs.get("is_causal", 0))
-        zero_nan = bool(attrs.get("zero_nan_rows", 0))
+        layouts, scale, bshd_out, zero_nan = layout_attrs(layer)
+        causal = bool(layer.attrs.get("is_causal", 0))
         backend = getattr(SDPBackend, self.backend) if self.backend else None
 
         def run(q, k, v, mask=None):
@@ -125,12 +130,7 @@ class AttentionExplicitCPU(Tactic):
 
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[..., Any]:
-        attrs = layer.attrs
-        layouts = (attrs.get("q_layout", "bhsd"), attrs.get("k_layout", "bhsd"),
-                   attrs.get("v_layout", "bhsd"))
-        scale = attrs.get("scale")
-        bshd_out = attrs.get("out_layout", "bhsd") == "bshd"
-        zero_nan = bool(attrs.get("zero_nan_rows", 0))
+        layouts, scale, bshd_out, zero_nan = layout_attrs(layer)
 
         def run(q, k, v, mask=None):
             q, k, v = (to_bhsd(t, lay) for t, lay in zip((q, k, v), layouts))
