@@ -40,9 +40,11 @@ def model(tmp_path_factory):
 
 
 def _build(path, precision: str, swap: bool = True):
+    # level 0: both builds take the same tactics (timed choices may differ between builds,
+    # and their float rounding can move a quantized value a step)
     config = BuilderConfig(precision=precision, device="cpu",
                            calibrator=Calibrator(calibration_batches((4, 3, 20, 20), 4)),
-                           precision_constraints="obey")
+                           precision_constraints="obey", optimization_level=0)
     with pytest.MonkeyPatch.context() as patch:
         if not swap:
             patch.setattr(quantize_before_maxpool, "_swap", lambda graph, node: False)
@@ -75,7 +77,7 @@ def test_the_pool_reads_the_quantized_stem(model, engines, shape):
     got = np.asarray(ExecutionContext(swapped).run({"x": x})["y"])
     want = np.asarray(ExecutionContext(plain).run({"x": x})["y"])
     np.testing.assert_allclose(got, want, rtol=0, atol=0.01 * np.abs(want).max())
-    assert np.mean(got == want) > 0.5
+    assert np.mean(got == want) > 0.6  # FP8: a step moves several logits
     reference = ort.InferenceSession(str(model)).run(None, {"x": x})[0].ravel()
     got = got.astype(np.float64).ravel()
     assert got @ reference / np.linalg.norm(got) / np.linalg.norm(reference) > 0.99
