@@ -59,12 +59,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--out", default=None, help="write cpu_models.json here")
     parser.add_argument("--only", default="", help="comma list of model names (default: all)")
+    parser.add_argument("--ort-no-spin", action="store_true",
+                        help="ORT's intra-op threads sleep instead of spinning between runs "
+                             "(its default spins, which on a 2-vCPU machine slows it down)")
     args = parser.parse_args()
     only = {name for name in args.only.split(",") if name}
     torch.set_num_threads(args.threads)
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     options.inter_op_num_threads = 1
+    if args.ort_no_spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     rows = []
     for name in sorted(os.listdir(args.models)):
         path = os.path.join(args.models, name, "model.onnx")
