@@ -369,7 +369,10 @@ def test_persistent_conv_tactic_only_for_1x1_stride_1(kernel, strides, pads, off
                      constant_inputs={1: w}, input_shapes=[(2, 128, 8, 8), w.shape],
                      input_dtypes=["int8", "int8"])
     tactic = get_tactic("int8-triton-conv-tma-t4-persistent")
-    assert tactic.supports(spec, Target(torch.device(DEVICE), "int8")) == offered
+    target = Target(torch.device(DEVICE), "int8")
+    assert tactic.supports(spec, target) == offered
+    float_out = {k: v for k, v in attrs.items() if k not in ("out_scale", "out_type")}
+    assert not tactic.supports(dataclasses.replace(spec, attrs=float_out), target)
 
 
 def test_tma_store_tactic_only_for_residual_layers(monkeypatch):
