@@ -143,7 +143,7 @@ def main() -> None:
                 _time_row(rows, name, f"tma {key} persistent d{diff.abs().max().item():.0f}",
                           ops, fp16, tma.qconv2d_tma, x, wt, *conv, layer_epi, config,
                           residual, True)
-        if s == 2 and ks > 1 and (ks + 1) // 2 * 4 * c <= MAX_CHANNELS:
+        if s == 2 and ks > 1 and s2d.real_channels(c, ks) <= MAX_CHANNELS:
             _s2d_rows(rows, name, x, wt, conv, layer_epi, ops, fp16, reference)
         if "fp8" not in tiles or residual is not None:
             continue

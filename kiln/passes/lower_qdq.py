@@ -166,13 +166,10 @@ def _fuse_requantize(graph: Graph, node: Node) -> bool:
     if node.attrs.get("out_scale") or not out.consumers or any(out is v for v in graph.outputs):
         return False
     readers = out.consumers
-    keys = {quantize_key(q) for q in readers}
-    if len(keys) != 1 or None in keys:
+    key = requantize_key(node, readers)
+    if key is None:
         return False
-    scale, zero_point, qtype = keys.pop()  # type: ignore[misc]
-    fp8_layer = node.meta.get("quantized", "int8") in FP8_TYPES.values()
-    if (qtype in FP8_TYPES.values()) != fp8_layer:
-        return False
+    scale, zero_point, qtype = key
     if any(any(q.output is v for v in graph.outputs) for q in readers):
         return False
     node.attrs.update(out_scale=scale, out_zero_point=zero_point, out_type=qtype)
@@ -181,6 +178,17 @@ def _fuse_requantize(graph: Graph, node: Node) -> bool:
         graph.replace_all_uses(q.output, out)
         graph.remove_node(q)
     return True
+
+
+def requantize_key(layer: Node, readers: list[Node]) -> tuple[float, int, str] | None:
+    """The one (scale, zero point, type) with which every reader quantizes, where the
+    quantized layer can write it (INT8 layers integer types, FP8 layers FP8); else None."""
+    keys = {quantize_key(q) for q in readers}
+    if len(keys) != 1 or None in keys:
+        return None
+    key = keys.pop()
+    fp8_layer = layer.meta.get("quantized", "int8") in FP8_TYPES.values()
+    return key if (key[2] in FP8_TYPES.values()) == fp8_layer else None  # type: ignore[index]
 
 
 def quantize_key(node: Node) -> tuple[float, int, str] | None:
@@ -208,4 +216,5 @@ def qtype_dtype(qtype: str) -> DType:
     return _DTYPE_OF[qtype]
 
 
-__all__ = ["forced_float", "lower_qdq", "qtype_dtype", "quantizable", "quantize_key"]
+__all__ = ["forced_float", "lower_qdq", "qtype_dtype", "quantizable", "quantize_key",
+           "requantize_key"]

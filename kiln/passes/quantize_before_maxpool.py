@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from kiln.ir import Graph, Node, Value
 from kiln.passes._match import only_consumer
-from kiln.passes.lower_qdq import FP8_TYPES, QUANTIZED_OPS, qtype_dtype, quantize_key
+from kiln.passes.lower_qdq import QUANTIZED_OPS, qtype_dtype, requantize_key
 from kiln.passes.pipeline import PassContext, register_pass
 
 
@@ -43,13 +43,10 @@ def _swap(graph: Graph, pool: Node) -> bool:
             or not m.consumers or any(m is v for v in graph.outputs)):
         return False
     readers = list(m.consumers)
-    keys = {quantize_key(n) for n in readers}
-    if len(keys) != 1 or None in keys:
+    key = requantize_key(layer, readers)
+    if key is None:
         return False
-    qtype = next(iter(keys))[2]  # type: ignore[index]
-    fp8_layer = layer.meta.get("quantized", "int8") in FP8_TYPES.values()
-    if (qtype in FP8_TYPES.values()) != fp8_layer:
-        return False
+    qtype = key[2]
     step = readers[0]
     for other in readers[1:]:  # steps of one scale and type: one is enough
         graph.replace_all_uses(other.outputs[0], step.outputs[0])

@@ -50,9 +50,14 @@ def _unfold_kernel(x_ptr, u_ptr, H, W, HU, OW, sxb, sxc, sxh, sxw, PT, PL,
     tl.store(u_ptr + dst, v, mask=in_row)
 
 
+def real_channels(c: int, kw: int) -> int:
+    """u's channels that carry input values: ceil(KW/2) * 4 * C."""
+    return (kw + 1) // 2 * 4 * c
+
+
 def channels(c: int, kw: int, block_k: int) -> int:
-    """CP: u's channels, ceil(KW/2) * 4 * C rounded up to whole K blocks."""
-    return triton.cdiv((kw + 1) // 2 * 4 * c, block_k) * block_k
+    """CP: u's channels, the real ones rounded up to whole K blocks."""
+    return triton.cdiv(real_channels(c, kw), block_k) * block_k
 
 
 def pack_weights(w: torch.Tensor, block_k: int) -> torch.Tensor:
@@ -84,7 +89,7 @@ def unfold(x: torch.Tensor, kernel: tuple[int, int], pads: tuple, block_k: int
     block_j = 32
     _unfold_kernel[(n * hu, triton.cdiv(ow, block_j))](
         _bytes(x), _bytes(u), h, wd, hu, ow, *x.stride(), pads[0], pads[1],
-        C=c, CK=(kw + 1) // 2 * 4 * c, CP=cp, BLOCK_J=block_j)
+        C=c, CK=real_channels(c, kw), CP=cp, BLOCK_J=block_j)
     return u.permute(0, 3, 1, 2)
 
 

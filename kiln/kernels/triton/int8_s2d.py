@@ -41,7 +41,7 @@ class _TritonConvS2D(_TritonConv):
         _, c, kh, kw = layer.constant_inputs[1].shape
         return (tuple(attrs.get("strides") or (1, 1)) == (2, 2)
                 and tuple(attrs.get("dilations") or (1, 1)) == (1, 1)
-                and kh > 1 and kw > 1 and (kw + 1) // 2 * 4 * c <= MAX_CHANNELS)
+                and kh > 1 and kw > 1 and s2d_kernels().real_channels(c, kw) <= MAX_CHANNELS)
 
     def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
         w = to_torch(layer.constant_inputs[1])  # [OC, C, KH, KW]
