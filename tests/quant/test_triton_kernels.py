@@ -11,41 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from kiln.ops.quantized import combined_scales, inverse_scale, qconv, qgemm
+from kiln.ops.quantized import combined_scales, qconv, qgemm
+from tests.quant._triton_cases import DEVICE, FP8_OUT, SMALL, fp8_conv_case
+from tests.quant._triton_cases import close as _close
+from tests.quant._triton_cases import epi as _epi
+from tests.quant._triton_cases import ints as _ints
 
 triton = pytest.importorskip("triton")
 kernels = pytest.importorskip("kiln.kernels.triton._int8_kernels")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-SMALL = (32, 32, 32, 4, 1)  # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages
 # the interpreter's numpy exp overflows to inf for very negative inputs (sigmoid -> 0)
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp")
-# Triton's interpreter rounds float32 -> float8 without carrying into the exponent (31.9
-# becomes 16); the GPU's conversion is exact, so FP8 outputs are checked there only
-FP8_OUT = pytest.mark.skipif(DEVICE == "cpu", reason="the Triton interpreter's float32 -> "
-                             "float8 conversion is wrong; run on a GPU")
-
-
-def _ints(rng, shape, dtype):
-    lo, hi = (0, 256) if dtype == torch.uint8 else (-128, 128)
-    return torch.from_numpy(rng.integers(lo, hi, shape)).to(dtype)
-
-
-def _epi(out_scale=0.0, **extra):
-    epi = {"out_scale": out_scale, "out_type": "int8", "out_dtype": "fp32", **extra}
-    if out_scale:
-        epi["out_inv_scale"] = inverse_scale(out_scale)
-    return epi
-
-
-def _close(got, want):
-    got, want = got.cpu(), want.cpu()
-    if want.is_floating_point():  # fp16 outputs: an ulp where float32 math rounds apart
-        tol = 1e-5 if want.dtype == torch.float32 else 2e-3
-        np.testing.assert_allclose(got.float().numpy(), want.float().numpy(), rtol=tol,
-                                   atol=tol)
-    else:
-        diff = (got.int() - want.int()).abs()
-        assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 1e-3
 
 
 GEMM_CASES = [  # (M, K, N, input type, zero point, out_scale, activation, out dtype)
@@ -302,21 +277,14 @@ def test_persistent_1x1_conv_matches_the_reference(case):
 @pytest.mark.parametrize("tma_out", [False, True])
 def test_tma_qconv_kernel_fp8(tma_out):
     tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
-    rng = np.random.default_rng(15)
-    x = torch.from_numpy(rng.standard_normal((2, 32, 6, 6)).astype(np.float32) * 30).to(
-        torch.float8_e4m3fn)
-    w = torch.from_numpy(rng.standard_normal((16, 32, 3, 3)).astype(np.float32) * 30).to(
-        torch.float8_e4m3fn)
-    bias = rng.standard_normal(16).astype(np.float32)
-    attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1]}
-    want = qconv(x, w, x_scale=0.02, w_scale=[0.003] * 16, bias=bias, out_dtype="fp16",
-                 **attrs)
+    x, w, bias, scales, want = fp8_conv_case(np.random.default_rng(15), (2, 32, 6, 6),
+                                             (16, 32, 3, 3), {"strides": [2, 2],
+                                                              "pads": [1, 1, 1, 1]})
     packed = w.permute(0, 2, 3, 1).reshape(16, -1).contiguous()
     got = tma.qconv2d_tma(
         x.to(DEVICE).contiguous(memory_format=torch.channels_last), packed.to(DEVICE), (3, 3),
-        (2, 2), (1, 1, 1, 1), (1, 1),
-        torch.from_numpy(combined_scales(0.02, [0.003] * 16)).to(DEVICE),
-        torch.from_numpy(bias).to(DEVICE), _epi(out_dtype="fp16"), (*SMALL, tma_out))
+        (2, 2), (1, 1, 1, 1), (1, 1), scales, torch.from_numpy(bias).to(DEVICE),
+        _epi(out_dtype="fp16"), (*SMALL, tma_out))
     np.testing.assert_allclose(got.cpu().float().numpy(), want.float().numpy(), rtol=2e-3,
                                atol=2e-3)
 

@@ -8,25 +8,11 @@ import pytest
 import torch
 
 from kiln.ops.quantized import combined_scales, inverse_scale, qconv
+from tests.quant._triton_cases import DEVICE, FP8_OUT, SMALL, close, fp8_conv_case, ints
 
 pytest.importorskip("triton")
 s2d = pytest.importorskip("kiln.kernels.triton._int8_s2d")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-SMALL = (32, 32, 32, 4, 1)  # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp")
-
-
-def _ints(rng, shape):
-    return torch.from_numpy(rng.integers(-128, 128, shape)).to(torch.int8)
-
-
-def _close(got, want):
-    if want.is_floating_point():
-        np.testing.assert_allclose(got.cpu().float().numpy(), want.float().numpy(),
-                                   rtol=1e-5, atol=1e-5)
-    else:  # requantized: the float epilogue may round an element one step apart
-        diff = (got.cpu().int() - want.int()).abs()
-        assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 1e-3
 
 
 CASES = [  # (N, C, H, W, OC, kernel, pads, out_scale)
@@ -42,7 +28,7 @@ CASES = [  # (N, C, H, W, OC, kernel, pads, out_scale)
 def test_s2d_conv_matches_the_reference(case):
     n, c, h, w, oc, kernel, pads, out_scale = case
     rng = np.random.default_rng(n * c * h + w)
-    x, weight = _ints(rng, (n, c, h, w)), _ints(rng, (oc, c, *kernel))
+    x, weight = ints(rng, (n, c, h, w)), ints(rng, (oc, c, *kernel))
     w_scale = rng.uniform(0.001, 0.01, oc).astype(np.float32)
     bias = rng.standard_normal(oc).astype(np.float32)
     attrs = {"strides": [2, 2], "pads": list(pads)}
@@ -57,14 +43,14 @@ def test_s2d_conv_matches_the_reference(case):
                           torch.from_numpy(combined_scales(0.03, w_scale)).to(DEVICE),
                           torch.from_numpy(bias).to(DEVICE), epi, SMALL)
     assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
-    _close(got, want)
+    close(got, want)
 
 
 def test_unfold_places_each_pixel_by_space_to_depth():
     """u[n, i, j, ((b*2 + r)*2 + s)*C + c] = xp[n, 2i + r, 2(j + b) + s, c], zero beyond
     the real channels, on a channels-last input."""
     rng = np.random.default_rng(3)
-    x = _ints(rng, (2, 3, 7, 9))
+    x = ints(rng, (2, 3, 7, 9))
     pads, kernel = (2, 1, 2, 1), (5, 3)
     u = s2d.unfold(x.to(DEVICE).contiguous(memory_format=torch.channels_last), kernel, pads,
                    32).cpu().permute(0, 2, 3, 1)  # [N, HU, OW, CP]
@@ -106,28 +92,19 @@ def test_s2d_tactic_offered_for_stride_2_over_few_channels(change, offered, monk
     assert tactic.supports(spec, target) == offered
     if offered:  # prepared, bound, and run as the engine would
         tensors = {k: t.to(device) for k, t in tactic.prepare(spec, target).items()}
-        x = _ints(rng, (2, 3, 12, 10))
+        x = ints(rng, (2, 3, 12, 10))
         got = tactic.bind(spec, tensors, device)(
             x.to(device).contiguous(memory_format=torch.channels_last))
-        _close(got, qconv(x, torch.from_numpy(w), **spec.attrs))
+        close(got, qconv(x, torch.from_numpy(w), **spec.attrs))
 
 
-@pytest.mark.skipif(DEVICE == "cpu", reason="the Triton interpreter's float8 conversion is "
-                    "wrong; run on a GPU")
+@FP8_OUT
 def test_s2d_conv_fp8():
-    rng = np.random.default_rng(15)
-    x = torch.from_numpy(rng.standard_normal((2, 3, 10, 10)).astype(np.float32) * 30).to(
-        torch.float8_e4m3fn)
-    w = torch.from_numpy(rng.standard_normal((16, 3, 7, 7)).astype(np.float32) * 30).to(
-        torch.float8_e4m3fn)
-    bias = rng.standard_normal(16).astype(np.float32)
-    attrs = {"strides": [2, 2], "pads": [3, 3, 3, 3]}
-    want = qconv(x, w, x_scale=0.02, w_scale=[0.003] * 16, bias=bias, out_dtype="fp16",
-                 **attrs)
+    x, w, bias, scales, want = fp8_conv_case(np.random.default_rng(15), (2, 3, 10, 10),
+                                             (16, 3, 7, 7), {"strides": [2, 2],
+                                                             "pads": [3, 3, 3, 3]})
     got = s2d.qconv2d_s2d(x.to(DEVICE), s2d.pack_weights(w, 64).to(DEVICE), (7, 7),
-                          (3, 3, 3, 3),
-                          torch.from_numpy(combined_scales(0.02, [0.003] * 16)).to(DEVICE),
-                          torch.from_numpy(bias).to(DEVICE),
+                          (3, 3, 3, 3), scales, torch.from_numpy(bias).to(DEVICE),
                           {"out_type": "int8", "out_dtype": "fp16"}, (64, 64, 64, 4, 3))
     np.testing.assert_allclose(got.cpu().float().numpy(), want.float().numpy(), rtol=2e-3,
                                atol=2e-3)

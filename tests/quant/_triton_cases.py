@@ -1,0 +1,54 @@
+"""What the tests of kiln's Triton INT8/FP8 kernels share: the device they run on (a GPU,
+else Triton's interpreter), a small tile, random operands, and the comparison with the
+reference quantized operators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kiln.ops.quantized import combined_scales, inverse_scale, qconv
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SMALL = (32, 32, 32, 4, 1)  # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages
+# Triton's interpreter rounds float32 -> float8 without carrying into the exponent (31.9
+# becomes 16); the GPU's conversion is exact, so FP8 outputs are checked there only
+FP8_OUT = pytest.mark.skipif(DEVICE == "cpu", reason="the Triton interpreter's float32 -> "
+                             "float8 conversion is wrong; run on a GPU")
+
+
+def ints(rng, shape, dtype=torch.int8):
+    lo, hi = (0, 256) if dtype == torch.uint8 else (-128, 128)
+    return torch.from_numpy(rng.integers(lo, hi, shape)).to(dtype)
+
+
+def epi(out_scale=0.0, **extra):
+    epilogue = {"out_scale": out_scale, "out_type": "int8", "out_dtype": "fp32", **extra}
+    if out_scale:
+        epilogue["out_inv_scale"] = inverse_scale(out_scale)
+    return epilogue
+
+
+def close(got, want):
+    got, want = got.cpu(), want.cpu()
+    if want.is_floating_point():  # fp16 outputs: an ulp where float32 math rounds apart
+        tol = 1e-5 if want.dtype == torch.float32 else 2e-3
+        np.testing.assert_allclose(got.float().numpy(), want.float().numpy(), rtol=tol,
+                                   atol=tol)
+    else:  # requantized: the float epilogue may round an element one step apart
+        diff = (got.int() - want.int()).abs()
+        assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 1e-3
+
+
+def fp8_conv_case(rng, x_shape: tuple, w_shape: tuple, attrs: dict) -> tuple:
+    """FP8 input and weights, a bias, the per-channel factors on DEVICE, and the
+    reference's FP16 output of that QConv (x scale 0.02, weight scale 0.003)."""
+    x, w = (torch.from_numpy(rng.standard_normal(shape).astype(np.float32) * 30).to(
+        torch.float8_e4m3fn) for shape in (x_shape, w_shape))
+    oc = w_shape[0]
+    bias = rng.standard_normal(oc).astype(np.float32)
+    want = qconv(x, w, x_scale=0.02, w_scale=[0.003] * oc, bias=bias, out_dtype="fp16",
+                 **attrs)
+    scales = torch.from_numpy(combined_scales(0.02, [0.003] * oc)).to(DEVICE)
+    return x, w, bias, scales, want
