@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from kiln.kernels.triton import _int8_kernels as k
 from kiln.kernels.triton import _int8_s2d as s2d
+from kiln.kernels.triton import _int8_stationary as stationary
 from kiln.kernels.triton import _int8_tma as tma
 from kiln.kernels.triton.int8 import (
     CONV_CONFIGS,
@@ -87,6 +88,11 @@ def main() -> None:
     parser.add_argument("--layers", default="", help="comma list of layer name prefixes")
     parser.add_argument("--tiles", default="",
                         help="comma list of TMA tiles (t4p: t4 persistent; and 'fp8')")
+    parser.add_argument("--configs", default="",
+                        help="more TMA tiles, BMxBNxBKwWARPSsSTAGES each: 128x256x64w8s2,...")
+    parser.add_argument("--stationary", default="",
+                        help="stationary-weight GEMM tiles for K <= 256 (1x1 layers, GEMMs), "
+                             "BMxBNxTILESwWARPSsSTAGES each: 128x128x4w8s2,...")
     parser.add_argument("--tma-only", action="store_true", help="no gathering kernel, GEMMs")
     parser.add_argument("--epilogues", action="store_true",
                         help="FP8 BERT GEMMs with each epilogue, and the quantize steps")
@@ -94,8 +100,10 @@ def main() -> None:
     if args.epilogues:
         return epilogues()
     layers = [p for p in args.layers.split(",") if p]
-    tma_tiles = {**TMA_CONFIGS, **TMA_STORE_CONFIGS}
-    tiles = set(args.tiles.split(",")) if args.tiles else set(tma_tiles) | {"fp8"}
+    extra = {spec: _config(spec) for spec in args.configs.split(",") if spec}
+    held = {spec: _config(spec) for spec in args.stationary.split(",") if spec}
+    tma_tiles = {**TMA_CONFIGS, **TMA_STORE_CONFIGS, **extra}
+    tiles = (set(args.tiles.split(",")) if args.tiles else set(tma_tiles) | {"fp8"}) | set(extra)
     rows = []
     epi = {"out_scale": 0.05, "out_inv_scale": 20.0, "out_type": "int8", "activation": "Relu"}
     for name, b, c, h, w, oc, ks, s in CONVS:
@@ -143,6 +151,13 @@ def main() -> None:
                 _time_row(rows, name, f"tma {key} persistent d{diff.abs().max().item():.0f}",
                           ops, fp16, tma.qconv2d_tma, x, wt, *conv, layer_epi, config,
                           residual, True)
+        if ks == s == 1 and stationary.fits(c):
+            for spec, config in held.items():
+                diff = (stationary.qconv1x1_stationary(x, wt, scales, bias, layer_epi, config,
+                                                       residual).float() - reference)
+                _time_row(rows, name, f"stationary {spec} d{diff.abs().max().item():.0f}", ops,
+                          fp16, stationary.qconv1x1_stationary, x, wt, scales, bias, layer_epi,
+                          config, residual)
         if s == 2 and ks > 1 and s2d.real_channels(c, ks) <= MAX_CHANNELS:
             _s2d_rows(rows, name, x, wt, conv, layer_epi, ops, fp16, reference)
         if "fp8" not in tiles or residual is not None:
@@ -170,13 +185,16 @@ def main() -> None:
                 continue
             ms = time_ms(k.qgemm, a, wt, scales, bias, None, 0, epi, config)
             rows.append((name, f"triton {key} {config}", ms, ops / ms / 1e9, fp16 / ms))
-        for key, config in TMA_CONFIGS.items():
+        for key, config in {**TMA_CONFIGS, **extra}.items():
             if key in tiles and kk % config[2] == 0:
                 _time_row(rows, name, f"tma {key} {config}", ops, fp16, tma.qgemm_tma, a, wt,
                           scales, bias, epi, config)
             if f"{key}p" in tiles and kk % config[2] == 0:  # one program per SM
                 _time_row(rows, name, f"tma {key} persistent", ops, fp16, tma.qgemm_tma, a,
                           wt, scales, bias, epi, config, None, True)
+        for spec, config in held.items() if stationary.fits(kk) else ():
+            _time_row(rows, name, f"stationary {spec}", ops, fp16, stationary.qgemm_stationary,
+                      a, wt, scales, bias, epi, config)
         if "fp8" not in tiles:
             continue
         a8, w8 = (a.float() / 16).to(torch.float8_e4m3fn), (wt.float() / 16).to(torch.float8_e4m3fn)
@@ -201,7 +219,22 @@ def _s2d_rows(rows: list, name: str, x, wt, conv: tuple, epi: dict, ops: float, 
                 - reference).abs().max().item()
         _time_row(rows, name, f"s2d {key} {config} d{diff:.0f}", ops, fp16, s2d.qconv2d_s2d,
                   x, packed, (ks, ks), pads, scales, bias, epi, config)
-    _time_row(rows, name, "s2d unfold alone", ops, fp16, s2d.unfold, x, (ks, ks), pads, 64)
+    for inner, block_j in ((False, 32), (True, 32), (True, 64), (True, 128)):
+        _time_row(rows, name, f"s2d unfold alone, columns inner {inner}, {block_j}", ops, fp16,
+                  s2d.unfold, x, (ks, ks), pads, 64, inner, block_j)
+    xf = torch.randn(x.shape, device=x.device)  # the model's float input: its Quantize step
+    _time_row(rows, name, "quantize step alone (fp32 in)", ops, fp16, k.quantize, xf, 0.05, 0,
+              "int8")
+    for block_j in (64, 128):
+        _time_row(rows, name, f"s2d unfold quantizing fp32, {block_j}", ops, fp16, s2d.unfold,
+                  xf, (ks, ks), pads, 64, True, block_j, (20.0, "int8"))
+
+
+def _config(spec: str) -> tuple:
+    """'128x256x64w8s2' -> (128, 256, 64, 8, 2)"""
+    dims, rest = spec.split("w")
+    warps, stages = rest.split("s")
+    return (*(int(v) for v in dims.split("x")), int(warps), int(stages))
 
 
 def print_table(rows: list) -> None:

@@ -1,0 +1,83 @@
+"""QGemm and 1x1 QConv tactics for short K (up to 256): the weight block stays in shared
+memory while each program walks several row blocks, their loads pipelined behind the
+epilogues (kiln/kernels/triton/_int8_stationary.py). Timed beside the plain TMA tiles,
+which make one load, one product and one epilogue per program at these depths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from kiln.kernels.registry import LayerSpec, Target, register_tactic
+from kiln.kernels.triton.int8 import _tma_ready, _TritonConv, _TritonGemm
+
+# (BLOCK_M, BLOCK_N, row blocks per program, warps, stages)
+STATIONARY_CONFIGS = {"128x64x8": (128, 64, 8, 4, 3), "128x128x4": (128, 128, 4, 8, 2),
+                      "128x256x4": (128, 256, 4, 8, 2)}
+STATIONARY_LEVELS = {"128x64x8": 3, "128x128x4": 3, "128x256x4": 3}
+
+
+def stationary_kernels():
+    from kiln.kernels.triton import _int8_stationary
+
+    return _int8_stationary
+
+
+def _short(layer: LayerSpec, target: Target, zero_point: str, block_n: int) -> bool:
+    """K fits one box, the zero point is 0, and the column tile is not wider than N."""
+    n, k = layer.constant_inputs[1].shape[:2]
+    return (stationary_kernels().fits(k) and block_n <= max(64, n)
+            and _tma_ready(layer, target, zero_point))
+
+
+class _TritonGemmStationary(_TritonGemm):
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        return super().supports(layer, target) and _short(layer, target, "a_zero_point",
+                                                          self.config[1])
+
+    def launcher(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                 sums: torch.Tensor | None, zp: int, epi: dict) -> Callable[..., Any]:
+        k, config = stationary_kernels(), self.config
+
+        def launch(rows):
+            if rows.stride(-1) != 1 or rows.stride(0) % 16 or rows.data_ptr() % 16:
+                rows = rows.contiguous()  # TMA rows start on 16-byte boundaries
+            return k.qgemm_stationary(rows, weight, scales, bias, epi, config)
+
+        return launch
+
+
+class _TritonConvStationary(_TritonConv):
+    """1x1 stride-1 unpadded layers, as the GEMM over their channels-last rows."""
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        attrs = layer.attrs
+        w = layer.constant_inputs.get(1)
+        return (super().supports(layer, target) and tuple(w.shape[2:]) == (1, 1)
+                and tuple(attrs.get("strides") or (1, 1)) == (1, 1)
+                and not any(attrs.get("pads") or ())
+                and attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+                and _short(layer, target, "x_zero_point", self.config[1]))
+
+    def launcher(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                 sums: torch.Tensor | None, zp: int, epi: dict) -> Callable[..., Any]:
+        k, config = stationary_kernels(), self.config
+
+        def launch(x, kernel, strides, pads, dilations, residual):
+            return k.qconv1x1_stationary(x, weight, scales, bias, epi, config, residual)
+
+        return launch
+
+
+def _register() -> None:
+    for index, (key, config) in enumerate(STATIONARY_CONFIGS.items()):
+        for op, base in (("gemm", _TritonGemmStationary), ("conv", _TritonConvStationary)):
+            register_tactic(type(f"TritonQ{op.title()}Stationary_{key}", (base,), {
+                "name": f"int8-triton-{op}-stationary-{key}", "config": config,
+                "priority": 60 + index, "min_level": STATIONARY_LEVELS[key]}))
+
+
+_register()
