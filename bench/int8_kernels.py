@@ -85,7 +85,8 @@ def _ints(shape, device="cuda"):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", default="", help="comma list of layer name prefixes")
+    parser.add_argument("--layers", default="",
+                        help="comma list of layer name prefixes ('_' for a space)")
     parser.add_argument("--tiles", default="",
                         help="comma list of TMA tiles (t4p: t4 persistent; and 'fp8')")
     parser.add_argument("--configs", default="",
@@ -99,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.epilogues:
         return epilogues()
-    layers = [p for p in args.layers.split(",") if p]
+    layers = [p.replace("_", " ") for p in args.layers.split(",") if p]
     extra = {spec: _config(spec) for spec in args.configs.split(",") if spec}
     held = {spec: _config(spec) for spec in args.stationary.split(",") if spec}
     tma_tiles = {**TMA_CONFIGS, **TMA_STORE_CONFIGS, **extra}

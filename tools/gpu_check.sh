@@ -6,6 +6,7 @@
 #   int8         bench/peers.py INT8/FP8/FP16 engines on ResNet-50 and BERT
 #                (INT8_MODELS, INT8_PRECISIONS, INT8_BATCHES, INT8_TIMEOUT to choose;
 #                INT8_EXTRA: more flags, e.g. --profile)
+#   kernels      bench/int8_kernels.py with KERNELS_ARGS (KERNELS_TIMEOUT, default 300 s)
 #   rebuild      ResNet-50 FP16 built twice with one timing cache: cold, then warm build time
 #   peers        kiln FP16 beside eager and torch.compile on ResNet-50, BERT, ViT at batch 1
 #                and throughput (PEERS_MODELS, PEERS_PEERS, PEERS_TIMEOUT to choose)
@@ -44,6 +45,11 @@ for step in "$@"; do
         --batches "${INT8_BATCHES:-1,throughput}" --peers kiln --precisions "${INT8_PRECISIONS:-fp16,int8,fp8}" \
         --out "$OUT" ${INT8_EXTRA:-} 2>&1 | tee "$OUT/int8.log" | tail -30
       summary+=("int8         see int8.log") ;;
+    kernels)
+      timeout "${KERNELS_TIMEOUT:-300}" python3 bench/int8_kernels.py ${KERNELS_ARGS:-} \
+        > "$OUT/kernels.log" 2>&1
+      grep -v '^\s*$' "$OUT/kernels.log" | grep -v '^layer ' | cut -c1-100 | tail -90
+      summary+=("kernels      see kernels.log") ;;
     rebuild)
       rm -f /tmp/kiln-timing.json
       for run in cold warm; do
