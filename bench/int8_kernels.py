@@ -220,15 +220,9 @@ def _s2d_rows(rows: list, name: str, x, wt, conv: tuple, epi: dict, ops: float, 
                 - reference).abs().max().item()
         _time_row(rows, name, f"s2d {key} {config} d{diff:.0f}", ops, fp16, s2d.qconv2d_s2d,
                   x, packed, (ks, ks), pads, scales, bias, epi, config)
-    for inner, block_j in ((False, 32), (True, 32), (True, 64), (True, 128)):
-        _time_row(rows, name, f"s2d unfold alone, columns inner {inner}, {block_j}", ops, fp16,
-                  s2d.unfold, x, (ks, ks), pads, 64, inner, block_j)
-    xf = torch.randn(x.shape, device=x.device)  # the model's float input: its Quantize step
-    _time_row(rows, name, "quantize step alone (fp32 in)", ops, fp16, k.quantize, xf, 0.05, 0,
-              "int8")
-    for block_j in (64, 128):
-        _time_row(rows, name, f"s2d unfold quantizing fp32, {block_j}", ops, fp16, s2d.unfold,
-                  xf, (ks, ks), pads, 64, True, block_j, (20.0, "int8"))
+    for block_j in (32, 64, 128):
+        _time_row(rows, name, f"s2d unfold alone, {block_j} columns a program", ops, fp16,
+                  s2d.unfold, x, (ks, ks), pads, 64, block_j)
 
 
 def _config(spec: str) -> tuple:
