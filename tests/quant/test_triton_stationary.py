@@ -129,3 +129,25 @@ def test_stationary_gemm_tactic_matches_the_reference(monkeypatch):
     got = tactic.bind(spec, tensors, device)(a.to(device))
     assert got.shape == (2, 37, 64)
     close(got, qgemm(a, torch.from_numpy(w), **attrs))
+
+
+@pytest.mark.parametrize("kernel", ["stationary", "tma"])
+def test_accumulators_at_the_bounds_of_the_exact_conversion(kernel):
+    """At K = 256 an int8 accumulator reaches +-2**22 (every product -128 * -128), the edge
+    of the epilogue's conversion by adding 1.5 * 2**23; float outputs show it exact."""
+    tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
+    rng = np.random.default_rng(24)
+    a = ints(rng, (40, 256))
+    a[:8] = -128
+    w = ints(rng, (32, 256))
+    w[:4], w[4:8] = -128, 127
+    scales = torch.ones(32, device=DEVICE)
+    bias = torch.zeros(32, device=DEVICE)
+    want = a.double() @ w.double().T  # float64: every value exact
+    assert want.abs().max() == 2**22
+    if kernel == "stationary":
+        got = stationary.qgemm_stationary(a.to(DEVICE), w.to(DEVICE), scales, bias, epi(),
+                                          TILE)
+    else:
+        got = tma.qgemm_tma(a.to(DEVICE), w.to(DEVICE), scales, bias, epi(), (32, 32, 64, 4, 1))
+    assert torch.equal(got.cpu().double(), want)

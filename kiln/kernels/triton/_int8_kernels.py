@@ -61,19 +61,29 @@ def _activate(y, ACT: tl.constexpr, p0, p1):
 
 
 @triton.jit
-def _round_half_even(v):
-    """v (|v| <= 2**22, as the callers clamp it) rounded to the nearest integer, ties to
-    even: adding and taking away 1.5 * 2**23 leaves no fraction bits, and float32 addition
-    rounds to nearest even. Two instructions where floor-and-fix-ties took seven, which
-    counts in memory-bound kernels that quantize (the LayerNorm's third output)."""
-    return (v + 12582912.0) - 12582912.0
+def _rounded_int(v):
+    """float32 v (|v| <= 2**22, as the callers clamp it) rounded half to even, as int32:
+    adding 1.5 * 2**23 leaves no fraction bits (float32 addition rounds to nearest even),
+    and the integer is read from the sum's low bits. Hopper converts float32 <-> int32 at
+    16 a clock per SM against 64 for integer additions, and a requantizing epilogue had
+    converted each output element two or three times: at K = 64 (ResNet-50's 56x56 1x1
+    layers) that rate, not memory, bounded the kernel."""
+    return (v + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000
+
+
+@triton.jit
+def _small_int_float(v):
+    """int32 v (|v| <= 2**22) as float32, exactly and without the conversion: the bits of
+    1.5 * 2**23 + v less 1.5 * 2**23."""
+    return (v + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
 
 
 @triton.jit
 def _finish(acc, rm, row_ok, rn, N: tl.constexpr, out_ptr, stride_om, scales_ptr, bias_ptr,
             wsum_ptr, res_ptr, stride_rm, zp, res_scale, res_zp, out_inv_scale, out_zp,
             p0, p1, HAS_ZP: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
-            ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr):
+            ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr,
+            SMALL_ACC: tl.constexpr = False):
     """The epilogue on an accumulator tile whose rows are output rows rm (where row_ok),
     stored through pointers."""
     mask = row_ok[:, None] & (rn < N)[None, :]
@@ -82,7 +92,7 @@ def _finish(acc, rm, row_ok, rn, N: tl.constexpr, out_ptr, stride_om, scales_ptr
         r = tl.load(res_ptr + rm[:, None] * stride_rm + rn[None, :], mask=mask, other=0)
     y = _epilogue(acc, rn, N, scales_ptr, bias_ptr, wsum_ptr, r, zp, res_scale, res_zp,
                   out_inv_scale, out_zp, p0, p1, HAS_ZP, HAS_BIAS, RES_MODE, ACT, OUT_MODE,
-                  IS_FP8)
+                  IS_FP8, SMALL_ACC)
     tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], y, mask=mask)
 
 
@@ -90,16 +100,20 @@ def _finish(acc, rm, row_ok, rn, N: tl.constexpr, out_ptr, stride_om, scales_ptr
 def _epilogue(acc, rn, N: tl.constexpr, scales_ptr, bias_ptr, wsum_ptr, r, zp, res_scale,
               res_zp, out_inv_scale, out_zp, p0, p1, HAS_ZP: tl.constexpr,
               HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr, ACT: tl.constexpr,
-              OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr):
+              OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr, SMALL_ACC: tl.constexpr = False):
     """Zero-point correction, scales, bias, the residual tile r (RES_MODE 1: float,
     2: quantized bytes), activation; returns the tile as the output stores it (FP8 as its
-    bytes, int8/uint8 requantized)."""
+    bytes, int8/uint8 requantized). SMALL_ACC: an int32 accumulator within 2**22 (K <= 256
+    with zero point 0: 256 * 128 * 128 = 2**22), converted without the slow instruction."""
     mask_n = rn < N
     if HAS_ZP:
         wsum = tl.load(wsum_ptr + rn, mask=mask_n, other=0)
         acc = acc - zp * wsum[None, :]
     scales = tl.load(scales_ptr + rn, mask=mask_n, other=0.0)
-    y = acc.to(tl.float32) * scales[None, :]
+    if SMALL_ACC and not IS_FP8:
+        y = _small_int_float(acc) * scales[None, :]
+    else:
+        y = acc.to(tl.float32) * scales[None, :]
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + rn, mask=mask_n, other=0.0)[None, :]
     if RES_MODE == 1:
@@ -108,7 +122,7 @@ def _epilogue(acc, rn, N: tl.constexpr, scales_ptr, bias_ptr, wsum_ptr, r, zp, r
         if IS_FP8:  # an FP8 residual arrives as its bytes, with no zero point
             y = y + r.to(tl.float8e4nv, bitcast=True).to(tl.float32) * res_scale
         else:
-            y = y + (r.to(tl.int32) - res_zp).to(tl.float32) * res_scale
+            y = y + _small_int_float(r.to(tl.int32) - res_zp) * res_scale
     y = _activate(y, ACT, p0, p1)
     if OUT_MODE == 0:
         out = y
@@ -116,16 +130,8 @@ def _epilogue(acc, rn, N: tl.constexpr, scales_ptr, bias_ptr, wsum_ptr, r, zp, r
         out = y.to(tl.float16)
     elif OUT_MODE == 2:
         out = y.to(tl.bfloat16)
-    elif OUT_MODE == 5:
-        q = tl.minimum(tl.maximum(y * out_inv_scale, -448.0), 448.0)
-        out = q.to(tl.float8e4nv, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True)
     else:
-        q = tl.minimum(tl.maximum(y * out_inv_scale, -512.0), 512.0)
-        q = _round_half_even(q) + out_zp
-        if OUT_MODE == 3:
-            out = tl.minimum(tl.maximum(q, -128.0), 127.0).to(tl.int32).to(tl.int8)
-        else:
-            out = tl.minimum(tl.maximum(q, 0.0), 255.0).to(tl.int32).to(tl.uint8)
+        out = quantized(y, out_inv_scale, out_zp, OUT_MODE, INVERSE=True)
     return out
 
 
@@ -392,11 +398,11 @@ def quantized(x, scale, zp, OUT_MODE: tl.constexpr, INVERSE: tl.constexpr = Fals
         q = tl.minimum(tl.maximum(q, -448.0), 448.0)
         out = q.to(tl.float8e4nv, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True)
     else:
-        q = _round_half_even(tl.minimum(tl.maximum(q, -512.0), 512.0)) + zp
+        qi = _rounded_int(tl.minimum(tl.maximum(q, -512.0), 512.0)) + zp
         if OUT_MODE == 3:
-            out = tl.minimum(tl.maximum(q, -128.0), 127.0).to(tl.int32).to(tl.int8)
+            out = tl.minimum(tl.maximum(qi, -128), 127).to(tl.int8)
         else:
-            out = tl.minimum(tl.maximum(q, 0.0), 255.0).to(tl.int32).to(tl.uint8)
+            out = tl.minimum(tl.maximum(qi, 0), 255).to(tl.uint8)
     return out
 
 

@@ -42,7 +42,7 @@ def _qgemm_stationary_kernel(a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_
         rm = m0 + tl.arange(0, BLOCK_M)
         _finish(acc, rm, rm < M, rn, N, out_ptr, stride_om, scales_ptr, bias_ptr, scales_ptr,
                 res_ptr, stride_rm, 0, res_scale, res_zp, out_inv_scale, out_zp, p0, p1,
-                False, HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8)
+                False, HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8, K <= 256)
 
 
 def fits(k: int) -> bool:

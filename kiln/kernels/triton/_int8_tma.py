@@ -73,7 +73,7 @@ def _qconv_tma_kernel(x_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, b
             r = res_desc.load([b0, oh0, 0, ow0, n0]).reshape(BLOCK_M, BLOCK_N)
         y = _epilogue(acc, rn, N, scales_ptr, bias_ptr, scales_ptr, r, 0, res_scale, res_zp,
                       out_inv_scale, out_zp, p0, p1, False, HAS_BIAS, RES_MODE, ACT,
-                      OUT_MODE, IS_FP8)
+                      OUT_MODE, IS_FP8, K <= 256)
         out_desc.store([b0, oh0, 0, ow0, n0], y.reshape(BB, TH, 1, TW, BLOCK_N))
     else:
         i = tl.arange(0, BLOCK_M)
@@ -84,7 +84,7 @@ def _qconv_tma_kernel(x_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, b
         _finish(acc, rows, (bi < B) & (oh < OH) & (ow < OW), rn, N, out_ptr, stride_om,
                 scales_ptr, bias_ptr, scales_ptr, res_ptr, stride_rm, 0, res_scale, res_zp,
                 out_inv_scale, out_zp, p0, p1, False, HAS_BIAS, RES_MODE, ACT, OUT_MODE,
-                IS_FP8)
+                IS_FP8, K <= 256)
 
 
 @triton.jit
@@ -153,7 +153,7 @@ def _qgemm_tile(tile, a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M,
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     _finish(acc, rm, rm < M, rn, N, out_ptr, stride_om, scales_ptr, bias_ptr, scales_ptr,
             res_ptr, stride_rm, 0, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, False,
-            HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8)
+            HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8, K <= 256)
 
 
 def spatial_tile(block_m: int, oh: int, ow: int) -> tuple[int, int, int]:
