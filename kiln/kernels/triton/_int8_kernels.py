@@ -86,33 +86,10 @@ def _finish(acc, rm, row_ok, rn, N: tl.constexpr, out_ptr, stride_om, scales_ptr
             SMALL_ACC: tl.constexpr = False):
     """The epilogue on an accumulator tile whose rows are output rows rm (where row_ok),
     stored through pointers."""
-    r = _residual_tile(acc, res_ptr, rm, row_ok, rn, N, stride_rm, RES_MODE)
-    _finish_with(acc, r, rm, row_ok, rn, N, out_ptr, stride_om, scales_ptr, bias_ptr,
-                 wsum_ptr, zp, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, HAS_ZP,
-                 HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8, SMALL_ACC)
-
-
-@triton.jit
-def _residual_tile(like, res_ptr, rm, row_ok, rn, N: tl.constexpr, stride_rm,
-                   RES_MODE: tl.constexpr):
-    """The residual rows rm, columns rn (RES_MODE 0: `like`, unused). Kernels whose K loop
-    is short load it before the loop, so its latency hides behind the operands' (ResNet's
-    1x1 64->256 layers: one K step, then a 64 KB residual read per tile)."""
-    r = like
-    if RES_MODE != 0:
-        r = tl.load(res_ptr + rm[:, None] * stride_rm + rn[None, :],
-                    mask=row_ok[:, None] & (rn < N)[None, :], other=0)
-    return r
-
-
-@triton.jit
-def _finish_with(acc, r, rm, row_ok, rn, N: tl.constexpr, out_ptr, stride_om, scales_ptr,
-                 bias_ptr, wsum_ptr, zp, res_scale, res_zp, out_inv_scale, out_zp, p0, p1,
-                 HAS_ZP: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
-                 ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr,
-                 SMALL_ACC: tl.constexpr):
-    """_finish with the residual tile r already loaded (_residual_tile)."""
     mask = row_ok[:, None] & (rn < N)[None, :]
+    r = acc  # no residual: unused
+    if RES_MODE != 0:
+        r = tl.load(res_ptr + rm[:, None] * stride_rm + rn[None, :], mask=mask, other=0)
     y = _epilogue(acc, rn, N, scales_ptr, bias_ptr, wsum_ptr, r, zp, res_scale, res_zp,
                   out_inv_scale, out_zp, p0, p1, HAS_ZP, HAS_BIAS, RES_MODE, ACT, OUT_MODE,
                   IS_FP8, SMALL_ACC)

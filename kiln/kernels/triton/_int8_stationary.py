@@ -17,14 +17,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kiln.kernels.triton._int8_kernels import (
-    _OUT_TORCH,
-    _bytes,
-    _epilogue_args,
-    _finish_with,
-    _residual,
-    _residual_tile,
-)
+from kiln.kernels.triton._int8_kernels import _OUT_TORCH, _bytes, _epilogue_args, _finish, _residual
 
 MAX_K = 256  # a TMA box spans at most 256 elements per axis
 
@@ -45,13 +38,11 @@ def _qgemm_stationary_kernel(a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_
     first = tl.program_id(1) * TILES
     for t in range(TILES):
         m0 = (first + t) * BLOCK_M
+        acc = tl.dot(a_desc.load([m0, 0]), tl.trans(w))  # int32 for int8, float32 for FP8
         rm = m0 + tl.arange(0, BLOCK_M)
-        a = a_desc.load([m0, 0])
-        r = _residual_tile(rm, res_ptr, rm, rm < M, rn, N, stride_rm, RES_MODE)
-        acc = tl.dot(a, tl.trans(w))  # int32 for int8, float32 for FP8
-        _finish_with(acc, r, rm, rm < M, rn, N, out_ptr, stride_om, scales_ptr, bias_ptr,
-                     scales_ptr, 0, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, False,
-                     HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8, K <= 256)
+        _finish(acc, rm, rm < M, rn, N, out_ptr, stride_om, scales_ptr, bias_ptr, scales_ptr,
+                res_ptr, stride_rm, 0, res_scale, res_zp, out_inv_scale, out_zp, p0, p1,
+                False, HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8, K <= 256)
 
 
 def fits(k: int) -> bool:

@@ -30,9 +30,7 @@ from kiln.kernels.triton._int8_kernels import (
     _epilogue,
     _epilogue_args,
     _finish,
-    _finish_with,
     _residual,
-    _residual_tile,
     _tile_of,
     _tile_start,
 )
@@ -148,15 +146,14 @@ def _qgemm_tile(tile, a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M,
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    r = _residual_tile(acc, res_ptr, rm, rm < M, rn, N, stride_rm, RES_MODE)
     for k0 in range(0, K, BLOCK_K):
         acc += tl.dot(a_desc.load([pid_m * BLOCK_M, k0]),
                       tl.trans(w_desc.load([pid_n * BLOCK_N, k0])))
-    _finish_with(acc, r, rm, rm < M, rn, N, out_ptr, stride_om, scales_ptr, bias_ptr,
-                 scales_ptr, 0, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, False,
-                 HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8, K <= 256)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    _finish(acc, rm, rm < M, rn, N, out_ptr, stride_om, scales_ptr, bias_ptr, scales_ptr,
+            res_ptr, stride_rm, 0, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, False,
+            HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8, K <= 256)
 
 
 def spatial_tile(block_m: int, oh: int, ow: int) -> tuple[int, int, int]:
