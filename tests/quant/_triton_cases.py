@@ -52,3 +52,19 @@ def fp8_conv_case(rng, x_shape: tuple, w_shape: tuple, attrs: dict) -> tuple:
                  **attrs)
     scales = torch.from_numpy(combined_scales(0.02, [0.003] * oc)).to(DEVICE)
     return x, w, bias, scales, want
+
+
+def check_offered(tactic_name: str, spec, offered: bool, args: tuple, want) -> None:
+    """The tactic is offered for the layer spec on DEVICE exactly when `offered`; where it
+    is, it is prepared, bound and run as an engine would on args (4-D tensors moved to
+    DEVICE channels-last, None kept) and matches want(), the reference's output."""
+    from kiln.kernels import Target, get_tactic
+
+    device = torch.device(DEVICE)
+    tactic, target = get_tactic(tactic_name), Target(device, "int8")
+    assert tactic.supports(spec, target) == offered
+    if offered:
+        tensors = {k: t.to(device) for k, t in tactic.prepare(spec, target).items()}
+        moved = [None if a is None else a.to(device).contiguous(
+            memory_format=torch.channels_last) for a in args]
+        close(tactic.bind(spec, tensors, device)(*moved), want())

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kiln.ops.quantized import combined_scales, qconv, qgemm
-from tests.quant._triton_cases import DEVICE, FP8_OUT, SMALL, fp8_conv_case
+from tests.quant._triton_cases import DEVICE, FP8_OUT, SMALL, check_offered, fp8_conv_case
 from tests.quant._triton_cases import close as _close
 from tests.quant._triton_cases import epi as _epi
 from tests.quant._triton_cases import ints as _ints
@@ -295,7 +295,7 @@ def test_tma_qconv_kernel_fp8(tma_out):
     ({"shape": (2, 64, 7, 7), "strides": [2, 2]}, False),  # the stride does not divide H
     ({"shape": ("batch", 64, 6, 6)}, True)])
 def test_tma_tactic_offered_where_the_view_holds(change, offered, monkeypatch):
-    from kiln.kernels import LayerSpec, Target, get_tactic
+    from kiln.kernels import LayerSpec
 
     monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")  # the interpreter stands in for a GPU
     rng = np.random.default_rng(16)
@@ -308,16 +308,9 @@ def test_tma_tactic_offered_where_the_view_holds(change, offered, monkeypatch):
     spec = LayerSpec("conv", "QConv", "kiln", 1, ["x", "w"], ["y"], attrs,
                      constant_inputs={1: w}, input_shapes=[shape, w.shape],
                      input_dtypes=[change.get("dtype", "int8"), "int8"])
-    device = torch.device(DEVICE)
-    tactic = get_tactic("int8-triton-conv-tma-t1")
-    assert tactic.supports(spec, Target(device, "int8")) == offered
-    if offered:  # the bound tactic on the interpreter or GPU, against the reference
-        tensors = {k: t.to(device) for k, t in tactic.prepare(
-            spec, Target(device, "int8")).items()}
-        x = _ints(rng, (3, *shape[1:]), torch.int8)
-        got = tactic.bind(spec, tensors, device)(
-            x.to(device).contiguous(memory_format=torch.channels_last))
-        _close(got, qconv(x, torch.from_numpy(w), **attrs))
+    x = _ints(rng, (3, *shape[1:]), torch.int8)
+    check_offered("int8-triton-conv-tma-t1", spec, offered, (x,),
+                  lambda: qconv(x, torch.from_numpy(w), **attrs))
 
 
 @pytest.mark.parametrize("kernel,strides,pads,offered", [

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from kiln.ops.quantized import combined_scales, inverse_scale, qconv
-from tests.quant._triton_cases import DEVICE, FP8_OUT, SMALL, close, fp8_conv_case, ints
+from tests.quant._triton_cases import (
+    DEVICE,
+    FP8_OUT,
+    SMALL,
+    check_offered,
+    close,
+    fp8_conv_case,
+    ints,
+)
 
 pytest.importorskip("triton")
 s2d = pytest.importorskip("kiln.kernels.triton._int8_s2d")
@@ -85,21 +93,12 @@ def _stem_spec(rng, c=3, kernel=(7, 7), strides=(2, 2), zero_point=0, dtype="int
     ({"dtype": "uint8"}, False), ({"kernel": (1, 1)}, False),
     ({"c": 16}, False)])  # 4 taps x 4 x 16 = 256 channels: wide enough already
 def test_s2d_tactic_offered_for_stride_2_over_few_channels(change, offered, monkeypatch):
-    from kiln.kernels import Target, get_tactic
-
     monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")  # the interpreter stands in for a GPU
     rng = np.random.default_rng(5)
     spec, w = _stem_spec(rng, **change)
-    device = torch.device(DEVICE)
-    tactic = get_tactic("int8-triton-conv-s2d-128x64")
-    target = Target(device, "int8")
-    assert tactic.supports(spec, target) == offered
-    if offered:  # prepared, bound, and run as the engine would
-        tensors = {k: t.to(device) for k, t in tactic.prepare(spec, target).items()}
-        x = ints(rng, (2, 3, 12, 10))
-        got = tactic.bind(spec, tensors, device)(
-            x.to(device).contiguous(memory_format=torch.channels_last))
-        close(got, qconv(x, torch.from_numpy(w), **spec.attrs))
+    x = ints(rng, (2, 3, 12, 10))
+    check_offered("int8-triton-conv-s2d-128x64", spec, offered, (x,),
+                  lambda: qconv(x, torch.from_numpy(w), **spec.attrs))
 
 
 @FP8_OUT

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kiln.ops.quantized import combined_scales, qconv, qgemm
-from tests.quant._triton_cases import DEVICE, close, epi, fp8_conv_case, ints
+from tests.quant._triton_cases import DEVICE, check_offered, close, epi, fp8_conv_case, ints
 
 pytest.importorskip("triton")
 stationary = pytest.importorskip("kiln.kernels.triton._int8_stationary")
@@ -87,23 +87,13 @@ def _conv_spec(rng, c=64, kernel=(1, 1), strides=(1, 1), pads=(0, 0, 0, 0), zero
     ({"kernel": (3, 3), "pads": (1, 1, 1, 1)}, False), ({"strides": (2, 2)}, False),
     ({"pads": (1, 1, 1, 1)}, False), ({"zero_point": 4}, False)])
 def test_stationary_conv_tactic_offered_for_short_1x1_layers(change, offered, monkeypatch):
-    from kiln.kernels import Target, get_tactic
-
+    """Where offered, run with an int8 residual."""
     monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")  # the interpreter stands in for a GPU
     rng = np.random.default_rng(22)
     spec, w = _conv_spec(rng, **change)
-    device = torch.device(DEVICE)
-    tactic = get_tactic("int8-triton-conv-stationary-128x64x8")
-    target = Target(device, "int8")
-    assert tactic.supports(spec, target) == offered
-    if offered:  # prepared, bound and run as the engine would, with an int8 residual
-        tensors = {k: t.to(device) for k, t in tactic.prepare(spec, target).items()}
-        x, r = ints(rng, (2, 64, 5, 6)), ints(rng, (2, 64, 5, 6))
-        cl = torch.channels_last
-        got = tactic.bind(spec, tensors, device)(
-            x.to(device).contiguous(memory_format=cl), None, r.to(device).contiguous(
-                memory_format=cl))
-        close(got, qconv(x, torch.from_numpy(w), r, **spec.attrs))
+    x, r = ints(rng, (2, 64, 5, 6)), ints(rng, (2, 64, 5, 6))
+    check_offered("int8-triton-conv-stationary-128x64x8", spec, offered, (x, None, r),
+                  lambda: qconv(x, torch.from_numpy(w), r, **spec.attrs))
 
 
 def test_stationary_gemm_tactic_matches_the_reference(monkeypatch):

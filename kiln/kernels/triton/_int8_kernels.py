@@ -316,16 +316,23 @@ def _residual(residual: torch.Tensor | None, epi: dict, rows: int, n: int, devic
     return _bytes(residual), mode, n
 
 
+def _gemm_io(a: torch.Tensor, w: torch.Tensor, epi: dict, residual: torch.Tensor | None
+             ) -> tuple:
+    """What a GEMM launch prepares: M, N, the epilogue's runtime scalars and flags, the
+    output [M, N], and the residual as (tensor, mode, row stride)."""
+    m, n = a.shape[0], w.shape[0]
+    runtime, flags = _epilogue_args(epi, a.device)
+    out = torch.empty((m, n), dtype=_OUT_TORCH[flags["OUT_MODE"]], device=a.device)
+    return m, n, runtime, flags, out, _residual(residual, epi, m, n, a.device)
+
+
 def qgemm(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
           wsum: torch.Tensor | None, zp: int, epi: dict, config: tuple,
           residual: torch.Tensor | None = None) -> torch.Tensor:
     """a: [M, K] (int8, uint8 or float8, rows contiguous), w: [N, K] contiguous."""
     block_m, block_n, block_k, warps, stages = config
-    m, k = a.shape
-    n = w.shape[0]
-    runtime, flags = _epilogue_args(epi, a.device)
-    out = torch.empty((m, n), dtype=_OUT_TORCH[flags["OUT_MODE"]], device=a.device)
-    res, res_mode, stride_rm = _residual(residual, epi, m, n, a.device)
+    m, n, runtime, flags, out, (res, res_mode, stride_rm) = _gemm_io(a, w, epi, residual)
+    k = a.shape[1]
     a_uint8 = a.dtype == torch.uint8
     fp8 = a.dtype == torch.float8_e4m3fn
     zp = zp - 128 if a_uint8 else zp

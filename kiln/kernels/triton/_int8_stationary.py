@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kiln.kernels.triton._int8_kernels import _OUT_TORCH, _bytes, _epilogue_args, _finish, _residual
+from kiln.kernels.triton._int8_kernels import _bytes, _finish, _gemm_io
 
 MAX_K = 256  # a TMA box spans at most 256 elements per axis
 
@@ -62,11 +62,8 @@ def qgemm_stationary(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
     """As _int8_tma.qgemm_tma (a [M, K] rows contiguous and 16-byte aligned, w [N, K],
     zero point 0) for fits(K); config is (BLOCK_M, BLOCK_N, TILES, warps, stages)."""
     block_m, block_n, tiles, warps, stages = config
-    m, k = a.shape
-    n = w.shape[0]
-    runtime, flags = _epilogue_args(epi, a.device)
-    out = torch.empty((m, n), dtype=_OUT_TORCH[flags["OUT_MODE"]], device=a.device)
-    res, res_mode, stride_rm = _residual(residual, epi, m, n, a.device)
+    m, n, runtime, flags, out, (res, res_mode, stride_rm) = _gemm_io(a, w, epi, residual)
+    k = a.shape[1]
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m * tiles))
     box_k = _box_k(k)
     _qgemm_stationary_kernel[grid](

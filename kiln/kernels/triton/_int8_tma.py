@@ -30,6 +30,7 @@ from kiln.kernels.triton._int8_kernels import (
     _epilogue,
     _epilogue_args,
     _finish,
+    _gemm_io,
     _residual,
     _tile_of,
     _tile_start,
@@ -210,11 +211,8 @@ def qgemm_tma(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
     the rows as 1x1 images cost INT8 GEMMs 5-15% and FP8 ones up to 1.9x on the H100.
     persistent: one program per SM walking the tiles (_qgemm_tma_persistent_kernel)."""
     block_m, block_n, block_k, warps, stages = config[:5]
-    m, k = a.shape
-    n = w.shape[0]
-    runtime, flags = _epilogue_args(epi, a.device)
-    out = torch.empty((m, n), dtype=_OUT_TORCH[flags["OUT_MODE"]], device=a.device)
-    res, res_mode, stride_rm = _residual(residual, epi, m, n, a.device)
+    m, n, runtime, flags, out, (res, res_mode, stride_rm) = _gemm_io(a, w, epi, residual)
+    k = a.shape[1]
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     args = (TensorDescriptor(a, [m, k], [a.stride(0), 1], [block_m, block_k]),
             TensorDescriptor.from_tensor(w, [block_n, block_k]), _bytes(out), scales,
