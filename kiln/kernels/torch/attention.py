@@ -128,9 +128,14 @@ class AttentionExplicitCPU(Tactic):
     def supports(self, layer: LayerSpec, target: Target) -> bool:
         return target.device.type == "cpu" and not layer.attrs.get("is_causal", 0)
 
+    def softmax(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The softmax over the scores' last axis (which the function may overwrite)."""
+        return lambda scores: torch.softmax(scores, dim=-1)
+
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[..., Any]:
         layouts, scale, bshd_out, zero_nan = layout_attrs(layer)
+        softmax = self.softmax()
 
         def run(q, k, v, mask=None):
             q, k, v = (to_bhsd(t, lay) for t, lay in zip((q, k, v), layouts))
@@ -141,7 +146,7 @@ class AttentionExplicitCPU(Tactic):
                     scores.masked_fill_(~mask, float("-inf"))
                 else:
                     scores.add_(mask)
-            probs = torch.softmax(scores, dim=-1)
+            probs = softmax(scores)
             if zero_nan:  # fully masked rows: zeros, as torch's SDPA export guards them
                 probs.masked_fill_(torch.isnan(probs), 0.0)
             out = torch.matmul(probs, v)

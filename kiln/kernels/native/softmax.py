@@ -1,0 +1,31 @@
+"""Softmax over the last axis through kiln's AVX-512 kernel (softmax.c), in place."""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+import torch
+
+from kiln.kernels.native import library
+
+
+def in_place() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """softmax(x): x's last axis, overwriting x where it is a dense float32 CPU tensor
+    (else torch's softmax, a new tensor); None where the kernel cannot be built here."""
+    lib = library("softmax")
+    if lib is None:
+        return None
+    rows = lib.kiln_softmax_rows
+    rows.argtypes = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+    rows.restype = None
+
+    def softmax(x: torch.Tensor) -> torch.Tensor:
+        if (x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous()
+                or x.numel() == 0):
+            return torch.softmax(x, dim=-1)
+        n = x.shape[-1]
+        rows(x.data_ptr(), x.numel() // n, n)
+        return x
+
+    return softmax

@@ -1,0 +1,84 @@
+"""kiln's AVX-512 softmax (kiln/kernels/native/softmax.c) against torch's softmax in float64,
+on rows of every length around the 16-lane step, with masked (-inf), fully masked and NaN
+entries; and the loader's answer where the kernel cannot be built."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kiln.kernels import LayerSpec, Target, get_tactic, native
+from kiln.kernels.native import softmax as native_softmax
+
+pytestmark = pytest.mark.skipif(native_softmax.in_place() is None,
+                                reason="no C compiler or no AVX-512 here")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 15), (4, 16), (2, 17), (6, 187, 187),
+                                   (2, 5, 300)], ids=str)
+@pytest.mark.parametrize("spread", [0.1, 8.0, 80.0])
+def test_matches_a_float64_softmax(shape, spread):
+    rng = np.random.default_rng(sum(shape))
+    x = torch.from_numpy((rng.standard_normal(shape) * spread).astype(np.float32))
+    want = torch.softmax(x.double(), dim=-1)
+    got = native_softmax.in_place()(x)
+    assert got.data_ptr() == x.data_ptr()  # in place
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-7)
+
+
+def test_masked_nan_and_empty_rows_as_torch_gives_them():
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.standard_normal((5, 37)).astype(np.float32))
+    x[0, :] = float("-inf")  # every key masked: NaN, as torch's softmax
+    x[1, 3:30] = float("-inf")  # masked keys: exactly 0
+    x[2, 20] = float("nan")  # NaN spreads over its row
+    x[3, 36] = 1e30  # one huge score takes everything
+    want = torch.softmax(x.double(), dim=-1)
+    got = native_softmax.in_place()(x.clone())
+    assert torch.equal(got.isnan(), want.isnan()) and got[0].isnan().all()
+    assert not got[1, 3:30].any()
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-7, equal_nan=True)
+
+
+def test_other_tensors_go_to_torch():
+    """Strided views, float64 and empty tensors take torch's softmax, a new tensor."""
+    softmax = native_softmax.in_place()
+    x = torch.randn(8, 6)
+    for other in (x.t(), x.double(), torch.empty(0, 4)):
+        got = softmax(other)
+        torch.testing.assert_close(got, torch.softmax(other, dim=-1))
+    assert torch.equal(x, x.clone())
+
+
+@pytest.mark.parametrize("env", [{"CC": "/nonexistent/cc"}, {"KILN_NATIVE": "0"}])
+def test_off_without_a_compiler_or_when_asked(env, tmp_path, monkeypatch):
+    """No library, no tactic; and nothing left half-built in the cache folder."""
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    native.library.cache_clear()
+    try:
+        assert native.library("softmax") is None
+        assert native_softmax.in_place() is None
+        spec = LayerSpec("attn", "Attention", "kiln", 1, ["q", "k", "v"], ["y"], {})
+        target = Target(torch.device("cpu"), "fp32")
+        assert not get_tactic("attention-explicit-native").supports(spec, target)
+        assert not any(tmp_path.rglob("*.so*"))
+    finally:
+        native.library.cache_clear()
+
+
+def test_built_once_into_the_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))
+    native.library.cache_clear()
+    try:
+        assert native.library("softmax") is not None
+        built = list((tmp_path / "native").glob("softmax-*.so"))
+        assert len(built) == 1
+        stamp = built[0].stat().st_mtime_ns
+        native.library.cache_clear()
+        assert native.library("softmax") is not None  # loaded, not compiled again
+        assert built[0].stat().st_mtime_ns == stamp
+    finally:
+        native.library.cache_clear()
