@@ -1,6 +1,7 @@
 """oneDNN's fused convolution tactic against the plain NCHW one on the same layers: every
 activation it fuses, residual adds, strides, dilations, groups (depthwise), asymmetric
-and SAME pads, and a second input size (the reordered weights are kept per size)."""
+and SAME pads, and a second input size (the reordered weights are kept per size); the same
+layers with SiLU as kiln's native pass after oneDNN's convolution."""
 
 from __future__ import annotations
 
@@ -36,11 +37,11 @@ def _spec(shape, oc, window, strides, dilations, group, pads, act, params, resid
                      ["y"], attrs, constant_inputs=constants, input_dtypes=["fp32"])
 
 
-def _compare(spec, shapes, residual, rng):
-    if not TACTIC.supports(spec, CPU):
-        pytest.skip("torch has no oneDNN fused convolution here")
+def _compare(spec, shapes, residual, rng, tactic=TACTIC):
+    if not tactic.supports(spec, CPU):
+        pytest.skip(f"{tactic.name} is not offered here (no oneDNN, C compiler or AVX-512)")
     runs = {name: t.bind(spec, t.prepare(spec, CPU), CPU.device)
-            for name, t in (("fused", TACTIC), ("plain", get_tactic("conv-nchw")))}
+            for name, t in (("fused", tactic), ("plain", get_tactic("conv-nchw")))}
     for shape in shapes:  # a second size after the first: its own reordered weights
         x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
         r = None
@@ -60,12 +61,20 @@ def test_each_fused_activation_matches_the_plain_tactic(act, params):
     _compare(spec, [shape, (1, 8, 6, 14)], False, rng)
 
 
+@pytest.mark.parametrize("name", ["conv-onednn-fused", "conv-onednn-native-silu"])
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("layer", LAYERS, ids=str)
-def test_layers_match_the_plain_tactic(layer, residual):
+def test_layers_match_the_plain_tactic(layer, residual, name):
     rng = np.random.default_rng(sum(layer[0]))
     spec = _spec(*layer, "SiLU", None, residual, rng)
-    _compare(spec, [layer[0]], residual, rng)
+    _compare(spec, [layer[0], (1, *layer[0][1:])], residual, rng, get_tactic(name))
+
+
+def test_native_silu_tactic_only_for_silu_layers():
+    rng = np.random.default_rng(1)
+    spec = _spec((1, 4, 5, 5), 4, (3, 3), (1, 1), (1, 1), 1, [1, 1, 1, 1], "Relu", None,
+                 False, rng)
+    assert not get_tactic("conv-onednn-native-silu").supports(spec, CPU)
 
 
 def test_only_four_dimensional_fp32_convolutions_on_the_cpu():

@@ -41,7 +41,8 @@ def library(name: str) -> ctypes.CDLL | None:
     if compiler is None:
         log.info("no C compiler found: kiln's native CPU kernels are off")
         return None
-    identity = b"\0".join([source.read_bytes(), " ".join((compiler, *FLAGS)).encode()])
+    headers = [h.read_bytes() for h in sorted(source.parent.glob("*.h"))]
+    identity = b"\0".join([source.read_bytes(), *headers, " ".join((compiler, *FLAGS)).encode()])
     target = cache_dir() / f"{name}-{hashlib.sha256(identity).hexdigest()[:16]}.so"
     try:
         if not target.exists():

@@ -2,37 +2,16 @@
  *
  * torch's exp costs about 0.8 ns a float on the AMD EPYC machines kiln is measured on,
  * where ONNX Runtime's polynomial takes 0.3. Here e^(x - max) = 2^((x - max) * log2 e),
- * and 2^t = 2^round(t) * p(t - round(t)), p a degree-6 minimax polynomial on [-1/2, 1/2]
- * (relative error under 2e-7), scaled by the power of two with vscalefps. Sixteen lanes
- * a step; the row's tail under a mask. -inf scores (masks) give 0; a row whose every
+ * by the polynomial of exp2.h. Sixteen lanes a step; the row's tail under a mask. -inf scores (masks) give 0; a row whose every
  * score is -inf gives NaN, and NaN spreads over its row, as torch's softmax does. */
-#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 
-int kiln_native_supported(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
-}
-
-static inline __m512 exp2_nonpositive(__m512 t) {
-    /* below -160 the result is 0 anyway; max(c, t) keeps a NaN t (the second operand) */
-    t = _mm512_max_ps(_mm512_set1_ps(-160.0f), t);
-    __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(t, r);
-    __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, r);
-}
+#include "exp2.h"
 
 static inline __m512 shifted_exp(__m512 x, __m512 max) {
-    return exp2_nonpositive(_mm512_mul_ps(_mm512_sub_ps(x, max),
-                                          _mm512_set1_ps(1.44269504088896341f)));
+    return exp2_clamped(_mm512_mul_ps(_mm512_sub_ps(x, max),
+                                      _mm512_set1_ps(1.44269504088896341f)));
 }
 
 static void softmax_row(float *row, int64_t n) {

@@ -34,6 +34,11 @@ class ConvOneDNNFused(ConvBase):
                 and layer.attrs.get("activation", "") in POST_OPS
                 and available("_convolution_pointwise") and layer.input_dtypes[:1] == ["fp32"])
 
+    def late_activation(self, layer: LayerSpec) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """An in-place activation to run after the convolution instead of oneDNN's post-op
+        (None: the post-op)."""
+        return None
+
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[..., Any]:
         weight, bias = tensors["weight"], tensors.get("bias")
@@ -44,9 +49,10 @@ class ConvOneDNNFused(ConvBase):
         group = attrs.get("group", 1)
         auto_pad, pads = attrs.get("auto_pad", "NOTSET"), attrs.get("pads")
         activation, params = attrs.get("activation", ""), attrs.get("activation_params") or []
-        post, scalars_of, algorithm = POST_OPS[activation]
+        late = self.late_activation(layer)
+        post, scalars_of, algorithm = POST_OPS["" if late else activation]
         scalars = scalars_of(params)
-        after_residual = activation_in_place(activation, params)
+        after_residual = late or activation_in_place(activation, params)
         # oneDNN's layout depends on the input size: the last few sizes' reorders are kept
         packed: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         pad = padder(kernel, strides, dilations, pads, auto_pad)
@@ -63,8 +69,9 @@ class ConvOneDNNFused(ConvBase):
             else:
                 packed.move_to_end(tuple(x.shape))
             if residual is None:
-                return torch.ops.mkldnn._convolution_pointwise(
+                y = torch.ops.mkldnn._convolution_pointwise(
                     x, w, bias, symmetric, strides, dilations, group, post, scalars, algorithm)
+                return late(y) if late else y
             y = torch.ops.mkldnn._convolution_pointwise(
                 x, w, bias, symmetric, strides, dilations, group, "none", [], None)
             return after_residual(add_residual(y, residual))

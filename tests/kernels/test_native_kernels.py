@@ -1,6 +1,7 @@
-"""kiln's AVX-512 softmax (kiln/kernels/native/softmax.c) against torch's softmax in float64,
-on rows of every length around the 16-lane step, with masked (-inf), fully masked and NaN
-entries; and the loader's answer where the kernel cannot be built."""
+"""kiln's AVX-512 kernels (kiln/kernels/native/) against torch in float64: the softmax on rows
+of every length around the 16-lane step, with masked (-inf), fully masked and NaN entries;
+SiLU over dense buffers in both memory orders, with extreme and NaN values; and the
+loader's answer where a kernel cannot be built."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import pytest
 import torch
 
 from kiln.kernels import LayerSpec, Target, get_tactic, native
+from kiln.kernels.native import silu as native_silu
 from kiln.kernels.native import softmax as native_softmax
 
-pytestmark = pytest.mark.skipif(native_softmax.in_place() is None,
-                                reason="no C compiler or no AVX-512 here")
+pytestmark = pytest.mark.skipif(native_softmax.in_place() is None or native_silu.in_place()
+                                is None, reason="no C compiler or no AVX-512 here")
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 15), (4, 16), (2, 17), (6, 187, 187),
@@ -51,6 +53,33 @@ def test_other_tensors_go_to_torch():
     assert torch.equal(x, x.clone())
 
 
+@pytest.mark.parametrize("shape", [(7,), (16,), (2, 3, 5, 17), (1, 32, 20, 20)], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_silu_matches_a_float64_silu(shape, channels_last):
+    rng = np.random.default_rng(sum(shape))
+    x = torch.from_numpy((rng.standard_normal(shape) * 6).astype(np.float32))
+    x.view(-1)[:4] = torch.tensor([-200.0, 200.0, -90.0, 0.0])[: x.numel()]
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = torch.nn.functional.silu(x.double())
+    got = native_silu.in_place()(x)
+    assert got.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-30)
+
+
+def test_silu_keeps_nan_and_leaves_strided_views_to_torch():
+    x = torch.randn(6, 10)
+    x[2, 3] = float("nan")
+    want = torch.nn.functional.silu(x.double())
+    got = native_silu.in_place()(x.clone())
+    assert torch.equal(got.isnan(), want.isnan())
+    y = x.clone()
+    view = y[:, ::2]  # every other column: not dense, so torch's silu, in place
+    got = native_silu.in_place()(view)
+    torch.testing.assert_close(got, torch.nn.functional.silu(x[:, ::2]), equal_nan=True)
+    torch.testing.assert_close(y[:, ::2], got, equal_nan=True)
+
+
 @pytest.mark.parametrize("env", [{"CC": "/nonexistent/cc"}, {"KILN_NATIVE": "0"}])
 def test_off_without_a_compiler_or_when_asked(env, tmp_path, monkeypatch):
     """No library, no tactic; and nothing left half-built in the cache folder."""
@@ -59,8 +88,8 @@ def test_off_without_a_compiler_or_when_asked(env, tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     native.library.cache_clear()
     try:
-        assert native.library("softmax") is None
-        assert native_softmax.in_place() is None
+        assert native.library("softmax") is None and native.library("silu") is None
+        assert native_softmax.in_place() is None and native_silu.in_place() is None
         spec = LayerSpec("attn", "Attention", "kiln", 1, ["q", "k", "v"], ["y"], {})
         target = Target(torch.device("cpu"), "fp32")
         assert not get_tactic("attention-explicit-native").supports(spec, target)
