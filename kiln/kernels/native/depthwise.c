@@ -5,14 +5,10 @@
  * multiply-adds. Here each plane's output row is computed sixteen columns at a time: for
  * each tap, one masked load of the input row (lanes outside the row, the padding, read as
  * zero; masked lanes are not accessed) and one FMA. */
-#include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
 
-int kiln_native_supported(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
-}
+#include "common.h"
 
 /* x [planes, h, w], taps [channels, kh, kw] (plane p uses channel p % channels), bias
  * [channels] or NULL; y [planes, oh, ow]. The load masks depend on the column block and

@@ -2,11 +2,11 @@
  *
  * oneDNN's swish post-op and torch's silu both cost about 0.41 ns a float on the AMD EPYC
  * machines kiln is measured on (their exp), against about 0.2 here: e^-x = 2^(-x log2 e)
- * by the polynomial of exp2.h; one division. Sixteen lanes a step, the tail under a mask;
+ * by the polynomial of common.h; one division. Sixteen lanes a step, the tail under a mask;
  * NaN stays NaN. */
 #include <stdint.h>
 
-#include "exp2.h"
+#include "common.h"
 
 static inline __m512 silu(__m512 x) {
     __m512 e = exp2_clamped(_mm512_mul_ps(x, _mm512_set1_ps(-1.44269504088896341f)));

@@ -2,12 +2,13 @@
  *
  * torch's exp costs about 0.8 ns a float on the AMD EPYC machines kiln is measured on,
  * where ONNX Runtime's polynomial takes 0.3. Here e^(x - max) = 2^((x - max) * log2 e),
- * by the polynomial of exp2.h. Sixteen lanes a step; the row's tail under a mask. -inf scores (masks) give 0; a row whose every
- * score is -inf gives NaN, and NaN spreads over its row, as torch's softmax does. */
+ * by the polynomial of common.h. Sixteen lanes a step; the row's tail under a mask.
+ * -inf scores (masks) give 0; a row whose every score is -inf gives NaN, and NaN spreads
+ * over its row, as torch's softmax does. */
 #include <math.h>
 #include <stdint.h>
 
-#include "exp2.h"
+#include "common.h"
 
 static inline __m512 shifted_exp(__m512 x, __m512 max) {
     return exp2_clamped(_mm512_mul_ps(_mm512_sub_ps(x, max),
