@@ -111,3 +111,38 @@ def test_built_once_into_the_cache_folder(tmp_path, monkeypatch):
         assert built[0].stat().st_mtime_ns == stamp
     finally:
         native.library.cache_clear()
+
+
+def test_engines_that_chose_a_native_tactic_run_without_it(monkeypatch):
+    """A plan made where the kernels build, bound where they cannot: each tactic binds to
+    torch's kernel and gives the same values."""
+    from kiln.kernels.native import conv_depthwise  # noqa: F401  (registers the tactics)
+
+    rng = np.random.default_rng(11)
+    cpu = torch.device("cpu")
+    target = Target(cpu, "fp32")
+    conv = LayerSpec("conv", "FusedConv", "kiln", 1, ["x", "w", "b", None], ["y"],
+                     {"group": 6, "pads": [1, 1, 1, 1], "activation": "SiLU"},
+                     constant_inputs={1: rng.standard_normal((6, 1, 3, 3)).astype(np.float32),
+                                      2: rng.standard_normal(6).astype(np.float32)},
+                     input_dtypes=["fp32"])
+    attention = LayerSpec("attn", "Attention", "kiln", 1, ["q", "k", "v"], ["y"], {})
+    x = torch.from_numpy(rng.standard_normal((2, 6, 7, 9)).astype(np.float32))
+    q, k, v = (torch.from_numpy(rng.standard_normal((1, 2, 5, 4)).astype(np.float32))
+               for _ in range(3))
+    cases = [("conv-depthwise-native", conv, (x,)),
+             ("conv-onednn-native-silu", conv, (x.contiguous(memory_format=torch.channels_last),)),
+             ("attention-explicit-native", attention, (q, k, v))]
+    for name, spec, args in cases:
+        tactic = get_tactic(name)
+        assert tactic.supports(spec, target)
+        tensors = tactic.prepare(spec, target)
+        want = tactic.bind(spec, tensors, cpu)(*[a.clone() for a in args])
+        monkeypatch.setenv("KILN_NATIVE", "0")
+        native.library.cache_clear()
+        try:
+            got = tactic.bind(spec, tensors, cpu)(*[a.clone() for a in args])
+        finally:
+            monkeypatch.delenv("KILN_NATIVE")
+            native.library.cache_clear()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
