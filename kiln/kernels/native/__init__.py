@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 FLAGS = ("-O3", "-mavx512f", "-mfma", "-shared", "-fPIC")
@@ -55,6 +56,17 @@ def library(name: str) -> ctypes.CDLL | None:
         log.info("kiln's native kernel %s is off: this processor lacks AVX-512", name)
         return None
     return lib
+
+
+def function(name: str, symbol: str, *argtypes: type) -> Callable[..., None] | None:
+    """`symbol` of library(name), taking argtypes and returning nothing; None where the
+    library cannot be built here."""
+    lib = library(name)
+    if lib is None:
+        return None
+    fn = getattr(lib, symbol)
+    fn.argtypes, fn.restype = argtypes, None
+    return fn
 
 
 def _compile(compiler: str, source: Path, target: Path) -> None:

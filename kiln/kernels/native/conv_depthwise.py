@@ -12,9 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from kiln.kernels.native import library
+from kiln.kernels.native import function
 from kiln.kernels.registry import LayerSpec, Target, register_tactic
 from kiln.kernels.torch.conv import ConvBase, add_residual
 from kiln.ops.conv import resolve_pads
@@ -22,13 +21,8 @@ from kiln.ops.fused import activate
 
 
 def kernel() -> Callable[..., None] | None:
-    lib = library("depthwise")
-    if lib is None:
-        return None
-    fn = lib.kiln_depthwise
-    fn.argtypes = (ctypes.c_void_p,) * 4 + (ctypes.c_int64,) * 12
-    fn.restype = None
-    return fn
+    return function("depthwise", "kiln_depthwise", *(ctypes.c_void_p,) * 4,
+                    *(ctypes.c_int64,) * 12)
 
 
 @register_tactic
@@ -47,6 +41,9 @@ class ConvDepthwiseNative(ConvBase):
 
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[..., Any]:
+        run_kernel = kernel()
+        if run_kernel is None:  # a plan from a machine that built the kernel: torch's conv
+            return super().bind(layer, tensors, device)
         weight, bias = tensors["weight"], tensors.get("bias")  # [C, 1, KH, KW]
         attrs = layer.attrs
         kh, kw = weight.shape[2:]
@@ -55,14 +52,9 @@ class ConvDepthwiseNative(ConvBase):
         activation, params = attrs.get("activation", ""), attrs.get("activation_params")
         taps = weight.reshape(weight.shape[0], kh, kw).contiguous()
         along_h = taps.transpose(1, 2).contiguous()  # for one-column planes run as rows
-        run_kernel = kernel()
 
         def run(x, _w=None, _b=None, residual=None):
             full = resolve_pads(x, [kh, kw], [1, 1], dilations, pads, auto_pad)
-            if run_kernel is None:  # a plan from a machine that built the kernel
-                y = F.conv2d(F.pad(x, (full[1], full[3], full[0], full[2])), weight, bias,
-                             1, 0, dilations, weight.shape[0])
-                return activate(add_residual(y, residual), activation, params)
             x = x.contiguous()
             n, c, h, w = x.shape
             oh = h + full[0] + full[2] - dilations[0] * (kh - 1)

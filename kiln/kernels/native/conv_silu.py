@@ -13,6 +13,7 @@ import torch
 from kiln.kernels.native import silu as native_silu
 from kiln.kernels.registry import LayerSpec, Target, register_tactic
 from kiln.kernels.torch.conv_onednn import ConvOneDNNFused
+from kiln.ops.fused import activation_in_place
 
 
 @register_tactic
@@ -25,5 +26,4 @@ class ConvOneDNNNativeSiLU(ConvOneDNNFused):
                 and native_silu.in_place() is not None)
 
     def late_activation(self, layer: LayerSpec) -> Callable[[torch.Tensor], torch.Tensor]:
-        return native_silu.in_place() or (
-            lambda y: torch.nn.functional.silu(y, inplace=True))
+        return native_silu.in_place() or activation_in_place("SiLU")

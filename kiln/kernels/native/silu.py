@@ -7,18 +7,15 @@ from collections.abc import Callable
 
 import torch
 
-from kiln.kernels.native import library
+from kiln.kernels.native import function
 
 
 def in_place() -> Callable[[torch.Tensor], torch.Tensor] | None:
     """silu_(x): x overwritten where it is a dense float32 CPU tensor in any standard
     memory order (else torch's silu in place); None where the kernel cannot be built."""
-    lib = library("silu")
-    if lib is None:
+    kernel = function("silu", "kiln_silu", ctypes.c_void_p, ctypes.c_int64)
+    if kernel is None:
         return None
-    kernel = lib.kiln_silu
-    kernel.argtypes = (ctypes.c_void_p, ctypes.c_int64)
-    kernel.restype = None
 
     def silu_(x: torch.Tensor) -> torch.Tensor:
         dense = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(

@@ -7,18 +7,16 @@ from collections.abc import Callable
 
 import torch
 
-from kiln.kernels.native import library
+from kiln.kernels.native import function
 
 
 def in_place() -> Callable[[torch.Tensor], torch.Tensor] | None:
     """softmax(x): x's last axis, overwriting x where it is a dense float32 CPU tensor
     (else torch's softmax, a new tensor); None where the kernel cannot be built here."""
-    lib = library("softmax")
-    if lib is None:
+    rows = function("softmax", "kiln_softmax_rows", ctypes.c_void_p, ctypes.c_int64,
+                    ctypes.c_int64)
+    if rows is None:
         return None
-    rows = lib.kiln_softmax_rows
-    rows.argtypes = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
-    rows.restype = None
 
     def softmax(x: torch.Tensor) -> torch.Tensor:
         if (x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous()
