@@ -18,6 +18,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kiln.kernels.triton._int8_kernels import _bytes, _finish, _gemm_io
+from kiln.kernels.triton._int8_tma import gemm_over_pixels
 
 MAX_K = 256  # a TMA box spans at most 256 elements per axis
 
@@ -79,11 +80,6 @@ def qgemm_stationary(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
 def qconv1x1_stationary(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
                         bias: torch.Tensor | None, epi: dict, config: tuple,
                         residual: torch.Tensor | None = None) -> torch.Tensor:
-    """A 1x1 stride-1 unpadded convolution of x [B, C, H, W] (channels-last memory) as the
-    GEMM over its [B*H*W, C] rows; returns [B, OC, H, W], channels-last."""
-    batch, c, h, wd = x.shape
-    rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, c)
-    if residual is not None:
-        residual = residual.contiguous(memory_format=torch.channels_last)
-    y = qgemm_stationary(rows, w, scales, bias, epi, config, residual)
-    return y.view(batch, h, wd, -1).permute(0, 3, 1, 2)
+    """A 1x1 stride-1 unpadded convolution of x [B, C, H, W] as the GEMM over its
+    [B*H*W, C] rows; returns [B, OC, H, W], channels-last."""
+    return gemm_over_pixels(qgemm_stationary, x, residual, w, scales, bias, epi, config)

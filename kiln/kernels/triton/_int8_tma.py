@@ -19,6 +19,9 @@ is read), otherwise _int8_kernels._finish stores by pointer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -194,12 +197,24 @@ def qconv2d_tma(x: torch.Tensor, w: torch.Tensor, kernel: tuple[int, int], strid
             return _launch(x, ([batch * h * wd, 1, 1, 1, c], [c, c, c, c, 1]), (1, 1), w,
                            (1, c, 1, (0, 0), (1, 1)), scales, bias, epi, config, out,
                            residual)
-        rows = x.permute(0, 2, 3, 1).reshape(batch * h * wd, c)  # a view: channels-last
-        y = qgemm_tma(rows, w, scales, bias, epi, config, residual, persistent)
-        return y.view(batch, h, wd, -1).permute(0, 3, 1, 2)
+        return gemm_over_pixels(qgemm_tma, x, residual, w, scales, bias, epi, config,
+                                persistent=persistent)
     view = ([batch, h // s, s, wd // s, s * c], [h * wd * c, s * wd * c, wd * c, s * c, 1])
     return _launch(x, view, (oh, ow), w, (kw, kh * kw * c, s, pads[:2], dilation), scales,
                    bias, epi, config, out, residual)
+
+
+def gemm_over_pixels(gemm: Callable[..., torch.Tensor], x: torch.Tensor,
+                     residual: torch.Tensor | None, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """A 1x1 stride-1 unpadded convolution of x [B, C, H, W] as gemm(rows, *args,
+    residual=...) over its channels-last [B*H*W, C] rows (a view once x is channels-last);
+    returns [B, OC, H, W], channels-last."""
+    batch, c, h, wd = x.shape
+    rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, c)
+    if residual is not None:
+        residual = residual.contiguous(memory_format=torch.channels_last)
+    y = gemm(rows, *args, residual=residual, **kwargs)
+    return y.view(batch, h, wd, -1).permute(0, 3, 1, 2)
 
 
 def qgemm_tma(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
