@@ -66,6 +66,19 @@ def _windows(x: torch.Tensor, kernel: list[int], strides: list[int], dilations: 
              pads: list[int]) -> tuple[torch.Tensor, list[int]]:
     """The input's windows as rows [N * prod(out), prod(k) * C], and the output's size."""
     n = len(kernel)
+    last, out = padded_channels_last(x, kernel, dilations, strides, pads)
+    step = last.stride()[1:-1]
+    windows = last.as_strided(
+        (x.shape[0], *out, *kernel, x.shape[1]),
+        (last.stride(0), *[step[i] * strides[i] for i in range(n)],
+         *[step[i] * dilations[i] for i in range(n)], 1))
+    return windows.reshape(x.shape[0] * math.prod(out), -1), out
+
+
+def padded_channels_last(x: torch.Tensor, kernel: list[int], dilations: list[int],
+                         strides: list[int], pads: list[int]) -> tuple[torch.Tensor, list[int]]:
+    """x as [N, *spatial, C], dense and padded, and the convolution's output size."""
+    n = len(kernel)
     last = x.movedim(1, -1).contiguous()  # a view already when x is channels-last
     spec = [0, 0]  # F.pad lists the last axis first: C unpadded, then spatial reversed
     for i in reversed(range(n)):
@@ -74,9 +87,4 @@ def _windows(x: torch.Tensor, kernel: list[int], strides: list[int], dilations: 
         last = F.pad(last, spec)
     sizes = last.shape[1:-1]
     out = [(sizes[i] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1 for i in range(n)]
-    step = last.stride()[1:-1]
-    windows = last.as_strided(
-        (x.shape[0], *out, *kernel, x.shape[1]),
-        (last.stride(0), *[step[i] * strides[i] for i in range(n)],
-         *[step[i] * dilations[i] for i in range(n)], 1))
-    return windows.reshape(x.shape[0] * math.prod(out), -1), out
+    return last, out

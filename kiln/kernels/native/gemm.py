@@ -1,0 +1,72 @@
+"""kiln's AVX-512 GEMM (gemm.c) from Python: the weight packed once into the kernel's
+panels, the rows of the left operand given as element offsets, so a strided view or a
+convolution's windows are read in place."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Callable
+
+import torch
+
+from kiln.kernels.native import function
+
+PANEL = 32  # columns a panel (NR in gemm.c)
+ACTIVATIONS = {"": 0, "Relu": 1, "SiLU": 2}  # done in the kernel's epilogue
+ONE_TAP = torch.zeros(1, dtype=torch.int64)  # a plain GEMM: each row read from its offset
+
+
+def kernel() -> Callable[..., None] | None:
+    return function("gemm", "kiln_gemm", *(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                           ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                           ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                           ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64))
+
+
+def pack(weight_kn: torch.Tensor) -> torch.Tensor:
+    """[K, N] float32 as the kernel's panels [ceil(N / 32), K, 32], zero beyond N."""
+    k, n = weight_kn.shape
+    padded = torch.zeros(k, -(-n // PANEL) * PANEL, dtype=torch.float32)
+    padded[:, :n] = weight_kn
+    return padded.view(k, -1, PANEL).transpose(0, 1).contiguous()
+
+
+@functools.lru_cache(maxsize=64)
+def offsets(sizes: tuple[int, ...], steps: tuple[int, ...]) -> torch.Tensor:
+    """Element offsets of every index of a grid with these sizes and strides, row-major:
+    the rows of a GEMM over a strided view, or a convolution's window origins or taps."""
+    total = torch.zeros((), dtype=torch.int64)
+    for size, step in zip(sizes, steps):
+        total = total.unsqueeze(-1) + torch.arange(size, dtype=torch.int64) * step
+    return total.reshape(-1).contiguous()
+
+
+class PackedGemm:
+    """act(a_rows @ W + bias) for a fixed weight, the activation in the epilogue where the
+    kernel has it (`fused`), else left to the caller."""
+
+    def __init__(self, weight_kn: torch.Tensor, bias: torch.Tensor | None, activation: str):
+        self.run_kernel = kernel()
+        self.k, self.n = weight_kn.shape
+        self.panels = pack(weight_kn.float())
+        self.bias = None if bias is None else bias.float().reshape(-1).contiguous()
+        self.fused = activation in ACTIVATIONS
+        self.act = ACTIVATIONS.get(activation, 0)
+
+    def __call__(self, a: torch.Tensor, rows: torch.Tensor, taps: torch.Tensor, depth: int,
+                 out: torch.Tensor, act: bool = True) -> torch.Tensor:
+        """out[i] = act(bias + sum_t a.flat[rows[i] + taps[t] : ... + depth] @ W[t]):
+        `out` is [len(rows), N] row-major; `a` must stay alive and unchanged meanwhile."""
+        assert a.dtype == torch.float32 and out.is_contiguous() and len(taps) * depth == self.k
+        self.run_kernel(a.data_ptr(), rows.data_ptr(), len(rows), taps.data_ptr(), len(taps),
+                        depth, self.panels.data_ptr(),
+                        None if self.bias is None else self.bias.data_ptr(), self.n,
+                        out.data_ptr(), self.n, self.act if act else 0)
+        return out
+
+
+def row_offsets(a: torch.Tensor) -> torch.Tensor:
+    """Offsets of the rows (all dims but the last) of a tensor whose last dim is dense."""
+    return offsets(tuple(a.shape[:-1]), tuple(a.stride()[:-1]))
+
