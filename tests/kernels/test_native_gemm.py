@@ -1,9 +1,9 @@
-"""kiln's AVX-512 GEMM (native/gemm.c) behind two tactics, against float64 references:
-gemm-native over contiguous and permuted rows, row counts off the 8-row tile and column
-counts off the 32-column panel, each epilogue (in the kernel or after it); conv-native as
-an implicit im2col over 1-D and 2-D layers with strides, dilations, asymmetric and SAME
-pads, residuals, NCHW and channels-last inputs; and both falling back to torch where the
-kernel cannot be built."""
+"""kiln's AVX-512 GEMM (native/gemm.c) behind two tactics, against float64 references: gemm-
+native over contiguous, permuted and transposed (column-major) rows, row counts off the
+8-row tile and column counts off the 32-column panel, each epilogue (in the kernel or after
+it); conv-native as an implicit im2col over 1-D and 2-D layers with strides, dilations,
+asymmetric and SAME pads, residuals, NCHW and channels-last inputs; and both falling back to
+torch where the kernel cannot be built."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _bound(name, spec):
     return tactic.bind(spec, tactic.prepare(spec, CPU), CPU.device)
 
 
-@pytest.mark.parametrize("permuted", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "permuted", "transposed"])
 @pytest.mark.parametrize("shape, n, activation, bias, trans_b", [
     ((98, 250), 128, "Relu", True, 1),  # fsmn-vad's
     ((1, 13, 40), 70, "", True, 0),  # rows and columns off the tiles
@@ -47,14 +47,16 @@ def _bound(name, spec):
     ((4, 8, 7), 32, "Sigmoid", True, 0),
     ((2, 3, 64), 48, "Relu", False, 0),
 ])
-def test_gemm_matches_float64(shape, n, activation, bias, trans_b, permuted):
-    if permuted and len(shape) < 3:
+def test_gemm_matches_float64(shape, n, activation, bias, trans_b, layout):
+    if layout == "permuted" and len(shape) < 3:
         pytest.skip("a 2-D input has no leading dims to permute")
     rng = np.random.default_rng(shape[-1] * n)
     spec = _gemm_spec(rng, shape[-1], n, activation, bias, trans_b)
     a = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
-    if permuted:  # stored [seq, batch, k], read as [batch, seq, k]
+    if layout == "permuted":  # stored [seq, batch, k], read as [batch, seq, k]
         a = a.transpose(0, 1).contiguous().transpose(0, 1)
+    elif layout == "transposed":  # stored [..., k, rows]: the last dim strided
+        a = a.transpose(-1, -2).contiguous().transpose(-1, -2)
     w = torch.from_numpy(spec.constant_inputs[1]).double()
     want = a.double() @ (w.T if trans_b else w)
     if bias:

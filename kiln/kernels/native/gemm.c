@@ -1,12 +1,13 @@
-/* A float32 GEMM whose rows are gathered as it goes: out[i, j] = act(bias[j] +
- * sum_t sum_k a[rowoff[i] + tapoff[t] + k] * B[t*c + k, j]). With one tap and rowoff[i] =
- * i * lda it is a plain GEMM over any row stride; with a tap per kernel position and the
+/* A float32 GEMM whose rows are gathered as it goes: out[i, j] = act(bias[j] + sum_t
+ * sum_k a[rowoff[i] + tapoff[t] + k * kstride] * B[t*c + k, j]). With one tap and
+ * rowoff[i] = i * lda it is a plain GEMM over any row stride; with a tap per kernel position and the
  * rows at each output pixel's window origin it is a convolution over a channels-last
  * input (implicit im2col: the window rows are never copied).
  *
  * B is packed once, per layer, into panels of 32 columns: bp[panel][t*c + k][32], zero
- * beyond n. A tile of up to 8 rows x 32 columns keeps its 16 accumulators in registers;
- * per k it loads two vectors of B and broadcasts 8 values of a: 16 FMAs against 10 loads,
+ * beyond n. A column-major operand (kstride > 1: an elementwise op that kept a transposed
+ * layout) is read in place too. A tile of up to 8 rows x 32 columns keeps its 16
+ * accumulators in registers; per k it loads two vectors of B and broadcasts 8 values of a: 16 FMAs against 10 loads,
  * 107-114 GFLOP/s on one core of the AMD EPYC machines kiln is measured on (peak 117;
  * MKL's sgemm behind torch 85-100 at the same shapes). The tile's rows stay in L1 while
  * the panels stream from L2. Tiles are generated per row count and width by a macro:
@@ -30,6 +31,7 @@ static inline __m512 activate(__m512 y, int64_t act) {
 #define DEFINE_TILE(MR, NV)                                                                \
     static void tile_##MR##_##NV(const float *a, const int64_t *rowoff,                    \
                                  const int64_t *tapoff, int64_t taps, int64_t c,           \
+                                 int64_t kstride,                                          \
                                  const float *bp, const float *bias, float *out,           \
                                  int64_t ldo, __mmask16 last, int64_t act) {               \
         __m512 acc[MR][NV];                                                                \
@@ -49,7 +51,7 @@ static inline __m512 activate(__m512 y, int64_t act) {
                 _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++)                       \
                     bv[v] = _mm512_loadu_ps(b + 16 * v);                                   \
                 _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                     \
-                    __m512 av = _mm512_set1_ps(ap[i][k]);                                  \
+                    __m512 av = _mm512_set1_ps(ap[i][k * kstride]);                     \
                     _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++)                   \
                         acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);                 \
                 }                                                                          \
@@ -67,7 +69,7 @@ DEFINE_TILE(1, 2) DEFINE_TILE(2, 2) DEFINE_TILE(3, 2) DEFINE_TILE(4, 2)
 DEFINE_TILE(5, 2) DEFINE_TILE(6, 2) DEFINE_TILE(7, 2) DEFINE_TILE(8, 2)
 
 typedef void (*tile_fn)(const float *, const int64_t *, const int64_t *, int64_t, int64_t,
-                        const float *, const float *, float *, int64_t, __mmask16, int64_t);
+                        int64_t, const float *, const float *, float *, int64_t, __mmask16, int64_t);
 
 static const tile_fn TILES[2][9] = {
     {0, tile_1_1, tile_2_1, tile_3_1, tile_4_1, tile_5_1, tile_6_1, tile_7_1, tile_8_1},
@@ -75,8 +77,8 @@ static const tile_fn TILES[2][9] = {
 };
 
 void kiln_gemm(const float *a, const int64_t *rowoff, int64_t m, const int64_t *tapoff,
-               int64_t taps, int64_t c, const float *bpacked, const float *bias, int64_t n,
-               float *out, int64_t ldo, int64_t act) {
+               int64_t taps, int64_t c, int64_t kstride, const float *bpacked,
+               const float *bias, int64_t n, float *out, int64_t ldo, int64_t act) {
     const int64_t depth = taps * c;
     for (int64_t i0 = 0; i0 < m; i0 += 8) {
         const int64_t rows = m - i0 < 8 ? m - i0 : 8;
@@ -85,7 +87,7 @@ void kiln_gemm(const float *a, const int64_t *rowoff, int64_t m, const int64_t *
             const int wide = width > 16;
             const int64_t tail = width - 16 * wide; /* 1..16 columns in the last vector */
             const __mmask16 last = (__mmask16)(tail == 16 ? 0xffff : (1u << tail) - 1);
-            TILES[wide][rows](a, rowoff + i0, tapoff, taps, c, bpacked + j0 * depth,
+            TILES[wide][rows](a, rowoff + i0, tapoff, taps, c, kstride, bpacked + j0 * depth,
                               bias ? bias + j0 : 0, out + i0 * ldo + j0, ldo, last, act);
         }
     }

@@ -18,10 +18,9 @@ ONE_TAP = torch.zeros(1, dtype=torch.int64)  # a plain GEMM: each row read from 
 
 
 def kernel() -> Callable[..., None] | None:
-    return function("gemm", "kiln_gemm", *(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                           ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                                           ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                           ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64))
+    pointer, integer = ctypes.c_void_p, ctypes.c_int64
+    return function("gemm", "kiln_gemm", pointer, pointer, integer, pointer, integer, integer,
+                    integer, pointer, pointer, integer, pointer, integer, integer)
 
 
 def pack(weight_kn: torch.Tensor) -> torch.Tensor:
@@ -55,18 +54,18 @@ class PackedGemm:
         self.act = ACTIVATIONS.get(activation, 0)
 
     def __call__(self, a: torch.Tensor, rows: torch.Tensor, taps: torch.Tensor, depth: int,
-                 out: torch.Tensor, act: bool = True) -> torch.Tensor:
-        """out[i] = act(bias + sum_t a.flat[rows[i] + taps[t] : ... + depth] @ W[t]):
+                 out: torch.Tensor, act: bool = True, step: int = 1) -> torch.Tensor:
+        """out[i] = act(bias + sum_t a.flat[rows[i] + taps[t] + step * (0 .. depth)] @ W[t]):
         `out` is [len(rows), N] row-major; `a` must stay alive and unchanged meanwhile."""
         assert a.dtype == torch.float32 and out.is_contiguous() and len(taps) * depth == self.k
         self.run_kernel(a.data_ptr(), rows.data_ptr(), len(rows), taps.data_ptr(), len(taps),
-                        depth, self.panels.data_ptr(),
+                        depth, step, self.panels.data_ptr(),
                         None if self.bias is None else self.bias.data_ptr(), self.n,
                         out.data_ptr(), self.n, self.act if act else 0)
         return out
 
 
 def row_offsets(a: torch.Tensor) -> torch.Tensor:
-    """Offsets of the rows (all dims but the last) of a tensor whose last dim is dense."""
+    """Offsets of the rows (all dims but the last) of a tensor, any strides."""
     return offsets(tuple(a.shape[:-1]), tuple(a.stride()[:-1]))
 
