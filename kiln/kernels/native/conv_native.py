@@ -10,6 +10,7 @@ builds; an engine that chose it runs the im2col tactic's torch GEMM where it can
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -47,18 +48,79 @@ class ConvNative(ConvIm2colNHWC):
         auto_pad, pads = attrs.get("auto_pad", "NOTSET"), attrs.get("pads")
         activation, params = attrs.get("activation", ""), attrs.get("activation_params")
 
+        windows: dict[tuple, _Windows] = {}  # per input shape: offsets, made once
+
         def run(x, _w=None, _b=None, residual=None):
-            full = resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
-            last, out = padded_channels_last(x.float(), kernel, dilations, strides, full)
-            step = last.stride()
-            rows = gemm.offsets((x.shape[0], *out),
-                                (step[0], *[step[1 + i] * strides[i] for i in range(n)]))
-            taps = gemm.offsets(tuple(kernel), tuple(step[1 + i] * dilations[i] for i in range(n)))
-            y = torch.empty((x.shape[0], *out, product.n), dtype=torch.float32)
+            key = (*x.shape, *x.stride())
+            found = windows.get(key)
+            if found is None:
+                if len(windows) >= 8:  # dynamic shapes: keep the memory bounded
+                    windows.clear()
+                full = resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
+                found = windows[key] = _Windows(x.shape, kernel, strides, dilations, full)
+            last = x.float().movedim(1, -1).contiguous()  # a view when x is channels-last
+            y = torch.empty((x.shape[0], *found.out, product.n), dtype=torch.float32)
             fuse = residual is None
-            product(last, rows, taps, x.shape[1], y.view(-1, product.n), act=fuse)
+            if found.table is not None:
+                product.over_table(last, found.table, x.shape[1], y.view(-1, product.n), fuse)
+            else:
+                last, _ = padded_channels_last(last.movedim(-1, 1), kernel, dilations, strides,
+                                               found.pads)
+                product(last, found.rows, found.taps, x.shape[1], y.view(-1, product.n), fuse)
             y = add_residual(y.movedim(-1, 1), residual)
             return y if fuse and product.fused else activate(y, activation, params)
 
         return run
 
+
+class _Windows:
+    """Where each output pixel's window lies in the channels-last input of one shape: a
+    table of offsets per pixel and tap over the unpadded input where it is small (padding
+    taps -1: the kernel reads zeros, and no padded copy is made), else the window origins
+    and the taps' offsets over a padded copy."""
+
+    TABLE_LIMIT = 1 << 16  # entries (8 bytes each)
+
+    def __init__(self, shape: torch.Size, kernel: list[int], strides: list[int],
+                 dilations: list[int], pads: list[int]) -> None:
+        n = len(kernel)
+        sizes = [shape[2 + d] + pads[d] + pads[n + d] for d in range(n)]
+        self.pads = pads
+        self.out = [(sizes[d] - dilations[d] * (kernel[d] - 1) - 1) // strides[d] + 1
+                    for d in range(n)]
+        self.table = self.rows = self.taps = None
+        count = shape[0] * math.prod(self.out) * math.prod(kernel)
+        if any(pads) and count <= self.TABLE_LIMIT:
+            self.table = _table(shape, kernel, strides, dilations, pads, self.out)
+            return
+        steps = _dense_steps([shape[0], *sizes, shape[1]])
+        self.rows = gemm.offsets((shape[0], *self.out),
+                                 (steps[0], *[steps[1 + d] * strides[d] for d in range(n)]))
+        self.taps = gemm.offsets(tuple(kernel),
+                                 tuple(steps[1 + d] * dilations[d] for d in range(n)))
+
+
+def _dense_steps(sizes: list[int]) -> list[int]:
+    """Row-major strides of a dense tensor of these sizes."""
+    steps = [1] * len(sizes)
+    for d in reversed(range(len(sizes) - 1)):
+        steps[d] = steps[d + 1] * sizes[d + 1]
+    return steps
+
+
+def _table(shape: torch.Size, kernel: list[int], strides: list[int], dilations: list[int],
+           pads: list[int], out: list[int]) -> torch.Tensor:
+    """[pixels, taps] offsets into the unpadded channels-last input, -1 in the padding."""
+    n = len(kernel)
+    steps = _dense_steps([shape[0], *shape[2:], shape[1]])
+    total = (torch.arange(shape[0]) * steps[0]).view(-1, *[1] * (2 * n))
+    inside = torch.ones((), dtype=torch.bool)
+    for d in range(n):
+        at = (torch.arange(out[d]).view(-1, 1) * strides[d]
+              + torch.arange(kernel[d]).view(1, -1) * dilations[d] - pads[d])
+        place = [1] * (1 + 2 * n)
+        place[1 + d], place[1 + n + d] = out[d], kernel[d]
+        total = total + (at * steps[1 + d]).view(place)
+        inside = inside & ((at >= 0) & (at < shape[2 + d])).view(place)
+    table = torch.where(inside, total, -1)
+    return table.reshape(shape[0] * math.prod(out), math.prod(kernel)).contiguous()

@@ -2,7 +2,9 @@
  * sum_k a[rowoff[i] + tapoff[t] + k * kstride] * B[t*c + k, j]). With one tap and
  * rowoff[i] = i * lda it is a plain GEMM over any row stride; with a tap per kernel position and the
  * rows at each output pixel's window origin it is a convolution over a channels-last
- * input (implicit im2col: the window rows are never copied).
+ * input (implicit im2col: the window rows are never copied). A padded convolution gives
+ * instead a table of offsets per row and tap, -1 where the tap falls in the padding: that
+ * tap reads `zero`, and the input needs no padded copy.
  *
  * B is packed once, per layer, into panels of 32 columns: bp[panel][t*c + k][32], zero
  * beyond n. A column-major operand (kstride > 1: an elementwise op that kept a transposed
@@ -30,7 +32,8 @@ static inline __m512 activate(__m512 y, int64_t act) {
 
 #define DEFINE_TILE(MR, NV)                                                                \
     static void tile_##MR##_##NV(const float *a, const int64_t *rowoff,                    \
-                                 const int64_t *tapoff, int64_t taps, int64_t c,           \
+                                 const int64_t *tapoff, const int64_t *table,              \
+                                 const float *zero, int64_t taps, int64_t c,               \
                                  int64_t kstride,                                          \
                                  const float *bp, const float *bias, float *out,           \
                                  int64_t ldo, __mmask16 last, int64_t act) {               \
@@ -43,8 +46,10 @@ static inline __m512 activate(__m512 y, int64_t act) {
         }                                                                                  \
         for (int64_t t = 0; t < taps; t++) {                                               \
             const float *ap[MR];                                                           \
-            _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)                           \
-                ap[i] = a + rowoff[i] + tapoff[t];                                         \
+            _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                         \
+                const int64_t at = table ? table[i * taps + t] : rowoff[i] + tapoff[t];    \
+                ap[i] = at >= 0 ? a + at : zero;                                           \
+            }                                                                              \
             const float *b = bp + t * c * NR;                                              \
             for (int64_t k = 0; k < c; k++, b += NR) {                                     \
                 __m512 bv[NV];                                                             \
@@ -68,8 +73,8 @@ DEFINE_TILE(5, 1) DEFINE_TILE(6, 1) DEFINE_TILE(7, 1) DEFINE_TILE(8, 1)
 DEFINE_TILE(1, 2) DEFINE_TILE(2, 2) DEFINE_TILE(3, 2) DEFINE_TILE(4, 2)
 DEFINE_TILE(5, 2) DEFINE_TILE(6, 2) DEFINE_TILE(7, 2) DEFINE_TILE(8, 2)
 
-typedef void (*tile_fn)(const float *, const int64_t *, const int64_t *, int64_t, int64_t,
-                        int64_t, const float *, const float *, float *, int64_t, __mmask16, int64_t);
+typedef void (*tile_fn)(const float *, const int64_t *, const int64_t *, const int64_t *,
+                        const float *, int64_t, int64_t, int64_t, const float *, const float *, float *, int64_t, __mmask16, int64_t);
 
 static const tile_fn TILES[2][9] = {
     {0, tile_1_1, tile_2_1, tile_3_1, tile_4_1, tile_5_1, tile_6_1, tile_7_1, tile_8_1},
@@ -77,8 +82,9 @@ static const tile_fn TILES[2][9] = {
 };
 
 void kiln_gemm(const float *a, const int64_t *rowoff, int64_t m, const int64_t *tapoff,
-               int64_t taps, int64_t c, int64_t kstride, const float *bpacked,
-               const float *bias, int64_t n, float *out, int64_t ldo, int64_t act) {
+               const int64_t *table, const float *zero, int64_t taps, int64_t c,
+               int64_t kstride, const float *bpacked, const float *bias, int64_t n,
+               float *out, int64_t ldo, int64_t act) {
     const int64_t depth = taps * c;
     for (int64_t i0 = 0; i0 < m; i0 += 8) {
         const int64_t rows = m - i0 < 8 ? m - i0 : 8;
@@ -87,7 +93,8 @@ void kiln_gemm(const float *a, const int64_t *rowoff, int64_t m, const int64_t *
             const int wide = width > 16;
             const int64_t tail = width - 16 * wide; /* 1..16 columns in the last vector */
             const __mmask16 last = (__mmask16)(tail == 16 ? 0xffff : (1u << tail) - 1);
-            TILES[wide][rows](a, rowoff + i0, tapoff, taps, c, kstride, bpacked + j0 * depth,
+            TILES[wide][rows](a, rowoff ? rowoff + i0 : 0, tapoff, table ? table + i0 * taps : 0,
+                              zero, taps, c, kstride, bpacked + j0 * depth,
                               bias ? bias + j0 : 0, out + i0 * ldo + j0, ldo, last, act);
         }
     }

@@ -19,8 +19,9 @@ ONE_TAP = torch.zeros(1, dtype=torch.int64)  # a plain GEMM: each row read from 
 
 def kernel() -> Callable[..., None] | None:
     pointer, integer = ctypes.c_void_p, ctypes.c_int64
-    return function("gemm", "kiln_gemm", pointer, pointer, integer, pointer, integer, integer,
-                    integer, pointer, pointer, integer, pointer, integer, integer)
+    return function("gemm", "kiln_gemm", pointer, pointer, integer, pointer, pointer, pointer,
+                    integer, integer, integer, pointer, pointer, integer, pointer, integer,
+                    integer)
 
 
 def pack(weight_kn: torch.Tensor) -> torch.Tensor:
@@ -52,14 +53,26 @@ class PackedGemm:
         self.bias = None if bias is None else bias.float().reshape(-1).contiguous()
         self.fused = activation in ACTIVATIONS
         self.act = ACTIVATIONS.get(activation, 0)
+        self.zero = torch.zeros(self.k, dtype=torch.float32)  # what a padding tap reads
 
     def __call__(self, a: torch.Tensor, rows: torch.Tensor, taps: torch.Tensor, depth: int,
                  out: torch.Tensor, act: bool = True, step: int = 1) -> torch.Tensor:
         """out[i] = act(bias + sum_t a.flat[rows[i] + taps[t] + step * (0 .. depth)] @ W[t]):
         `out` is [len(rows), N] row-major; `a` must stay alive and unchanged meanwhile."""
-        assert a.dtype == torch.float32 and out.is_contiguous() and len(taps) * depth == self.k
-        self.run_kernel(a.data_ptr(), rows.data_ptr(), len(rows), taps.data_ptr(), len(taps),
-                        depth, step, self.panels.data_ptr(),
+        return self._run(a, rows, len(rows), taps, None, len(taps), depth, step, out, act)
+
+    def over_table(self, a: torch.Tensor, table: torch.Tensor, depth: int, out: torch.Tensor,
+                   act: bool = True) -> torch.Tensor:
+        """The same with the offsets given per row and tap, table[i, t] (-1: zeros)."""
+        return self._run(a, None, table.shape[0], None, table, table.shape[1], depth, 1, out,
+                         act)
+
+    def _run(self, a, rows, m, taps, table, count, depth, step, out, act) -> torch.Tensor:
+        assert a.dtype == torch.float32 and out.is_contiguous() and count * depth == self.k
+        self.run_kernel(a.data_ptr(), None if rows is None else rows.data_ptr(), m,
+                        None if taps is None else taps.data_ptr(),
+                        None if table is None else table.data_ptr(), self.zero.data_ptr(),
+                        count, depth, step, self.panels.data_ptr(),
                         None if self.bias is None else self.bias.data_ptr(), self.n,
                         out.data_ptr(), self.n, self.act if act else 0)
         return out
