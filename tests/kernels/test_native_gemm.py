@@ -1,9 +1,10 @@
-"""kiln's AVX-512 GEMM (native/gemm.c) behind two tactics, against float64 references: gemm-
-native over contiguous, permuted and transposed (column-major) rows, row counts off the
+"""kiln's AVX-512 GEMM (native/gemm.c) behind two tactics, against float64 references:
+gemm-native over contiguous, permuted and transposed (column-major) rows, row counts off the
 8-row tile and column counts off the 32-column panel, each epilogue (in the kernel or after
 it); conv-native as an implicit im2col (a table of window offsets, or a padded copy) over
-1-D and 2-D layers with strides, dilations, asymmetric and SAME pads, residuals, NCHW and
-channels-last inputs; and both falling back to torch where the kernel cannot be built."""
+1-D and 2-D layers with strides, dilations, asymmetric and SAME pads, residuals, NCHW,
+channels-last and channel-sliced inputs; and both falling back to torch where the kernel
+cannot be built."""
 
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def _conv_reference(x, spec, residual):
 
 
 @pytest.mark.parametrize("windows", ["table", "padded copy"])
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "channel_slice"])
 @pytest.mark.parametrize("case", CONVS, ids=str)
 def test_conv_matches_float64(case, layout, windows, monkeypatch):
     if windows == "padded copy":  # a layer too large for a table of offsets
@@ -112,6 +113,9 @@ def test_conv_matches_float64(case, layout, windows, monkeypatch):
     x = torch.from_numpy(rng.standard_normal(case[0]).astype(np.float32))
     if layout == "channels_last":
         x = x.movedim(1, -1).contiguous().movedim(-1, 1)
+    elif layout == "channel_slice":  # the second half of a wider channels-last tensor (Split)
+        wide = torch.cat([torch.randn_like(x), x], 1).movedim(1, -1).contiguous().movedim(-1, 1)
+        x = wide[:, x.shape[1]:]
     residual = None
     if case[6]:
         shape = _conv_reference(x, spec, None).shape

@@ -51,22 +51,25 @@ class ConvNative(ConvIm2colNHWC):
         windows: dict[tuple, _Windows] = {}  # per input shape: offsets, made once
 
         def run(x, _w=None, _b=None, residual=None):
-            key = (*x.shape, *x.stride())
+            last = x.float().movedim(1, -1)  # a view; read in place where channels are dense
+            if last.stride(-1) != 1:
+                last = last.contiguous()
+            key = (*last.shape, *last.stride())
             found = windows.get(key)
             if found is None:
                 if len(windows) >= 8:  # dynamic shapes: keep the memory bounded
                     windows.clear()
                 full = resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
-                found = windows[key] = _Windows(x.shape, kernel, strides, dilations, full)
-            last = x.float().movedim(1, -1).contiguous()  # a view when x is channels-last
+                found = windows[key] = _Windows(last, kernel, strides, dilations, full)
             y = torch.empty((x.shape[0], *found.out, product.n), dtype=torch.float32)
-            fuse = residual is None
+            rows, fuse = y.view(-1, product.n), residual is None
             if found.table is not None:
-                product.over_table(last, found.table, x.shape[1], y.view(-1, product.n), fuse)
+                product.over_table(last, found.table, x.shape[1], rows, fuse)
             else:
-                last, _ = padded_channels_last(last.movedim(-1, 1), kernel, dilations, strides,
-                                               found.pads)
-                product(last, found.rows, found.taps, x.shape[1], y.view(-1, product.n), fuse)
+                if found.padded_copy:
+                    last, _ = padded_channels_last(last.movedim(-1, 1), kernel, dilations,
+                                                   strides, found.pads)
+                product(last, found.rows, found.taps, x.shape[1], rows, fuse)
             y = add_residual(y.movedim(-1, 1), residual)
             return y if fuse and product.fused else activate(y, activation, params)
 
@@ -74,27 +77,32 @@ class ConvNative(ConvIm2colNHWC):
 
 
 class _Windows:
-    """Where each output pixel's window lies in the channels-last input of one shape: a
-    table of offsets per pixel and tap over the unpadded input where it is small (padding
-    taps -1: the kernel reads zeros, and no padded copy is made), else the window origins
-    and the taps' offsets over a padded copy."""
+    """Where each output pixel's window lies in a channels-last input of one shape and
+    strides (read in place: a channel slice of a wider tensor, as a Split makes, is not
+    copied): the window origins and the taps' offsets where nothing is padded; a table of
+    offsets per pixel and tap where it is and the table is small (padding taps -1: the
+    kernel reads zeros); else origins and taps over a padded copy."""
 
     TABLE_LIMIT = 1 << 16  # entries (8 bytes each)
 
-    def __init__(self, shape: torch.Size, kernel: list[int], strides: list[int],
+    def __init__(self, last: torch.Tensor, kernel: list[int], strides: list[int],
                  dilations: list[int], pads: list[int]) -> None:
         n = len(kernel)
-        sizes = [shape[2 + d] + pads[d] + pads[n + d] for d in range(n)]
+        sizes = [last.shape[1 + d] + pads[d] + pads[n + d] for d in range(n)]
         self.pads = pads
         self.out = [(sizes[d] - dilations[d] * (kernel[d] - 1) - 1) // strides[d] + 1
                     for d in range(n)]
         self.table = self.rows = self.taps = None
-        count = shape[0] * math.prod(self.out) * math.prod(kernel)
+        self.padded_copy = False
+        steps = list(last.stride())
+        count = last.shape[0] * math.prod(self.out) * math.prod(kernel)
         if any(pads) and count <= self.TABLE_LIMIT:
-            self.table = _table(shape, kernel, strides, dilations, pads, self.out)
+            self.table = _table(last.shape, steps, kernel, strides, dilations, pads, self.out)
             return
-        steps = _dense_steps([shape[0], *sizes, shape[1]])
-        self.rows = gemm.offsets((shape[0], *self.out),
+        if any(pads):
+            self.padded_copy = True
+            steps = _dense_steps([last.shape[0], *sizes, last.shape[-1]])
+        self.rows = gemm.offsets((last.shape[0], *self.out),
                                  (steps[0], *[steps[1 + d] * strides[d] for d in range(n)]))
         self.taps = gemm.offsets(tuple(kernel),
                                  tuple(steps[1 + d] * dilations[d] for d in range(n)))
@@ -108,11 +116,11 @@ def _dense_steps(sizes: list[int]) -> list[int]:
     return steps
 
 
-def _table(shape: torch.Size, kernel: list[int], strides: list[int], dilations: list[int],
-           pads: list[int], out: list[int]) -> torch.Tensor:
-    """[pixels, taps] offsets into the unpadded channels-last input, -1 in the padding."""
+def _table(shape: torch.Size, steps: list[int], kernel: list[int], strides: list[int],
+           dilations: list[int], pads: list[int], out: list[int]) -> torch.Tensor:
+    """[pixels, taps] offsets into the unpadded channels-last input [N, *spatial, C] with
+    these strides, -1 in the padding."""
     n = len(kernel)
-    steps = _dense_steps([shape[0], *shape[2:], shape[1]])
     total = (torch.arange(shape[0]) * steps[0]).view(-1, *[1] * (2 * n))
     inside = torch.ones((), dtype=torch.bool)
     for d in range(n):
@@ -121,6 +129,6 @@ def _table(shape: torch.Size, kernel: list[int], strides: list[int], dilations: 
         place = [1] * (1 + 2 * n)
         place[1 + d], place[1 + n + d] = out[d], kernel[d]
         total = total + (at * steps[1 + d]).view(place)
-        inside = inside & ((at >= 0) & (at < shape[2 + d])).view(place)
+        inside = inside & ((at >= 0) & (at < shape[1 + d])).view(place)
     table = torch.where(inside, total, -1)
     return table.reshape(shape[0] * math.prod(out), math.prod(kernel)).contiguous()
