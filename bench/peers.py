@@ -18,6 +18,7 @@ import argparse
 import gc
 import io
 import json
+import os
 import statistics
 import sys
 import time
@@ -37,6 +38,7 @@ from kiln.runtime import ExecutionContext
 from kiln.runtime.profile import profile_layers
 
 PROFILE = False
+PDL_AB = False  # --pdl-ab: each engine also timed with programmatic dependent launch off
 
 THROUGHPUT_BATCH = {"resnet50": 64, "bert": 32, "vit": 64, "tiny_cnn": 8, "tiny_bert": 8}
 CALIBRATION_BATCHES = (16, 15, 14, 13)  # INT8/FP8 calibration: other inputs than the timed
@@ -334,6 +336,8 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
                               f"{allocated_by_pool()}")
         case.results[label] = ms
         case.memory_mb[label] = mb
+        if PDL_AB and device == "cuda":
+            case.notes.append(_pdl_ab(engine, feeds, label))
         # as it comes, so a run cut off by its time limit still leaves the engines it timed
         print(f"  {case.model} b{case.batch} {label}: {ms:.3f} ms, build "
               f"{case.build_s[label]:.1f} s", file=sys.stderr, flush=True)
@@ -351,6 +355,26 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
         del context, engine
         gc.collect()
     return outputs
+
+
+def _pdl_ab(engine, feeds: dict, label: str, rounds: int = 5) -> str:
+    """The engine captured twice, with kiln's Triton kernels launched without and with
+    programmatic dependent launch (KILN_PDL, read when the CUDA graph is captured), timed
+    in alternating rounds: the gap it closes between kernels, in one process."""
+    contexts = {}
+    for flag in ("0", "1"):
+        os.environ["KILN_PDL"] = flag
+        contexts[flag] = ExecutionContext(engine)
+        for _ in range(3):  # the capture, under this setting
+            contexts[flag].run(feeds)
+    os.environ.pop("KILN_PDL")
+    times: dict[str, list[float]] = {"0": [], "1": []}
+    for _ in range(rounds):
+        for flag, context in contexts.items():
+            times[flag].append(cuda_time(lambda c=context: c.run(feeds), warmup=5))
+    off, on = (statistics.median(times[f]) for f in ("0", "1"))
+    return (f"{label} programmatic dependent launch: off {off:.3f} ms, on {on:.3f} ms "
+            f"({off / on:.3f}x; median of {rounds} alternating rounds of 100 runs)")
 
 
 def _note_precision_choice(label: str, engine, case: Case) -> None:
@@ -467,9 +491,11 @@ def main() -> None:
     parser.add_argument("--timing-cache", default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny models (works on CPU)")
     parser.add_argument("--profile", action="store_true", help="print per-layer profiles")
+    parser.add_argument("--pdl-ab", action="store_true",
+                        help="also time each engine with programmatic dependent launch off")
     args = parser.parse_args()
-    global PROFILE
-    PROFILE = args.profile
+    global PROFILE, PDL_AB
+    PROFILE, PDL_AB = args.profile, args.pdl_ab
     device = "cuda" if torch.cuda.is_available() else "cpu"
     models = ["tiny_cnn", "tiny_bert"] if args.smoke else args.models.split(",")
     peers = set(args.peers.split(","))

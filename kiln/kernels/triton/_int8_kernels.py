@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kiln.kernels.triton._pdl import launch, wait_for_inputs
+
 ACTIVATIONS = {"": 0, "Relu": 1, "Sigmoid": 2, "Tanh": 3, "SiLU": 4, "GeluErf": 5,
                "GeluTanh": 6, "LeakyRelu": 7, "Clip": 8, "HardSigmoid": 9, "HardSwish": 10}
 # output modes: float types, then quantized types
@@ -184,7 +186,8 @@ def _qgemm_kernel(a_ptr, w_ptr, out_ptr, scales_ptr, bias_ptr, wsum_ptr, res_ptr
                   HAS_ZP: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
                   ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  GROUP_M: tl.constexpr):
+                  GROUP_M: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)
     pid_m, pid_n = _tile_start(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -216,7 +219,8 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scales_ptr, bias_ptr, wsum_ptr, res_ptr
                   HAS_ZP: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
                   ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  GROUP_M: tl.constexpr):
+                  GROUP_M: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)
     pid_m, pid_n = _tile_start(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -278,7 +282,9 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scales_ptr, bias_ptr, wsum_ptr, res_ptr
 @triton.jit
 def _rows_epilogue_kernel(y_ptr, out_ptr, ones_ptr, M, stride_ym, stride_om, res_scale, res_zp,
                           out_inv_scale, out_zp, p0, p1, N: tl.constexpr, ACT: tl.constexpr,
-                          OUT_MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                          OUT_MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     y = tl.load(y_ptr + rm[:, None] * stride_ym + rn[None, :],
@@ -305,7 +311,7 @@ def _epilogue_args(epi: dict, device: torch.device) -> tuple[dict, dict]:
                    out_inv_scale=float(epi.get("out_inv_scale", 1.0)),
                    out_zp=int(epi.get("out_zero_point", 0)),
                    p0=float(params[0]), p1=float(params[1]))
-    flags = dict(ACT=ACTIVATIONS[epi.get("activation", "")], OUT_MODE=out_mode)
+    flags = dict(ACT=ACTIVATIONS[epi.get("activation", "")], OUT_MODE=out_mode, **launch(device))
     return runtime, flags
 
 
@@ -386,7 +392,8 @@ def qconv2d(x: torch.Tensor, w: torch.Tensor, kernel: tuple[int, int], stride: t
 
 @triton.jit
 def _quantize_kernel(x_ptr, out_ptr, n, scale, zp, OUT_MODE: tl.constexpr,
-                     BLOCK: tl.constexpr):
+                     BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -415,7 +422,8 @@ def quantized(x, scale, zp, OUT_MODE: tl.constexpr, INVERSE: tl.constexpr = Fals
 
 @triton.jit
 def _dequantize_kernel(q_ptr, out_ptr, n, scale, zp, IS_FP8: tl.constexpr,
-                       OUT_MODE: tl.constexpr, BLOCK: tl.constexpr):
+                       OUT_MODE: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n
     q = tl.load(q_ptr + offsets, mask=mask, other=0)
@@ -442,7 +450,8 @@ def quantize(x: torch.Tensor, scale: float, zp: int, qtype: str) -> torch.Tensor
     out = torch.empty_like(x, dtype=_OUT_TORCH[OUT_MODES[qtype]])
     n = x.numel()
     _quantize_kernel[(triton.cdiv(n, 1024),)](x, _bytes(out), n, scale, zp,
-                                              OUT_MODE=OUT_MODES[qtype], BLOCK=1024)
+                                              OUT_MODE=OUT_MODES[qtype], BLOCK=1024,
+                                              **launch(x.device))
     return out
 
 
@@ -451,7 +460,7 @@ def dequantize(q: torch.Tensor, scale: float, zp: int, out_dtype: str) -> torch.
     n = q.numel()
     _dequantize_kernel[(triton.cdiv(n, 1024),)](
         _bytes(q), out, n, scale, zp, IS_FP8=q.dtype == torch.float8_e4m3fn,
-        OUT_MODE=OUT_MODES[out_dtype], BLOCK=1024)
+        OUT_MODE=OUT_MODES[out_dtype], BLOCK=1024, **launch(q.device))
     return out
 
 

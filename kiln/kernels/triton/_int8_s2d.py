@@ -25,16 +25,18 @@ import triton.language as tl
 
 from kiln.kernels.triton._int8_kernels import _bytes
 from kiln.kernels.triton._int8_tma import qconv2d_tma
+from kiln.kernels.triton._pdl import launch, wait_for_inputs
 
 
 @triton.jit
 def _unfold_kernel(x_ptr, u_ptr, H, W, HU, OW, sxb, sxc, sxh, sxw, PT, PL,
                    C: tl.constexpr, CK: tl.constexpr, CP: tl.constexpr,
-                   BLOCK_J: tl.constexpr):
+                   BLOCK_J: tl.constexpr, PDL: tl.constexpr = False):
     """The tile is [CP, BLOCK_J], so a warp's lanes run along the output columns j and a
     load reads every other byte of one input row; with the tile [BLOCK_J, CP] they ran
     along u's channels, whose sources lie in C planes and two rows (H100, ResNet-50's stem
     at batch 64: 0.075 ms, now 0.056 with BLOCK_J 128)."""
+    wait_for_inputs(PDL)
     row = tl.program_id(0)  # image * HU + i: one row of u
     image = row // HU
     i = row % HU
@@ -91,7 +93,7 @@ def unfold(x: torch.Tensor, kernel: tuple[int, int], pads: tuple, block_k: int,
     u = torch.empty((n, hu, ow, cp), dtype=x.dtype, device=x.device)
     _unfold_kernel[(n * hu, triton.cdiv(ow, block_j))](
         _bytes(x), _bytes(u), h, wd, hu, ow, *x.stride(), pads[0], pads[1],
-        C=c, CK=real_channels(c, kw), CP=cp, BLOCK_J=block_j)
+        C=c, CK=real_channels(c, kw), CP=cp, BLOCK_J=block_j, **launch(x.device))
     return u.permute(0, 3, 1, 2)
 
 

@@ -19,6 +19,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kiln.kernels.triton._int8_kernels import _bytes, _finish, _gemm_io
 from kiln.kernels.triton._int8_tma import gemm_over_pixels
+from kiln.kernels.triton._pdl import wait_for_inputs
 
 MAX_K = 256  # a TMA box spans at most 256 elements per axis
 
@@ -30,7 +31,8 @@ def _qgemm_stationary_kernel(a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_
                              HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
                              IS_FP8: tl.constexpr, ACT: tl.constexpr,
                              OUT_MODE: tl.constexpr, BLOCK_M: tl.constexpr,
-                             BLOCK_N: tl.constexpr, TILES: tl.constexpr):
+                             BLOCK_N: tl.constexpr, TILES: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)
     # column blocks vary fastest over the grid, so the programs that read the same rows
     # run side by side and the second read comes from L2
     n0 = tl.program_id(0) * BLOCK_N

@@ -38,6 +38,7 @@ from kiln.kernels.triton._int8_kernels import (
     _tile_of,
     _tile_start,
 )
+from kiln.kernels.triton._pdl import wait_for_inputs
 
 
 @triton.jit
@@ -50,7 +51,8 @@ def _qconv_tma_kernel(x_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, b
                       ACT: tl.constexpr, OUT_MODE: tl.constexpr, IS_FP8: tl.constexpr,
                       BB: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                      TMA_OUT: tl.constexpr):
+                      TMA_OUT: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)
     BLOCK_M: tl.constexpr = BB * TH * TW
     pid_m, pid_n = _tile_start(tiles_m * BLOCK_M, N, BLOCK_M, BLOCK_N, GROUP_M)
     ow0 = (pid_m % tiles_w) * TW
@@ -97,9 +99,10 @@ def _qgemm_tma_kernel(a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M,
                       N: tl.constexpr, K: tl.constexpr, HAS_BIAS: tl.constexpr,
                       RES_MODE: tl.constexpr, IS_FP8: tl.constexpr, ACT: tl.constexpr,
                       OUT_MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PDL: tl.constexpr = False):
     """QGemm over 2-D boxes of a [M, K] and w [N, K]; the epilogue reads the residual and
     stores by pointer."""
+    wait_for_inputs(PDL)
     _qgemm_tile(tl.program_id(0), a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M,
                 stride_om, stride_rm, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, N, K,
                 HAS_BIAS, RES_MODE, IS_FP8, ACT, OUT_MODE, BLOCK_M, BLOCK_N, BLOCK_K,
@@ -113,13 +116,14 @@ def _qgemm_tma_persistent_kernel(
         HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr, IS_FP8: tl.constexpr,
         ACT: tl.constexpr, OUT_MODE: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-        PROGRAMS: tl.constexpr, INTERPRETED_TILES: tl.constexpr):
+        PROGRAMS: tl.constexpr, INTERPRETED_TILES: tl.constexpr, PDL: tl.constexpr = False):
     """_qgemm_tma_kernel as PROGRAMS programs (one per SM) that each walk every PROGRAMS-th
     tile: the loop over tiles is flattened into one software pipeline, so the next tile's
     loads are in flight while this one's epilogue runs, and the last wave is not a
     partial one of fresh launches (BERT-base's QKV at batch 32 is 2.2 waves of 128x256).
     Triton's interpreter takes no loop bound known only at run time: there the host passes
     the tiles per program (INTERPRETED_TILES) and the same tile body runs in a fixed loop."""
+    wait_for_inputs(PDL)
     tiles = tl.cdiv(M, BLOCK_M) * ((N + BLOCK_N - 1) // BLOCK_N)
     if INTERPRETED_TILES == 0:
         for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=True):

@@ -30,13 +30,15 @@ if AVAILABLE:
     import triton.language as tl
 
     from kiln.kernels.triton._int8_kernels import _OUT_TORCH, OUT_MODES, _bytes, quantized
+    from kiln.kernels.triton._pdl import launch, wait_for_inputs
 
     @triton.jit
     def _add_layer_norm(x, res, w, b, y, total, q, d1, n, eps, q_inv_scale, q_zp,
                         x_s0, x_s1, r_s0, r_s1,
                         HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                         STORE_SUM: tl.constexpr, STORE_Y: tl.constexpr, Q_MODE: tl.constexpr,
-                        BLOCK: tl.constexpr):
+                        BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+        wait_for_inputs(PDL)
         row = tl.program_id(0).to(tl.int64)
         i0 = row // d1
         i1 = row % d1
@@ -115,7 +117,8 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch
             x_s0, x_s1, r_s0, r_s1,
             HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None,
             STORE_SUM=want_sum, STORE_Y=want_y, Q_MODE=q_mode,
-            BLOCK=triton.next_power_of_2(n), num_warps=4 if n <= 2048 else 8)
+            BLOCK=triton.next_power_of_2(n), num_warps=4 if n <= 2048 else 8,
+            **launch(x.device))
     return (y if want_y else None), (total if want_sum else None), (q if q_mode else None)
 
 

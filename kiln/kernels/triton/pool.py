@@ -23,6 +23,8 @@ if AVAILABLE:
     import triton
     import triton.language as tl
 
+    from kiln.kernels.triton._pdl import launch, wait_for_inputs
+
     @triton.jit
     def _maxpool_nhwc(
         x, out,                     # NHWC input and output
@@ -31,8 +33,9 @@ if AVAILABLE:
         son, soh, sow, soc,         # output strides
         pad_h, pad_w,               # top / left padding
         KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr = False,
     ):
+        wait_for_inputs(PDL)
         # a tile of BLOCK_P output pixels x BLOCK_C channels:
         #   out[p, c] = max over the window of x, reading -inf outside the input
         p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -75,7 +78,7 @@ def maxpool_nhwc(x: torch.Tensor, kernel: list[int], strides: list[int], pads: l
         x.stride(0), x.stride(2), x.stride(3), x.stride(1),
         out.stride(0), out.stride(2), out.stride(3), out.stride(1),
         pads[0], pads[1], KH=kernel[0], KW=kernel[1], SH=strides[0], SW=strides[1],
-        BLOCK_P=block_p, BLOCK_C=block_c)
+        BLOCK_P=block_p, BLOCK_C=block_c, **launch(x.device))
     return out
 
 
