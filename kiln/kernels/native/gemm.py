@@ -15,6 +15,7 @@ from kiln.kernels.native import function
 PANEL = 32  # columns a panel (NR in gemm.c)
 ACTIVATIONS = {"": 0, "Relu": 1, "SiLU": 2}  # done in the kernel's epilogue
 ONE_TAP = torch.zeros(1, dtype=torch.int64)  # a plain GEMM: each row read from its offset
+_ONE_TAP_AT = ONE_TAP.data_ptr()
 
 
 def kernel() -> Callable[..., None] | None:
@@ -44,7 +45,9 @@ def offsets(sizes: tuple[int, ...], steps: tuple[int, ...]) -> torch.Tensor:
 
 class PackedGemm:
     """act(a_rows @ W + bias) for a fixed weight, the activation in the epilogue where the
-    kernel has it (`fused`), else left to the caller."""
+    kernel has it (`fused`), else left to the caller. The addresses of what it owns are
+    taken once: a call costs its ctypes conversion and little else (small layers run in a
+    few microseconds, and a model may have hundreds)."""
 
     def __init__(self, weight_kn: torch.Tensor, bias: torch.Tensor | None, activation: str):
         self.run_kernel = kernel()
@@ -54,6 +57,8 @@ class PackedGemm:
         self.fused = activation in ACTIVATIONS
         self.act = ACTIVATIONS.get(activation, 0)
         self.zero = torch.zeros(self.k, dtype=torch.float32)  # what a padding tap reads
+        self._owned = (self.zero.data_ptr(), self.panels.data_ptr(),
+                       None if self.bias is None else self.bias.data_ptr())
 
     def __call__(self, a: torch.Tensor, rows: torch.Tensor, taps: torch.Tensor, depth: int,
                  out: torch.Tensor, act: bool = True, step: int = 1) -> torch.Tensor:
@@ -68,13 +73,16 @@ class PackedGemm:
                          act)
 
     def _run(self, a, rows, m, taps, table, count, depth, step, out, act) -> torch.Tensor:
-        assert a.dtype == torch.float32 and out.is_contiguous() and count * depth == self.k
+        if a.dtype != torch.float32 or not out.is_contiguous() or count * depth != self.k:
+            raise ValueError("kiln's native GEMM takes float32 rows of its weight's depth "
+                             "into a dense output")
+        zero, panels, bias = self._owned
         self.run_kernel(a.data_ptr(), None if rows is None else rows.data_ptr(), m,
+                        _ONE_TAP_AT if taps is ONE_TAP else
                         None if taps is None else taps.data_ptr(),
-                        None if table is None else table.data_ptr(), self.zero.data_ptr(),
-                        count, depth, step, self.panels.data_ptr(),
-                        None if self.bias is None else self.bias.data_ptr(), self.n,
-                        out.data_ptr(), self.n, self.act if act else 0)
+                        None if table is None else table.data_ptr(), zero, count, depth,
+                        step, panels, bias, self.n, out.data_ptr(), self.n,
+                        self.act if act else 0)
         return out
 
 

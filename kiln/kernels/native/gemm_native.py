@@ -37,10 +37,21 @@ class GemmNative(GemmLinear):
         params = layer.attrs.get("activation_params")
         product = gemm.PackedGemm(tensors["weight"].T, tensors.get("bias"), activation)
 
+        plans: dict[tuple, tuple] = {}  # per input shape and strides: rows, output shape
+
         def run(a, _w=None, _b=None):
-            a = a.float()
-            out = torch.empty((*a.shape[:-1], product.n), dtype=torch.float32)
-            product(a, gemm.row_offsets(a), gemm.ONE_TAP, product.k, out, step=a.stride(-1))
+            if a.dtype != torch.float32:
+                a = a.float()
+            key = (a.shape, a.stride())
+            plan = plans.get(key)
+            if plan is None:
+                if len(plans) >= 8:  # dynamic shapes: keep the memory bounded
+                    plans.clear()
+                plan = plans[key] = (gemm.row_offsets(a), (*a.shape[:-1], product.n),
+                                     a.stride(-1))
+            rows, shape, step = plan
+            out = torch.empty(shape, dtype=torch.float32)
+            product(a, rows, gemm.ONE_TAP, product.k, out, step=step)
             return out if product.fused else activate(out, activation, params)
 
         return run
