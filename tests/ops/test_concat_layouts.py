@@ -47,3 +47,15 @@ def test_joined_views_keep_their_memory_order():
     y = concat(*xs, axis=2)
     assert y.shape == (1, 82, 21) and memory_order(y) == memory_order(xs[0]) == [0, 2, 1]
     torch.testing.assert_close(y, torch.cat([x.contiguous() for x in xs], 2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, 3, -1])
+def test_channels_last_inputs_join_channels_last(axis):
+    g = torch.Generator().manual_seed(axis + 7)
+    sizes = [[2, 4, 5, 6], [2, 4, 5, 6]]
+    sizes[1][axis] = 3
+    xs = [torch.randn(s, generator=g).contiguous(memory_format=torch.channels_last)
+          for s in sizes]
+    y = concat(*xs, axis=axis)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, torch.cat([x.contiguous() for x in xs], axis), rtol=0, atol=0)
