@@ -35,6 +35,12 @@ def _slice(x: torch.Tensor, starts: list[int], ends: list[int], axes: list[int] 
             first = start - (count - 1) * (-step)
             index[ax] = slice(first, start + 1, -step)
             flips.append(ax)
+    if not flips and all(i.step in (None, 1) for i in index):
+        y = x  # narrow is a view like indexing, at a fraction of its Python cost (~1 us, 5)
+        for ax, i in enumerate(index):
+            if i.start is not None:
+                y = y.narrow(ax, i.start, i.stop - i.start)
+        return y
     y = x[tuple(index)]
     return torch.flip(y, flips) if flips else y
 
@@ -59,7 +65,8 @@ def slice_(x: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor,
 def concat(*inputs: torch.Tensor, axis: int) -> torch.Tensor:
     values = [v for v in inputs if v is not None]
     dtype = values[0].dtype
-    values = [v.to(dtype) for v in values]
+    if any(v.dtype != dtype for v in values):
+        values = [v.to(dtype) for v in values]
     order = memory_order(values[0]) if len(values) > 1 else None
     if order == [0, 2, 3, 1] and all(
             v.is_contiguous(memory_format=torch.channels_last) for v in values[1:]):

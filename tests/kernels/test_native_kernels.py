@@ -146,3 +146,46 @@ def test_engines_that_chose_a_native_tactic_run_without_it(monkeypatch):
             monkeypatch.delenv("KILN_NATIVE")
             native.library.cache_clear()
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _softmax_layer(axis, shape, opset=13, dtype="fp32"):
+    attrs = {} if axis is None else {"axis": axis}
+    return LayerSpec("sm", "Softmax", "", opset, ["x"], ["y"], attrs, input_shapes=[shape],
+                     input_dtypes=[dtype])
+
+
+@pytest.mark.parametrize("shape", [(1, 98, 248), (3, 17), (2, 4, 1)], ids=str)
+def test_softmax_layer_into_a_new_tensor(shape):
+    """softmax-native leaves its input as it was (other layers may read it)."""
+    rng = np.random.default_rng(len(shape) * 7 + shape[-1])
+    x = torch.from_numpy((rng.standard_normal(shape) * 4).astype(np.float32))
+    x[0, ..., 0] = float("-inf")  # a masked entry gives exactly 0
+    before = x.clone()
+    cpu = Target(torch.device("cpu"), "fp32")
+    spec = _softmax_layer(-1, shape)
+    tactic = get_tactic("softmax-native")
+    assert tactic.supports(spec, cpu)
+    got = tactic.bind(spec, {}, cpu.device)(x)
+    assert torch.equal(x, before) and got.data_ptr() != x.data_ptr()
+    torch.testing.assert_close(got.double(), torch.softmax(x.double(), dim=-1), rtol=2e-6,
+                               atol=1e-7, equal_nan=True)  # a row of one -inf: NaN
+    # a permuted view is not dense: torch's softmax along the same last axis
+    view = x.transpose(0, -1)
+    torch.testing.assert_close(tactic.bind(spec, {}, cpu.device)(view),
+                               torch.softmax(view, dim=-1), equal_nan=True)
+
+
+@pytest.mark.parametrize("axis,shape,opset,dtype,device,offered", [
+    (None, (2, 5), 13, "fp32", "cpu", True),  # opset 13's default: the last axis
+    (None, (2, 5), 11, "fp32", "cpu", True),  # opset 11's default 1 is the last of two
+    (None, (2, 5, 3), 11, "fp32", "cpu", False),  # ... but not of three
+    (2, (2, 5, 3), 13, "fp32", "cpu", True),
+    (1, (2, 5, 3), 13, "fp32", "cpu", False),
+    (-1, (2, 5), 13, "fp16", "cpu", False),
+    (-1, (2, 5), 13, "fp32", "cuda", False),
+])
+def test_softmax_layer_offered_along_the_last_axis_only(axis, shape, opset, dtype, device,
+                                                        offered):
+    spec = _softmax_layer(axis, shape, opset, dtype)
+    target = Target(torch.device(device), dtype)
+    assert get_tactic("softmax-native").supports(spec, target) == offered

@@ -15,14 +15,15 @@ static inline __m512 shifted_exp(__m512 x, __m512 max) {
                                       _mm512_set1_ps(1.44269504088896341f)));
 }
 
-static void softmax_row(float *row, int64_t n) {
+/* src's row into row (the same row, in place) */
+static void softmax_row(const float *src, float *row, int64_t n) {
     int64_t whole = n / 16 * 16;
     __mmask16 tail = (__mmask16)((1u << (n - whole)) - 1u);
     __m512 vm = _mm512_set1_ps(-INFINITY);
     for (int64_t j = 0; j < whole; j += 16)
-        vm = _mm512_max_ps(vm, _mm512_loadu_ps(row + j));
+        vm = _mm512_max_ps(vm, _mm512_loadu_ps(src + j));
     if (tail)
-        vm = _mm512_mask_max_ps(vm, tail, vm, _mm512_maskz_loadu_ps(tail, row + whole));
+        vm = _mm512_mask_max_ps(vm, tail, vm, _mm512_maskz_loadu_ps(tail, src + whole));
     float m = _mm512_reduce_max_ps(vm);
     if (m == -INFINITY) {
         for (int64_t j = 0; j < n; j++)
@@ -31,12 +32,12 @@ static void softmax_row(float *row, int64_t n) {
     }
     __m512 max = _mm512_set1_ps(m), sum = _mm512_setzero_ps();
     for (int64_t j = 0; j < whole; j += 16) {
-        __m512 e = shifted_exp(_mm512_loadu_ps(row + j), max);
+        __m512 e = shifted_exp(_mm512_loadu_ps(src + j), max);
         _mm512_storeu_ps(row + j, e);
         sum = _mm512_add_ps(sum, e);
     }
     if (tail) {
-        __m512 e = shifted_exp(_mm512_maskz_loadu_ps(tail, row + whole), max);
+        __m512 e = shifted_exp(_mm512_maskz_loadu_ps(tail, src + whole), max);
         _mm512_mask_storeu_ps(row + whole, tail, e);
         sum = _mm512_mask_add_ps(sum, tail, sum, e);
     }
@@ -50,5 +51,11 @@ static void softmax_row(float *row, int64_t n) {
 
 void kiln_softmax_rows(float *x, int64_t rows, int64_t n) {
     for (int64_t i = 0; i < rows; i++)
-        softmax_row(x + i * n, n);
+        softmax_row(x + i * n, x + i * n, n);
+}
+
+/* The same from x into y (a Softmax layer: its input may have other readers). */
+void kiln_softmax_rows_to(const float *x, float *y, int64_t rows, int64_t n) {
+    for (int64_t i = 0; i < rows; i++)
+        softmax_row(x + i * n, y + i * n, n);
 }

@@ -1,4 +1,5 @@
-"""Softmax over the last axis through kiln's AVX-512 kernel (softmax.c), in place."""
+"""Softmax over the last axis through kiln's AVX-512 kernel (softmax.c), in place or into a
+new tensor."""
 
 from __future__ import annotations
 
@@ -25,5 +26,25 @@ def in_place() -> Callable[[torch.Tensor], torch.Tensor] | None:
         n = x.shape[-1]
         rows(x.data_ptr(), x.numel() // n, n)
         return x
+
+    return softmax
+
+
+def into_new() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """softmax(x) along the last axis as a new tensor, x left as it is; None where the
+    kernel cannot be built here."""
+    rows = function("softmax", "kiln_softmax_rows_to", ctypes.c_void_p, ctypes.c_void_p,
+                    ctypes.c_int64, ctypes.c_int64)
+    if rows is None:
+        return None
+
+    def softmax(x: torch.Tensor) -> torch.Tensor:
+        if (x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous()
+                or x.numel() == 0):
+            return torch.softmax(x, dim=-1)
+        y = torch.empty_like(x)
+        n = x.shape[-1]
+        rows(x.data_ptr(), y.data_ptr(), x.numel() // n, n)
+        return y
 
     return softmax
