@@ -93,8 +93,7 @@ def main() -> None:
                         help="more TMA tiles, BMxBNxBKwWARPSsSTAGES each: 128x256x64w8s2,...")
     parser.add_argument("--stationary", default="",
                         help="stationary-weight GEMM tiles for K <= 256 (1x1 layers, GEMMs), "
-                             "BMxBNxTILESwWARPSsSTAGES[p] each: 128x128x4w8s2,... (p: the "
-                             "residual prefetched)")
+                             "BMxBNxTILESwWARPSsSTAGES each: 128x128x4w8s2,...")
     parser.add_argument("--tma-only", action="store_true", help="no gathering kernel, GEMMs")
     parser.add_argument("--epilogues", action="store_true",
                         help="FP8 BERT GEMMs with each epilogue, and the quantize steps")
@@ -227,12 +226,10 @@ def _s2d_rows(rows: list, name: str, x, wt, conv: tuple, epi: dict, ops: float, 
 
 
 def _config(spec: str) -> tuple:
-    """'128x256x64w8s2' -> (128, 256, 64, 8, 2); a trailing 'p' (stationary tiles: the
-    residual prefetched) adds True"""
-    prefetch = spec.endswith("p")
-    dims, rest = spec.removesuffix("p").split("w")
+    """'128x256x64w8s2' -> (128, 256, 64, 8, 2)"""
+    dims, rest = spec.split("w")
     warps, stages = rest.split("s")
-    return (*(int(v) for v in dims.split("x")), int(warps), int(stages), *((True,) * prefetch))
+    return (*(int(v) for v in dims.split("x")), int(warps), int(stages))
 
 
 def print_table(rows: list) -> None:

@@ -33,13 +33,9 @@ CASES = [  # (M, K, N, out_scale, activation, out dtype, residual)
 ]
 
 
-@pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_stationary_qgemm_matches_the_reference(case, prefetch):
-    """prefetch: each row block's residual tile loaded one block ahead."""
+def test_stationary_qgemm_matches_the_reference(case):
     m, k, n, out_scale, act, out_dtype, residual = case
-    if prefetch and residual is None:
-        pytest.skip("the prefetch reads residuals only")
     rng = np.random.default_rng(m * k + n)
     a, w = ints(rng, (m, k)), ints(rng, (n, k))
     w_scale = rng.uniform(0.001, 0.01, n).astype(np.float32)
@@ -55,8 +51,8 @@ def test_stationary_qgemm_matches_the_reference(case, prefetch):
     got = stationary.qgemm_stationary(
         a.to(DEVICE), w.to(DEVICE), torch.from_numpy(combined_scales(0.02, w_scale)).to(DEVICE),
         torch.from_numpy(bias).to(DEVICE),
-        epi(out_scale, activation=act, out_dtype=out_dtype, **extra),
-        (*TILE, True) if prefetch else TILE, None if r is None else r.to(DEVICE))
+        epi(out_scale, activation=act, out_dtype=out_dtype, **extra), TILE,
+        None if r is None else r.to(DEVICE))
     assert got.dtype == want.dtype and got.shape == want.shape
     close(got, want)
 
@@ -86,32 +82,18 @@ def _conv_spec(rng, c=64, kernel=(1, 1), strides=(1, 1), pads=(0, 0, 0, 0), zero
                      input_dtypes=["int8", "int8", "int8"]), w
 
 
-@pytest.mark.parametrize("tactic", ["int8-triton-conv-stationary-128x64x8",
-                                    "int8-triton-conv-stationary-64x64x8-prefetch"])
 @pytest.mark.parametrize("change,offered", [
     ({}, True), ({"c": 512}, False),  # K beyond one box
     ({"kernel": (3, 3), "pads": (1, 1, 1, 1)}, False), ({"strides": (2, 2)}, False),
     ({"pads": (1, 1, 1, 1)}, False), ({"zero_point": 4}, False)])
-def test_stationary_conv_tactic_offered_for_short_1x1_layers(change, offered, tactic,
-                                                             monkeypatch):
+def test_stationary_conv_tactic_offered_for_short_1x1_layers(change, offered, monkeypatch):
     """Where offered, run with an int8 residual."""
     monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")  # the interpreter stands in for a GPU
     rng = np.random.default_rng(22)
     spec, w = _conv_spec(rng, **change)
     x, r = ints(rng, (2, 64, 5, 6)), ints(rng, (2, 64, 5, 6))
-    check_offered(tactic, spec, offered, (x, None, r),
+    check_offered("int8-triton-conv-stationary-128x64x8", spec, offered, (x, None, r),
                   lambda: qconv(x, torch.from_numpy(w), r, **spec.attrs))
-
-
-def test_prefetching_tactic_only_for_layers_with_a_residual(monkeypatch):
-    from kiln.kernels import Target, get_tactic
-
-    monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")
-    spec, _ = _conv_spec(np.random.default_rng(25))
-    target = Target(torch.device(DEVICE), "int8")
-    tactic = get_tactic("int8-triton-conv-stationary-128x64x8-prefetch")
-    assert tactic.supports(spec, target)
-    assert not tactic.supports(dataclasses.replace(spec, inputs=["x", "w"]), target)
 
 
 def test_stationary_gemm_tactic_matches_the_reference(monkeypatch):

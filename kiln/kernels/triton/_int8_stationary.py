@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kiln.kernels.triton._int8_kernels import _bytes, _epilogue, _finish, _gemm_io
+from kiln.kernels.triton._int8_kernels import _bytes, _finish, _gemm_io
 from kiln.kernels.triton._int8_tma import gemm_over_pixels
 from kiln.kernels.triton._pdl import wait_for_inputs
 
@@ -31,8 +31,7 @@ def _qgemm_stationary_kernel(a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_
                              HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
                              IS_FP8: tl.constexpr, ACT: tl.constexpr,
                              OUT_MODE: tl.constexpr, BLOCK_M: tl.constexpr,
-                             BLOCK_N: tl.constexpr, TILES: tl.constexpr,
-                             PREFETCH: tl.constexpr = False, PDL: tl.constexpr = False):
+                             BLOCK_N: tl.constexpr, TILES: tl.constexpr, PDL: tl.constexpr = False):
     wait_for_inputs(PDL)
     # column blocks vary fastest over the grid, so the programs that read the same rows
     # run side by side and the second read comes from L2
@@ -40,38 +39,13 @@ def _qgemm_stationary_kernel(a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_
     w = w_desc.load([n0, 0])
     rn = n0 + tl.arange(0, BLOCK_N)
     first = tl.program_id(1) * TILES
-    if PREFETCH and RES_MODE != 0:
-        # the residual tile of the next row block is loaded before this block's epilogue
-        # needs its own: a load only stalls where its value is used, so its latency hides
-        # behind a product and an epilogue instead of sitting in each one
-        res_next = _residual_tile(res_ptr, first * BLOCK_M, stride_rm, rn, M, N, BLOCK_M)
     for t in range(TILES):
         m0 = (first + t) * BLOCK_M
         acc = tl.dot(a_desc.load([m0, 0]), tl.trans(w))  # int32 for int8, float32 for FP8
         rm = m0 + tl.arange(0, BLOCK_M)
-        if PREFETCH and RES_MODE != 0:
-            r = res_next
-            res_next = _residual_tile(res_ptr, m0 + BLOCK_M, stride_rm, rn,
-                                      tl.minimum(M, (first + TILES) * BLOCK_M), N, BLOCK_M)
-            y = _epilogue(acc, rn, N, scales_ptr, bias_ptr, scales_ptr, r, 0, res_scale,
-                          res_zp, out_inv_scale, out_zp, p0, p1, False, HAS_BIAS, RES_MODE,
-                          ACT, OUT_MODE, IS_FP8, K <= 256)
-            tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], y,
-                     mask=(rm < M)[:, None] & (rn < N)[None, :])
-        else:
-            _finish(acc, rm, rm < M, rn, N, out_ptr, stride_om, scales_ptr, bias_ptr,
-                    scales_ptr, res_ptr, stride_rm, 0, res_scale, res_zp, out_inv_scale,
-                    out_zp, p0, p1, False, HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8,
-                    K <= 256)
-
-
-@triton.jit
-def _residual_tile(res_ptr, m0, stride_rm, rn, rows_end, N: tl.constexpr,
-                   BLOCK_M: tl.constexpr):
-    """Rows m0 .. m0 + BLOCK_M of the residual (zeros from rows_end on)."""
-    rm = m0 + tl.arange(0, BLOCK_M)
-    return tl.load(res_ptr + rm[:, None] * stride_rm + rn[None, :],
-                   mask=(rm < rows_end)[:, None] & (rn < N)[None, :], other=0)
+        _finish(acc, rm, rm < M, rn, N, out_ptr, stride_om, scales_ptr, bias_ptr, scales_ptr,
+                res_ptr, stride_rm, 0, res_scale, res_zp, out_inv_scale, out_zp, p0, p1,
+                False, HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8, K <= 256)
 
 
 def fits(k: int) -> bool:
@@ -89,9 +63,8 @@ def qgemm_stationary(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
                      bias: torch.Tensor | None, epi: dict, config: tuple,
                      residual: torch.Tensor | None = None) -> torch.Tensor:
     """As _int8_tma.qgemm_tma (a [M, K] rows contiguous and 16-byte aligned, w [N, K],
-    zero point 0) for fits(K); config is (BLOCK_M, BLOCK_N, TILES, warps, stages[,
-    prefetch]), prefetch: the next row block's residual loaded ahead."""
-    block_m, block_n, tiles, warps, stages = config[:5]
+    zero point 0) for fits(K); config is (BLOCK_M, BLOCK_N, TILES, warps, stages)."""
+    block_m, block_n, tiles, warps, stages = config
     m, n, runtime, flags, out, (res, res_mode, stride_rm) = _gemm_io(a, w, epi, residual)
     k = a.shape[1]
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m * tiles))
@@ -101,8 +74,8 @@ def qgemm_stationary(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
         TensorDescriptor(w, [n, k], [w.stride(0), 1], [block_n, box_k]), _bytes(out), scales,
         bias if bias is not None else scales, res, m, n, stride_rm, **runtime, N=n, K=box_k,
         HAS_BIAS=bias is not None, RES_MODE=res_mode, IS_FP8=a.dtype == torch.float8_e4m3fn,
-        **flags, BLOCK_M=block_m, BLOCK_N=block_n, TILES=tiles,
-        PREFETCH=len(config) > 5 and config[5], num_warps=warps, num_stages=stages)
+        **flags, BLOCK_M=block_m, BLOCK_N=block_n, TILES=tiles, num_warps=warps,
+        num_stages=stages)
     return out
 
 

@@ -20,10 +20,6 @@ from kiln.kernels.triton.int8 import _tma_ready, _TritonConv, _TritonGemm
 # and 0.065 against 0.063). Wider column tiles (128, 256) lost on every layer.
 STATIONARY_CONFIGS = {"128x64x8": (128, 64, 8, 4, 3), "64x64x8": (64, 64, 8, 4, 3)}
 STATIONARY_LEVELS = {"128x64x8": 3, "64x64x8": 3}
-# The same with the next row block's residual tile loaded ahead: 1x1 layers with a residual
-# input only (the 56x56 stage's 64->256 layers spent 0.062 ms against 0.036 without one).
-PREFETCH_CONFIGS = {f"{key}-prefetch": (*config, True) for key, config in
-                    STATIONARY_CONFIGS.items()}
 
 
 def stationary_kernels():
@@ -76,23 +72,12 @@ class _TritonConvStationary(_TritonConv):
         return launch
 
 
-class _TritonConvStationaryPrefetch(_TritonConvStationary):
-    def supports(self, layer: LayerSpec, target: Target) -> bool:
-        return len(layer.inputs) > 2 and bool(layer.inputs[2]) and super().supports(
-            layer, target)
-
-
 def _register() -> None:
     for index, (key, config) in enumerate(STATIONARY_CONFIGS.items()):
         for op, base in (("gemm", _TritonGemmStationary), ("conv", _TritonConvStationary)):
             register_tactic(type(f"TritonQ{op.title()}Stationary_{key}", (base,), {
                 "name": f"int8-triton-{op}-stationary-{key}", "config": config,
                 "priority": 60 + index, "min_level": STATIONARY_LEVELS[key]}))
-    for index, (key, config) in enumerate(PREFETCH_CONFIGS.items()):
-        register_tactic(type(f"TritonQConvStationaryPrefetch_{index}",
-                             (_TritonConvStationaryPrefetch,), {
-                                 "name": f"int8-triton-conv-stationary-{key}",
-                                 "config": config, "priority": 62 + index, "min_level": 3}))
 
 
 _register()
