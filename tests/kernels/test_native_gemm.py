@@ -67,6 +67,23 @@ def test_gemm_matches_float64(shape, n, activation, bias, trans_b, layout):
     torch.testing.assert_close(got.double(), activate(want, activation), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("activation, params", [
+    ("HardSwish", None), ("Clip", [-0.3, 0.4]), ("Clip", [0.0, 6.0]), ("HardSigmoid", [0.2, 0.5]),
+    ("LeakyRelu", None), ("LeakyRelu", [0.3]), ("SiLU", None), ("Relu", None)])
+def test_each_epilogue_of_the_kernel(activation, params):
+    """Done in the kernel, with the layer's parameters (or ONNX's defaults)."""
+    rng = np.random.default_rng(len(activation) + len(params or []))
+    spec = _gemm_spec(rng, 20, 37, activation)
+    if params is not None:
+        spec.attrs["activation_params"] = params
+    a = torch.from_numpy((rng.standard_normal((3, 11, 20)) * 3).astype(np.float32))
+    weight, bias = (torch.from_numpy(spec.constant_inputs[i]).double() for i in (1, 2))
+    want = activate(a.double() @ weight.T + bias, activation, params)
+    assert gemm.PackedGemm(weight.T.float(), None, activation, params).fused
+    torch.testing.assert_close(_bound("gemm-native", spec)(a).double(), want, rtol=1e-5,
+                               atol=1e-5)
+
+
 CONVS = [  # (input shape, out channels, window, strides, dilations, pads, residual, act)
     ((1, 48, 131), 196, (9,), (1,), (2,), [8, 8], False, ""),  # attacut-c's
     ((2, 5, 23), 7, (3,), (2,), (1,), [1, 0], True, "Relu"),

@@ -40,7 +40,8 @@ class ConvNative(ConvIm2colNHWC):
         stored = tensors["weight"]  # [*k, C, OC]
         kernel = list(stored.shape[:-2])
         product = gemm.PackedGemm(stored.reshape(-1, stored.shape[-1]), tensors.get("bias"),
-                                  layer.attrs.get("activation", ""))
+                                  layer.attrs.get("activation", ""),
+                                  layer.attrs.get("activation_params"))
         attrs = layer.attrs
         n = len(kernel)
         strides = list(attrs.get("strides") or [1] * n)

@@ -20,12 +20,25 @@
 
 #define NR 32
 
-/* act: 0 none, 1 ReLU, 2 SiLU */
-static inline __m512 activate(__m512 y, int64_t act) {
+/* act: 0 none, 1 ReLU, 2 SiLU, 3 HardSwish, 4 Clip [p0, p1], 5 HardSigmoid (p0 x + p1
+ * clamped to [0, 1]), 6 LeakyRelu (slope p0) */
+static inline __m512 activate(__m512 y, int64_t act, float p0, float p1) {
     if (act == 1) return _mm512_max_ps(y, _mm512_setzero_ps());
     if (act == 2) {
         __m512 e = exp2_clamped(_mm512_mul_ps(y, _mm512_set1_ps(-1.4426950408889634f)));
         return _mm512_div_ps(y, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    }
+    if (act == 3 || act == 5) {
+        __m512 gate = act == 3
+            ? _mm512_fmadd_ps(y, _mm512_set1_ps(1.0f / 6.0f), _mm512_set1_ps(0.5f))
+            : _mm512_fmadd_ps(y, _mm512_set1_ps(p0), _mm512_set1_ps(p1));
+        gate = _mm512_min_ps(_mm512_max_ps(gate, _mm512_setzero_ps()), _mm512_set1_ps(1.0f));
+        return act == 3 ? _mm512_mul_ps(y, gate) : gate;
+    }
+    if (act == 4) return _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(p0)), _mm512_set1_ps(p1));
+    if (act == 6) {
+        __mmask16 negative = _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_LT_OQ);
+        return _mm512_mask_mul_ps(y, negative, y, _mm512_set1_ps(p0));
     }
     return y;
 }
@@ -36,7 +49,8 @@ static inline __m512 activate(__m512 y, int64_t act) {
                                  const float *zero, int64_t taps, int64_t c,               \
                                  int64_t kstride,                                          \
                                  const float *bp, const float *bias, float *out,           \
-                                 int64_t ldo, __mmask16 last, int64_t act) {               \
+                                 int64_t ldo, __mmask16 last, int64_t act, float p0,       \
+                                 float p1) {                                               \
         __m512 acc[MR][NV];                                                                \
         _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++) {                             \
             __m512 b = bias ? _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xffff,           \
@@ -65,7 +79,7 @@ static inline __m512 activate(__m512 y, int64_t act) {
         _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)                               \
             _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++)                           \
                 _mm512_mask_storeu_ps(out + i * ldo + 16 * v, v == NV - 1 ? last : 0xffff, \
-                                      activate(acc[i][v], act));                           \
+                                      activate(acc[i][v], act, p0, p1));                   \
     }
 
 DEFINE_TILE(1, 1) DEFINE_TILE(2, 1) DEFINE_TILE(3, 1) DEFINE_TILE(4, 1)
@@ -74,7 +88,8 @@ DEFINE_TILE(1, 2) DEFINE_TILE(2, 2) DEFINE_TILE(3, 2) DEFINE_TILE(4, 2)
 DEFINE_TILE(5, 2) DEFINE_TILE(6, 2) DEFINE_TILE(7, 2) DEFINE_TILE(8, 2)
 
 typedef void (*tile_fn)(const float *, const int64_t *, const int64_t *, const int64_t *,
-                        const float *, int64_t, int64_t, int64_t, const float *, const float *, float *, int64_t, __mmask16, int64_t);
+                        const float *, int64_t, int64_t, int64_t, const float *, const float *,
+                        float *, int64_t, __mmask16, int64_t, float, float);
 
 static const tile_fn TILES[2][9] = {
     {0, tile_1_1, tile_2_1, tile_3_1, tile_4_1, tile_5_1, tile_6_1, tile_7_1, tile_8_1},
@@ -84,7 +99,7 @@ static const tile_fn TILES[2][9] = {
 void kiln_gemm(const float *a, const int64_t *rowoff, int64_t m, const int64_t *tapoff,
                const int64_t *table, const float *zero, int64_t taps, int64_t c,
                int64_t kstride, const float *bpacked, const float *bias, int64_t n,
-               float *out, int64_t ldo, int64_t act) {
+               float *out, int64_t ldo, int64_t act, float p0, float p1) {
     const int64_t depth = taps * c;
     for (int64_t i0 = 0; i0 < m; i0 += 8) {
         const int64_t rows = m - i0 < 8 ? m - i0 : 8;
@@ -95,7 +110,8 @@ void kiln_gemm(const float *a, const int64_t *rowoff, int64_t m, const int64_t *
             const __mmask16 last = (__mmask16)(tail == 16 ? 0xffff : (1u << tail) - 1);
             TILES[wide][rows](a, rowoff ? rowoff + i0 : 0, tapoff, table ? table + i0 * taps : 0,
                               zero, taps, c, kstride, bpacked + j0 * depth,
-                              bias ? bias + j0 : 0, out + i0 * ldo + j0, ldo, last, act);
+                              bias ? bias + j0 : 0, out + i0 * ldo + j0, ldo, last, act, p0,
+                              p1);
         }
     }
 }

@@ -13,7 +13,9 @@ import torch
 from kiln.kernels.native import function
 
 PANEL = 32  # columns a panel (NR in gemm.c)
-ACTIVATIONS = {"": 0, "Relu": 1, "SiLU": 2}  # done in the kernel's epilogue
+# done in the kernel's epilogue (code, default parameters)
+ACTIVATIONS = {"": (0, []), "Relu": (1, []), "SiLU": (2, []), "HardSwish": (3, []),
+               "Clip": (4, None), "HardSigmoid": (5, None), "LeakyRelu": (6, [0.01])}
 ONE_TAP = torch.zeros(1, dtype=torch.int64)  # a plain GEMM: each row read from its offset
 _ONE_TAP_AT = ONE_TAP.data_ptr()
 
@@ -22,7 +24,7 @@ def kernel() -> Callable[..., None] | None:
     pointer, integer = ctypes.c_void_p, ctypes.c_int64
     return function("gemm", "kiln_gemm", pointer, pointer, integer, pointer, pointer, pointer,
                     integer, integer, integer, pointer, pointer, integer, pointer, integer,
-                    integer)
+                    integer, ctypes.c_float, ctypes.c_float)
 
 
 def pack(weight_kn: torch.Tensor) -> torch.Tensor:
@@ -49,13 +51,17 @@ class PackedGemm:
     taken once: a call costs its ctypes conversion and little else (small layers run in a
     few microseconds, and a model may have hundreds)."""
 
-    def __init__(self, weight_kn: torch.Tensor, bias: torch.Tensor | None, activation: str):
+    def __init__(self, weight_kn: torch.Tensor, bias: torch.Tensor | None, activation: str,
+                 params: list[float] | None = None):
         self.run_kernel = kernel()
         self.k, self.n = weight_kn.shape
         self.panels = pack(weight_kn.float())
         self.bias = None if bias is None else bias.float().reshape(-1).contiguous()
-        self.fused = activation in ACTIVATIONS
-        self.act = ACTIVATIONS.get(activation, 0)
+        code, defaults = ACTIVATIONS.get(activation, (0, None))
+        params = list(params or defaults or [])
+        self.fused = activation in ACTIVATIONS and (defaults is not None or len(params) >= 2)
+        self.act = code if self.fused else 0
+        self.params = (params + [0.0, 0.0])[:2]
         self.zero = torch.zeros(self.k, dtype=torch.float32)  # what a padding tap reads
         self._owned = (self.zero.data_ptr(), self.panels.data_ptr(),
                        None if self.bias is None else self.bias.data_ptr())
@@ -82,7 +88,7 @@ class PackedGemm:
                         None if taps is None else taps.data_ptr(),
                         None if table is None else table.data_ptr(), zero, count, depth,
                         step, panels, bias, self.n, out.data_ptr(), self.n,
-                        self.act if act else 0)
+                        self.act if act else 0, *self.params)
         return out
 
 

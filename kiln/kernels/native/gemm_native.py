@@ -35,7 +35,7 @@ class GemmNative(GemmLinear):
             return super().bind(layer, tensors, device)
         activation = layer.attrs.get("activation", "")
         params = layer.attrs.get("activation_params")
-        product = gemm.PackedGemm(tensors["weight"].T, tensors.get("bias"), activation)
+        product = gemm.PackedGemm(tensors["weight"].T, tensors.get("bias"), activation, params)
 
         plans: dict[tuple, tuple] = {}  # per input shape and strides: rows, output shape
 
