@@ -55,7 +55,7 @@ class ConvNative(ConvIm2colNHWC):
             last = x.float().movedim(1, -1)  # a view; read in place where channels are dense
             if last.stride(-1) != 1:
                 last = last.contiguous()
-            key = (*last.shape, *last.stride())
+            key = (last.shape, last.stride())
             found = windows.get(key)
             if found is None:
                 if len(windows) >= 8:  # dynamic shapes: keep the memory bounded
@@ -63,14 +63,14 @@ class ConvNative(ConvIm2colNHWC):
                 full = resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
                 found = windows[key] = _Windows(last, kernel, strides, dilations, full)
             y = torch.empty((x.shape[0], *found.out, product.n), dtype=torch.float32)
-            rows, fuse = y.view(-1, product.n), residual is None
+            fuse = residual is None  # the kernel writes y's rows: [pixels, OC], dense
             if found.table is not None:
-                product.over_table(last, found.table, x.shape[1], rows, fuse)
+                product.over_table(last, found.table, x.shape[1], y, fuse)
             else:
                 if found.padded_copy:
                     last, _ = padded_channels_last(last.movedim(-1, 1), kernel, dilations,
                                                    strides, found.pads)
-                product(last, found.rows, found.taps, x.shape[1], rows, fuse)
+                product(last, found.rows, found.taps, x.shape[1], y, fuse)
             y = add_residual(y.movedim(-1, 1), residual)
             return y if fuse and product.fused else activate(y, activation, params)
 
