@@ -420,10 +420,11 @@ def reference_fp32(model: torch.nn.Module, inputs: tuple, device: str) -> torch.
 
 
 def accuracy(reference: torch.Tensor, outputs: dict[str, Any], case: Case) -> None:
-    ref = reference.float().cpu()
+    # float64: a cosine over millions of float32 products can land above 1 (BERT b32: 1.00012)
+    ref = reference.double().cpu()
     for label, out in outputs.items():
-        got = out.float().cpu() if isinstance(out, torch.Tensor) else torch.from_numpy(
-            np.asarray(out)).float()
+        got = out.double().cpu() if isinstance(out, torch.Tensor) else torch.from_numpy(
+            np.asarray(out)).double()
         diff = (got - ref).abs()
         cos = torch.nn.functional.cosine_similarity(got.reshape(1, -1), ref.reshape(1, -1))
         entry = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
