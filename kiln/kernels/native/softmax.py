@@ -20,11 +20,9 @@ def in_place() -> Callable[[torch.Tensor], torch.Tensor] | None:
         return None
 
     def softmax(x: torch.Tensor) -> torch.Tensor:
-        if (x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous()
-                or x.numel() == 0):
+        if not _dense(x):
             return torch.softmax(x, dim=-1)
-        n = x.shape[-1]
-        rows(x.data_ptr(), x.numel() // n, n)
+        rows(x.data_ptr(), x.numel() // x.shape[-1], x.shape[-1])
         return x
 
     return softmax
@@ -39,12 +37,16 @@ def into_new() -> Callable[[torch.Tensor], torch.Tensor] | None:
         return None
 
     def softmax(x: torch.Tensor) -> torch.Tensor:
-        if (x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous()
-                or x.numel() == 0):
+        if not _dense(x):
             return torch.softmax(x, dim=-1)
         y = torch.empty_like(x)
-        n = x.shape[-1]
-        rows(x.data_ptr(), y.data_ptr(), x.numel() // n, n)
+        rows(x.data_ptr(), y.data_ptr(), x.numel() // x.shape[-1], x.shape[-1])
         return y
 
     return softmax
+
+
+def _dense(x: torch.Tensor) -> bool:
+    """What the kernel takes: a non-empty, dense float32 CPU tensor."""
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()
+            and x.numel() > 0)
