@@ -189,3 +189,21 @@ def test_softmax_layer_offered_along_the_last_axis_only(axis, shape, opset, dtyp
     spec = _softmax_layer(axis, shape, opset, dtype)
     target = Target(torch.device(device), dtype)
     assert get_tactic("softmax-native").supports(spec, target) == offered
+
+
+@pytest.mark.parametrize("mask_shape", [(2, 3, 1, 37), (2, 1, 1, 37), (1, 1, 1, 37),
+                                        (2, 3, 5, 37), (37,), (1, 3, 1, 37)], ids=str)
+def test_masked_softmax_adds_the_mask_as_torch_would(mask_shape):
+    """Masks that broadcast over the query rows go into the kernel's passes; the others
+    ([.., S, n] per row, fewer dims, or broadcast inside the leading dims) are added first;
+    the results alike, -inf keys 0 and a fully masked row NaN."""
+    rng = np.random.default_rng(len(mask_shape) + mask_shape[0])
+    x = torch.from_numpy((rng.standard_normal((2, 3, 5, 37)) * 3).astype(np.float32))
+    mask = torch.from_numpy(np.where(rng.random(mask_shape) < 0.3, -np.inf,
+                                     rng.standard_normal(mask_shape)).astype(np.float32))
+    mask[..., :2] = 0.0
+    if len(mask_shape) == 4 and mask_shape[0] == 2:
+        mask[1] = float("-inf")  # every key of the second sample masked
+    want = torch.softmax(x.double() + mask.double(), dim=-1)
+    got = native_softmax.masked_in_place()(x.clone(), mask)
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-7, equal_nan=True)

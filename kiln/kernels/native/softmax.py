@@ -4,6 +4,7 @@ new tensor."""
 from __future__ import annotations
 
 import ctypes
+import math
 from collections.abc import Callable
 
 import torch
@@ -44,6 +45,43 @@ def into_new() -> Callable[[torch.Tensor], torch.Tensor] | None:
         return y
 
     return softmax
+
+
+def masked_in_place() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """softmax(x + mask) in place, the mask added in the kernel's own passes where it is a
+    dense row per leading index of x or one row for all ([..., 1, n] after broadcasting);
+    other masks are added by torch first. None where the kernel cannot be built here."""
+    rows = function("softmax", "kiln_softmax_rows_masked", ctypes.c_void_p, ctypes.c_int64,
+                    ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64)
+    plain = in_place()
+    if rows is None or plain is None:
+        return None
+
+    def softmax(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        per = _rows_per_mask_row(x, mask) if _dense(x) else None
+        if per is None:
+            return plain(x.add_(mask))
+        n = x.shape[-1]
+        rows(x.data_ptr(), x.numel() // n, n, mask.data_ptr(), per)
+        return x
+
+    return softmax
+
+
+def _rows_per_mask_row(x: torch.Tensor, mask: torch.Tensor) -> int | None:
+    """How many consecutive rows of x share one row of a dense mask [*lead, 1, n] whose
+    leading dims are x's up to some dim and ones after it ([B, 1, 1, n] over [B, H, S, n]:
+    H * S rows a mask row), else None."""
+    if (mask.dtype != x.dtype or not mask.is_contiguous() or mask.dim() != x.dim()
+            or mask.shape[-1] != x.shape[-1] or mask.shape[-2] != 1):
+        return None
+    lead, mask_lead = list(x.shape[:-1]), list(mask.shape[:-1])
+    shared = 0
+    while shared < len(lead) and mask_lead[shared] == lead[shared]:
+        shared += 1
+    if any(d != 1 for d in mask_lead[shared:]):
+        return None
+    return math.prod(lead[shared:])
 
 
 def _dense(x: torch.Tensor) -> bool:

@@ -132,21 +132,30 @@ class AttentionExplicitCPU(Tactic):
         """The softmax over the scores' last axis (which the function may overwrite)."""
         return lambda scores: torch.softmax(scores, dim=-1)
 
-    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
-             device: torch.device) -> Callable[..., Any]:
-        layouts, scale, bshd_out, zero_nan = layout_attrs(layer)
+    def masked_softmax(self) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+        """softmax(scores with the mask applied), scores free to overwrite."""
         softmax = self.softmax()
 
-        def run(q, k, v, mask=None):
-            q, k, v = (to_bhsd(t, lay) for t, lay in zip((q, k, v), layouts))
-            factor = q.shape[-1] ** -0.5 if scale is None else scale
-            scores = torch.matmul(q * factor, k.transpose(-1, -2))
+        def masked(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
             if mask is not None:
                 if mask.dtype == torch.bool:
                     scores.masked_fill_(~mask, float("-inf"))
                 else:
                     scores.add_(mask)
-            probs = softmax(scores)
+            return softmax(scores)
+
+        return masked
+
+    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[..., Any]:
+        layouts, scale, bshd_out, zero_nan = layout_attrs(layer)
+        masked_softmax = self.masked_softmax()
+
+        def run(q, k, v, mask=None):
+            q, k, v = (to_bhsd(t, lay) for t, lay in zip((q, k, v), layouts))
+            factor = q.shape[-1] ** -0.5 if scale is None else scale
+            scores = torch.matmul(q * factor, k.transpose(-1, -2))
+            probs = masked_softmax(scores, mask)
             if zero_nan:  # fully masked rows: zeros, as torch's SDPA export guards them
                 probs.masked_fill_(torch.isnan(probs), 0.0)
             out = torch.matmul(probs, v)
