@@ -144,6 +144,29 @@ def test_conv_matches_float64(case, layout, windows, monkeypatch):
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["gemm-native", "conv-native"])
+def test_rows_shared_over_threads_give_the_same_values(name):
+    """With the engine's threads above one, blocks of rows go to OpenMP threads: each row
+    is computed as on one thread, so the results are identical."""
+    rng = np.random.default_rng(31)
+    if name == "gemm-native":
+        spec, x = _gemm_spec(rng, 48, 70, "Relu"), torch.randn(3, 67, 48)
+    else:
+        spec = _conv_spec(rng, (2, 5, 17, 19), 24, (3, 3), (1, 1), (1, 1), [1] * 4, False,
+                          "SiLU")
+        x = torch.randn(2, 5, 17, 19)
+    run = _bound(name, spec)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = run(x)
+        torch.set_num_threads(2)
+        shared = run(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, shared)
+
+
 def test_grouped_and_fp16_layers_are_left_to_the_others():
     rng = np.random.default_rng(3)
     spec = _conv_spec(rng, (1, 4, 6, 6), 4, (3, 3), (1, 1), (1, 1), [1] * 4, False, "")

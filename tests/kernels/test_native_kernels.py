@@ -113,6 +113,21 @@ def test_built_once_into_the_cache_folder(tmp_path, monkeypatch):
         native.library.cache_clear()
 
 
+def test_built_without_its_extra_flags_where_the_compiler_refuses_them(tmp_path, monkeypatch):
+    """The GEMM asks for OpenMP; a compiler that refuses a kernel's extra flags builds it
+    without them (and it runs on one thread) rather than turning it off."""
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(native.EXTRA_FLAGS, "softmax", ("-fno-such-flag-anywhere",))
+    native.library.cache_clear()
+    try:
+        assert native.library("softmax") is not None
+        assert len(list((tmp_path / "native").glob("softmax-*.so"))) == 1
+        x = torch.randn(3, 20)
+        torch.testing.assert_close(native_softmax.into_new()(x), torch.softmax(x, -1))
+    finally:
+        native.library.cache_clear()
+
+
 def test_engines_that_chose_a_native_tactic_run_without_it(monkeypatch):
     """A plan made where the kernels build, bound where they cannot: each tactic binds to
     torch's kernel and gives the same values."""

@@ -25,6 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 FLAGS = ("-O3", "-mavx512f", "-mfma", "-shared", "-fPIC")
+# per kernel, tried first: the GEMM shares its rows out over threads with OpenMP (built
+# without it where the compiler has none, and then runs on one thread)
+EXTRA_FLAGS = {"gemm": ("-fopenmp",)}
 log = logging.getLogger(__name__)
 
 
@@ -42,20 +45,32 @@ def library(name: str) -> ctypes.CDLL | None:
     if compiler is None:
         log.info("no C compiler found: kiln's native CPU kernels are off")
         return None
-    headers = [h.read_bytes() for h in sorted(source.parent.glob("*.h"))]
-    identity = b"\0".join([source.read_bytes(), *headers, " ".join((compiler, *FLAGS)).encode()])
-    target = cache_dir() / f"{name}-{hashlib.sha256(identity).hexdigest()[:16]}.so"
-    try:
-        if not target.exists():
-            _compile(compiler, source, target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("kiln's native kernel %s is off: %s", name, exc)
+    lib = _load(name, source, compiler)
+    if lib is None:
         return None
     if not lib.kiln_native_supported():
         log.info("kiln's native kernel %s is off: this processor lacks AVX-512", name)
         return None
     return lib
+
+
+def _load(name: str, source: Path, compiler: str) -> ctypes.CDLL | None:
+    """The library built from `source` (once per source, headers, compiler and flags),
+    with the kernel's extra flags where the compiler takes them, else without."""
+    headers = [h.read_bytes() for h in sorted(source.parent.glob("*.h"))]
+    failure = None
+    for flags in [(*FLAGS, *EXTRA_FLAGS[name]), FLAGS] if name in EXTRA_FLAGS else [FLAGS]:
+        built_with = " ".join((compiler, *flags)).encode()
+        identity = b"\0".join([source.read_bytes(), *headers, built_with])
+        target = cache_dir() / f"{name}-{hashlib.sha256(identity).hexdigest()[:16]}.so"
+        try:
+            if not target.exists():
+                _compile(compiler, flags, source, target)
+            return ctypes.CDLL(str(target))
+        except (OSError, subprocess.SubprocessError) as exc:
+            failure = exc
+    log.warning("kiln's native kernel %s is off: %s", name, failure)
+    return None
 
 
 def function(name: str, symbol: str, *argtypes: type) -> Callable[..., None] | None:
@@ -69,14 +84,14 @@ def function(name: str, symbol: str, *argtypes: type) -> Callable[..., None] | N
     return fn
 
 
-def _compile(compiler: str, source: Path, target: Path) -> None:
+def _compile(compiler: str, flags: tuple[str, ...], source: Path, target: Path) -> None:
     """Builds into a temporary file beside the target, then renames it: processes building
     at once never load half a library."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, "-o", temporary, str(source)],
+        done = subprocess.run([compiler, *flags, "-o", temporary, str(source)],
                               capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise subprocess.SubprocessError(

@@ -96,12 +96,18 @@ static const tile_fn TILES[2][9] = {
     {0, tile_1_2, tile_2_2, tile_3_2, tile_4_2, tile_5_2, tile_6_2, tile_7_2, tile_8_2},
 };
 
+/* Blocks of 8 rows are shared out over `threads` threads (the engine's thread count, given
+ * by the caller, so an OpenMP runtime other than torch's does not pick its own), each
+ * writing its own output rows; without -fopenmp the pragma is ignored and one thread runs. */
 void kiln_gemm(const float *a, const int64_t *rowoff, int64_t m, const int64_t *tapoff,
                const int64_t *table, const float *zero, int64_t taps, int64_t c,
                int64_t kstride, const float *bpacked, const float *bias, int64_t n,
-               float *out, int64_t ldo, int64_t act, float p0, float p1) {
+               float *out, int64_t ldo, int64_t act, float p0, float p1, int64_t threads) {
     const int64_t depth = taps * c;
-    for (int64_t i0 = 0; i0 < m; i0 += 8) {
+    const int64_t blocks = (m + 7) / 8;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && blocks >= 8)
+    for (int64_t block = 0; block < blocks; block++) {
+        const int64_t i0 = block * 8;
         const int64_t rows = m - i0 < 8 ? m - i0 : 8;
         for (int64_t j0 = 0; j0 < n; j0 += NR) {
             const int64_t width = n - j0 < NR ? n - j0 : NR;

@@ -24,7 +24,7 @@ def kernel() -> Callable[..., None] | None:
     pointer, integer = ctypes.c_void_p, ctypes.c_int64
     return function("gemm", "kiln_gemm", pointer, pointer, integer, pointer, pointer, pointer,
                     integer, integer, integer, pointer, pointer, integer, pointer, integer,
-                    integer, ctypes.c_float, ctypes.c_float)
+                    integer, ctypes.c_float, ctypes.c_float, integer)
 
 
 def pack(weight_kn: torch.Tensor) -> torch.Tensor:
@@ -88,7 +88,7 @@ class PackedGemm:
                         None if taps is None else taps.data_ptr(),
                         None if table is None else table.data_ptr(), zero, count, depth,
                         step, panels, bias, self.n, out.data_ptr(), self.n,
-                        self.act if act else 0, *self.params)
+                        self.act if act else 0, *self.params, torch.get_num_threads())
         return out
 
 
