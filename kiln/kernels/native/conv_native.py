@@ -19,7 +19,11 @@ import torch
 from kiln.kernels.native import gemm
 from kiln.kernels.registry import LayerSpec, Target, register_tactic
 from kiln.kernels.torch.conv import add_residual
-from kiln.kernels.torch.conv_im2col_nhwc import ConvIm2colNHWC, padded_channels_last
+from kiln.kernels.torch.conv_im2col_nhwc import (
+    ConvIm2colNHWC,
+    padded_channels_last,
+    window_attrs,
+)
 from kiln.ops.conv import resolve_pads
 from kiln.ops.fused import activate
 
@@ -39,15 +43,9 @@ class ConvNative(ConvIm2colNHWC):
             return super().bind(layer, tensors, device)
         stored = tensors["weight"]  # [*k, C, OC]
         kernel = list(stored.shape[:-2])
+        strides, dilations, auto_pad, pads, activation, params = window_attrs(layer, len(kernel))
         product = gemm.PackedGemm(stored.reshape(-1, stored.shape[-1]), tensors.get("bias"),
-                                  layer.attrs.get("activation", ""),
-                                  layer.attrs.get("activation_params"))
-        attrs = layer.attrs
-        n = len(kernel)
-        strides = list(attrs.get("strides") or [1] * n)
-        dilations = list(attrs.get("dilations") or [1] * n)
-        auto_pad, pads = attrs.get("auto_pad", "NOTSET"), attrs.get("pads")
-        activation, params = attrs.get("activation", ""), attrs.get("activation_params")
+                                  activation, params)
 
         windows: dict[tuple, _Windows] = {}  # per input shape: offsets, made once
 

@@ -45,12 +45,8 @@ class ConvIm2colNHWC(ConvBase):
         stored, bias = tensors["weight"], tensors.get("bias")  # [*k, C, OC]
         kernel = list(stored.shape[:-2])  # ONNX lets kernel_shape be left out
         weight = stored.reshape(-1, stored.shape[-1])
-        attrs = layer.attrs
         n = len(kernel)
-        strides = list(attrs.get("strides") or [1] * n)
-        dilations = list(attrs.get("dilations") or [1] * n)
-        auto_pad, pads = attrs.get("auto_pad", "NOTSET"), attrs.get("pads")
-        activation, params = attrs.get("activation", ""), attrs.get("activation_params")
+        strides, dilations, auto_pad, pads, activation, params = window_attrs(layer, n)
 
         def run(x, _w=None, _b=None, residual=None):
             full = resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
@@ -60,6 +56,15 @@ class ConvIm2colNHWC(ConvBase):
             return activate(add_residual(y, residual), activation, params)
 
         return run
+
+
+def window_attrs(layer: LayerSpec, n: int) -> tuple:
+    """A convolution layer's strides, dilations, auto_pad, pads, activation and its
+    parameters, over n spatial dims (ONNX's defaults where left out)."""
+    attrs = layer.attrs
+    return (list(attrs.get("strides") or [1] * n), list(attrs.get("dilations") or [1] * n),
+            attrs.get("auto_pad", "NOTSET"), attrs.get("pads"), attrs.get("activation", ""),
+            attrs.get("activation_params"))
 
 
 def _windows(x: torch.Tensor, kernel: list[int], strides: list[int], dilations: list[int],
