@@ -53,6 +53,8 @@ class Case:
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
     build_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # --profile: every layer as [name, op, tactic, ms], per engine (in the --out JSON)
+    profiles: dict[str, list] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- models
@@ -404,6 +406,7 @@ def _print_profile(label: str, case: Case, layers: list) -> None:
     for t in layers:
         by_kind.setdefault((t.op, t.tactic), []).append(t.ms)
     print(f"  profile {case.model} b{case.batch} {label}: {total:.3f} ms in {len(layers)} layers")
+    case.profiles[label] = [[t.name, t.op, t.tactic, round(t.ms, 5)] for t in layers]
     for (op, tactic), times in sorted(by_kind.items(), key=lambda kv: -sum(kv[1]))[:12]:
         print(f"    {op:18s} {tactic:26s} x{len(times):3d} {sum(times):8.3f} ms "
               f"{100 * sum(times) / total:5.1f}%")
@@ -491,7 +494,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for results.json")
     parser.add_argument("--timing-cache", default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny models (works on CPU)")
-    parser.add_argument("--profile", action="store_true", help="print per-layer profiles")
+    parser.add_argument("--profile", action="store_true",
+                        help="print per-layer profiles (every layer in the --out JSON)")
     parser.add_argument("--pdl-ab", action="store_true",
                         help="also time each engine with programmatic dependent launch off")
     args = parser.parse_args()
