@@ -1,4 +1,4 @@
-/* What kiln's AVX-512 kernels share: the processor check the loader calls, and 2^t. */
+/* What kiln's AVX-512 kernels share: the processor check the loader calls, 2^t, and SiLU. */
 #include <immintrin.h>
 
 int kiln_native_supported(void) {
@@ -22,4 +22,11 @@ static inline __m512 exp2_clamped(__m512 t) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, r);
+}
+
+/* SiLU, x / (1 + e^-x): e^-x = 2^(-x log2 e) by the polynomial above, and one division;
+ * NaN stays NaN. */
+static inline __m512 silu_ps(__m512 x) {
+    __m512 e = exp2_clamped(_mm512_mul_ps(x, _mm512_set1_ps(-1.44269504088896341f)));
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }

@@ -16,6 +16,7 @@ import torch
 from kiln.kernels.native import function
 from kiln.kernels.registry import LayerSpec, Target, register_tactic
 from kiln.kernels.torch.conv import ConvBase, add_residual
+from kiln.kernels.torch.conv_im2col_nhwc import window_attrs
 from kiln.ops.conv import resolve_pads
 from kiln.ops.fused import activate
 
@@ -45,11 +46,8 @@ class ConvDepthwiseNative(ConvBase):
         if run_kernel is None:  # a plan from a machine that built the kernel: torch's conv
             return super().bind(layer, tensors, device)
         weight, bias = tensors["weight"], tensors.get("bias")  # [C, 1, KH, KW]
-        attrs = layer.attrs
         kh, kw = weight.shape[2:]
-        dilations = list(attrs.get("dilations") or [1, 1])
-        auto_pad, pads = attrs.get("auto_pad", "NOTSET"), attrs.get("pads")
-        activation, params = attrs.get("activation", ""), attrs.get("activation_params")
+        _, dilations, auto_pad, pads, activation, params = window_attrs(layer, 2)
         taps = weight.reshape(weight.shape[0], kh, kw).contiguous()
         along_h = taps.transpose(1, 2).contiguous()  # for one-column planes run as rows
 

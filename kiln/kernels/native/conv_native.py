@@ -1,12 +1,13 @@
 """A CPU convolution tactic through kiln's AVX-512 GEMM (native/gemm.c) as an implicit
-im2col: the input laid out channels-last and padded, each output pixel's row read from its
-window in place (a tap per kernel position), the weights packed as [k * C, OC] panels, the
-bias and ReLU or SiLU in the epilogue. The result is [N, *out, OC], handed on as a
-channels-last view, as `conv-im2col-nhwc` does, which copies the windows into rows first.
-On one core of the AMD EPYC machines kiln is measured on, attacut-c's k=9, d=2 layer (131
-steps, 48 -> 196 channels) took 0.21 ms of GEMM against 0.24 for MKL's. Groups of one
-only; the tuner keeps whichever tactic is fastest per layer. Offered where the kernel
-builds; an engine that chose it runs the im2col tactic's torch GEMM where it cannot."""
+im2col: each output pixel's row read in place from its window of the channels-last input
+(a tap per kernel position; padding through a table of offsets, or a padded copy for large
+layers), the weights packed as [k * C, OC] panels, the bias and activation in the
+epilogue. The result is [N, *out, OC], handed on as a channels-last view, as
+`conv-im2col-nhwc` does, which copies the windows into rows first. On one core of the AMD
+EPYC machines kiln is measured on, attacut-c's k=9, d=2 layer (131 steps, 48 -> 196
+channels) took 0.21 ms of GEMM against 0.24 for MKL's. Groups of one only; the tuner keeps
+whichever tactic is fastest per layer. Offered where the kernel builds; an engine that
+chose it runs the im2col tactic's torch GEMM where it cannot."""
 
 from __future__ import annotations
 

@@ -1,19 +1,20 @@
 /* A float32 GEMM whose rows are gathered as it goes: out[i, j] = act(bias[j] + sum_t
  * sum_k a[rowoff[i] + tapoff[t] + k * kstride] * B[t*c + k, j]). With one tap and
- * rowoff[i] = i * lda it is a plain GEMM over any row stride; with a tap per kernel position and the
- * rows at each output pixel's window origin it is a convolution over a channels-last
- * input (implicit im2col: the window rows are never copied). A padded convolution gives
- * instead a table of offsets per row and tap, -1 where the tap falls in the padding: that
- * tap reads `zero`, and the input needs no padded copy.
+ * rowoff[i] = i * lda it is a plain GEMM over any row stride; with a tap per kernel
+ * position and the rows at each output pixel's window origin it is a convolution over a
+ * channels-last input (implicit im2col: the window rows are never copied). A padded
+ * convolution gives instead a table of offsets per row and tap, -1 where the tap falls in
+ * the padding: that tap reads `zero`, and the input needs no padded copy.
  *
  * B is packed once, per layer, into panels of 32 columns: bp[panel][t*c + k][32], zero
  * beyond n. A column-major operand (kstride > 1: an elementwise op that kept a transposed
  * layout) is read in place too. A tile of up to 8 rows x 32 columns keeps its 16
- * accumulators in registers; per k it loads two vectors of B and broadcasts 8 values of a: 16 FMAs against 10 loads,
- * 107-114 GFLOP/s on one core of the AMD EPYC machines kiln is measured on (peak 117;
- * MKL's sgemm behind torch 85-100 at the same shapes). The tile's rows stay in L1 while
- * the panels stream from L2. Tiles are generated per row count and width by a macro:
- * with the counts as variables the accumulators went to the stack (half the speed). */
+ * accumulators in registers; per k it loads two vectors of B and broadcasts 8 values of
+ * a: 16 FMAs against 10 loads, 107-114 GFLOP/s on one core of the AMD EPYC machines kiln
+ * is measured on (peak 117; MKL's sgemm behind torch 85-100 at the same shapes). The
+ * tile's rows stay in L1 while the panels stream from L2. Tiles are generated per row
+ * count and width by a macro: with the counts as variables the accumulators went to the
+ * stack (half the speed). */
 #include <stdint.h>
 
 #include "common.h"
@@ -24,10 +25,7 @@
  * clamped to [0, 1]), 6 LeakyRelu (slope p0) */
 static inline __m512 activate(__m512 y, int64_t act, float p0, float p1) {
     if (act == 1) return _mm512_max_ps(y, _mm512_setzero_ps());
-    if (act == 2) {
-        __m512 e = exp2_clamped(_mm512_mul_ps(y, _mm512_set1_ps(-1.4426950408889634f)));
-        return _mm512_div_ps(y, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-    }
+    if (act == 2) return silu_ps(y);
     if (act == 3 || act == 5) {
         __m512 gate = act == 3
             ? _mm512_fmadd_ps(y, _mm512_set1_ps(1.0f / 6.0f), _mm512_set1_ps(0.5f))
@@ -70,7 +68,7 @@ static inline __m512 activate(__m512 y, int64_t act, float p0, float p1) {
                 _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++)                       \
                     bv[v] = _mm512_loadu_ps(b + 16 * v);                                   \
                 _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                     \
-                    __m512 av = _mm512_set1_ps(ap[i][k * kstride]);                     \
+                    __m512 av = _mm512_set1_ps(ap[i][k * kstride]);                        \
                     _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++)                   \
                         acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);                 \
                 }                                                                          \

@@ -1,10 +1,12 @@
-"""A CPU GEMM tactic through kiln's AVX-512 kernel (native/gemm.c), the bias and ReLU or SiLU
-in its epilogue. On one core of the AMD EPYC machines kiln is measured on, fsmn-vad's 98 x
-128 x 250 layer took 0.059 ms against 0.073 for F.linear (MKL's sgemm, which takes its AVX2
-path on AMD) and 107-114 GFLOP/s at every shape tried (peak 117). A permuted or transposed
-input is read in place through its rows' offsets and its last dim's stride. One thread:
-where torch's GEMM runs on several, the tuner keeps it. Offered where the kernel builds; an
-engine that chose it runs F.linear where it cannot."""
+"""A CPU GEMM tactic through kiln's AVX-512 kernel (native/gemm.c), the bias and the
+activation (ReLU, SiLU, HardSwish, Clip, HardSigmoid, LeakyRelu) in its epilogue. On one
+core of the AMD EPYC machines kiln is measured on, fsmn-vad's 98 x 128 x 250 layer took
+0.059 ms against 0.073 for F.linear (MKL's sgemm, which takes its AVX2 path on AMD) and
+107-114 GFLOP/s at every shape tried (peak 117). A permuted or transposed input is read in
+place through its rows' offsets and its last dim's stride. Blocks of rows are shared over
+the engine's threads; the tuner keeps whichever tactic is fastest at the engine's thread
+count. Offered where the kernel builds; an engine that chose it runs F.linear where it
+cannot."""
 
 from __future__ import annotations
 
