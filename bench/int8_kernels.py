@@ -10,9 +10,11 @@ gathering kernel's output (in output quantization steps: 0 or 1 expected).
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import torch
 import torch.nn.functional as F
+import triton
 
 from kiln.kernels.triton import _int8_kernels as k
 from kiln.kernels.triton import _int8_s2d as s2d
@@ -95,8 +97,13 @@ def main() -> None:
                         help="stationary-weight GEMM tiles for K <= 256 (1x1 layers, GEMMs), "
                              "BMxBNxTILESwWARPSsSTAGES each: 128x128x4w8s2,...")
     parser.add_argument("--tma-only", action="store_true", help="no gathering kernel, GEMMs")
+    parser.add_argument("--width-first", action="store_true",
+                        help="each TMA convolution tile also with the spatial tile chosen "
+                             "width first (the rule before the fewest computed rows)")
     parser.add_argument("--epilogues", action="store_true",
                         help="FP8 BERT GEMMs with each epilogue, and the quantize steps")
+    parser.add_argument("--pool", action="store_true",
+                        help="also ResNet-50's 3x3/2 max-pool at batch 64, int8 and fp16")
     args = parser.parse_args()
     if args.epilogues:
         return epilogues()
@@ -146,6 +153,10 @@ def main() -> None:
                 continue
             _time_row(rows, name, f"tma {key} {config} d{diff.abs().max().item():.0f}", ops,
                       fp16, tma.qconv2d_tma, x, wt, *conv, layer_epi, config, residual)
+            if args.width_first and (ks > 1 or s > 1):
+                with _width_first():
+                    _time_row(rows, name, f"tma {key} width first", ops, fp16,
+                              tma.qconv2d_tma, x, wt, *conv, layer_epi, config, residual)
             if f"{key}p" in tiles and ks == s == 1:  # the persistent 2-D GEMM
                 diff = (tma.qconv2d_tma(x, wt, *conv, layer_epi, config, residual,
                                         persistent=True).float() - reference)
@@ -160,7 +171,8 @@ def main() -> None:
                           fp16, stationary.qconv1x1_stationary, x, wt, scales, bias, layer_epi,
                           config, residual)
         if s == 2 and ks > 1 and s2d.real_channels(c, ks) <= MAX_CHANNELS:
-            _s2d_rows(rows, name, x, wt, conv, layer_epi, ops, fp16, reference)
+            _s2d_rows(rows, name, x, wt, conv, layer_epi, ops, fp16, reference,
+                      args.width_first)
         if "fp8" not in tiles or residual is not None:
             continue
         fp8 = (x.float() / 16).to(torch.float8_e4m3fn), (wt.float() / 16).to(torch.float8_e4m3fn)
@@ -204,13 +216,33 @@ def main() -> None:
                   w8.t(), one)
         _time_row(rows, name, f"tma fp8 t4 {TMA_CONFIGS['t4']}", ops, fp16, tma.qgemm_tma, a8,
                   w8, scales, bias, {**epi, "out_type": "fp8e4m3"}, TMA_CONFIGS["t4"])
+    if args.pool:
+        _pool_rows(rows)
     print_table(rows)
 
 
+def _pool_rows(rows: list) -> None:
+    """ResNet-50's max-pool after the stem (3x3, stride 2, pad 1 over 112x112x64): kiln's
+    kernel on int8 and fp16, torch's (which also writes int64 indices) on fp16."""
+    from kiln.kernels.triton.pool import maxpool_nhwc
+
+    xf = torch.randn(64, 64, 112, 112, device="cuda", dtype=torch.half).contiguous(
+        memory_format=torch.channels_last)
+    x8 = _ints(xf.shape).contiguous(memory_format=torch.channels_last)
+    fp16 = time_ms(F.max_pool2d, xf, 3, 2, 1)
+    rows.append(("maxpool 3x3/2 112", "torch fp16", fp16, 0.0, 1.0))
+    for label, x in (("fp16", xf), ("int8", x8)):
+        want = F.max_pool2d(x.float(), 3, 2, 1)
+        got = maxpool_nhwc(x, [3, 3], [2, 2], [1, 1, 1, 1], False)
+        assert torch.equal(got.float(), want), label
+        _time_row(rows, "maxpool 3x3/2 112", f"kiln {label}", 0.0, fp16, maxpool_nhwc, x,
+                  [3, 3], [2, 2], [1, 1, 1, 1], False)
+
+
 def _s2d_rows(rows: list, name: str, x, wt, conv: tuple, epi: dict, ops: float, fp16: float,
-              reference) -> None:
-    """A stride-2 layer over few channels by space to depth (_int8_s2d), and the unfold
-    kernel alone."""
+              reference, width_first: bool) -> None:
+    """A stride-2 layer over few channels by space to depth (_int8_s2d), and the
+    space-to-depth kernel alone."""
     (ks, _), _, pads, _, scales, bias = conv
     oc, c = wt.shape[0], x.shape[1]
     w = wt.reshape(oc, ks, ks, c).permute(0, 3, 1, 2)
@@ -220,9 +252,31 @@ def _s2d_rows(rows: list, name: str, x, wt, conv: tuple, epi: dict, ops: float, 
                 - reference).abs().max().item()
         _time_row(rows, name, f"s2d {key} {config} d{diff:.0f}", ops, fp16, s2d.qconv2d_s2d,
                   x, packed, (ks, ks), pads, scales, bias, epi, config)
-    for block_j in (32, 64, 128):
-        _time_row(rows, name, f"s2d unfold alone, {block_j} columns a program", ops, fp16,
-                  s2d.unfold, x, (ks, ks), pads, 64, block_j)
+    for block_j in (64, 128):
+        _time_row(rows, name, f"s2d space_to_depth alone, {block_j} columns", ops, fp16,
+                  s2d.space_to_depth, x, (ks, ks), pads, 64, block_j)
+    if width_first:
+        with _width_first():
+            config = S2D_CONFIGS["128x64"]
+            _time_row(rows, name, "s2d 128x64 width first", ops, fp16, s2d.qconv2d_s2d, x,
+                      s2d.pack_weights(w, config[2]), (ks, ks), pads, scales, bias, epi,
+                      config)
+
+
+@contextlib.contextmanager
+def _width_first():
+    """The TMA convolution with its spatial tile chosen as before the fewest computed rows:
+    as wide as the output, then as high, then more images."""
+    def width_first(block_m, oh, ow, images=1):
+        tw = min(triton.next_power_of_2(ow), block_m)
+        th = min(triton.next_power_of_2(oh), block_m // tw)
+        return block_m // (th * tw), th, tw
+
+    saved, tma.spatial_tile = tma.spatial_tile, width_first
+    try:
+        yield
+    finally:
+        tma.spatial_tile = saved
 
 
 def _config(spec: str) -> tuple:

@@ -231,6 +231,7 @@ TMA_CASES = [  # (B, C, H, W, OC, kernel, stride, pads, dilation, residual, out_
     (2, 32, 8, 6, 16, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), None, 0.0),
     (1, 32, 7, 9, 16, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), None, 0.0),  # dilated
     (5, 32, 3, 3, 8, (3, 3), (1, 1), (1, 0, 2, 1), (1, 1), None, 0.05),  # images per tile
+    (4, 32, 7, 7, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "int8", 0.05),  # 4 images x 1 row
 ]
 
 
@@ -254,6 +255,34 @@ def test_tma_qconv_kernel_matches_the_reference(case, tma_out):
         None if r is None else r.to(DEVICE))
     assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
     _close(got, want)
+
+
+@pytest.mark.parametrize("block_m,oh,ow,images,want", [
+    (64, 14, 14, 64, (16, 2, 2)),  # ResNet-50's 14x14 layers: width first covered 16x16
+    (128, 56, 56, 64, (2, 8, 8)), (128, 112, 112, 64, (1, 8, 16)),
+    (64, 7, 7, 64, (64, 1, 1)), (64, 7, 7, 1, (1, 8, 8)), (32, 7, 7, 4, (4, 1, 8))])
+def test_spatial_tile_computes_the_fewest_rows(block_m, oh, ow, images, want):
+    tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
+    assert tma.spatial_tile(block_m, oh, ow, images) == want
+
+
+def test_spatial_tile_never_computes_more_than_width_first():
+    tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
+    rng = np.random.default_rng(9)
+
+    def covered(tile, oh, ow, images):
+        bb, th, tw = tile
+        return -(-images // bb) * bb * -(-oh // th) * th * -(-ow // tw) * tw
+
+    for _ in range(200):
+        block_m = 1 << int(rng.integers(4, 9))
+        oh, ow, images = (int(v) for v in rng.integers(1, 130, 3))
+        tile = tma.spatial_tile(block_m, oh, ow, images)
+        assert tile[0] * tile[1] * tile[2] == block_m
+        tw = min(1 << (ow - 1).bit_length(), block_m)  # the width-first tile
+        th = min(1 << (oh - 1).bit_length(), block_m // tw)
+        assert covered(tile, oh, ow, images) <= covered((block_m // (tw * th), th, tw), oh,
+                                                        ow, images)
 
 
 @pytest.mark.parametrize("case", [c for c in TMA_CASES if c[5] == (1, 1) and c[6] == (1, 1)])

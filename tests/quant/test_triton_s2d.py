@@ -29,6 +29,8 @@ CASES = [  # (N, C, H, W, OC, kernel, pads, out_scale)
     (2, 1, 9, 12, 8, (5, 5), (2, 1, 1, 2), 0.05),  # uneven pads
     (1, 4, 7, 6, 24, (4, 4), (0, 0, 0, 0), 0.0),  # even kernel, no padding
     (1, 2, 10, 7, 8, (3, 5), (1, 2, 0, 2), 0.1),  # rectangular
+    (1, 12, 8, 8, 8, (3, 3), (1, 1, 1, 1), 0.05),  # pixels of 48 channels
+    (1, 5, 10, 9, 8, (7, 7), (3, 3, 3, 3), 0.05),  # 4 pixels of 32 (20 real)
 ]
 
 
@@ -56,23 +58,34 @@ def test_s2d_conv_matches_the_reference(case):
 
 @pytest.mark.parametrize("block_j", [128, 4])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_unfold_places_each_pixel_by_space_to_depth(block_j, channels_last):
-    """u[n, i, j, ((b*2 + r)*2 + s)*C + c] = xp[n, 2i + r, 2(j + b) + s, c], zero beyond
-    the real channels; an output row in one program or split over several."""
+def test_space_to_depth_places_each_pixel(block_j, channels_last):
+    """d[n, i, j, (r*2 + s)*C + c] = xp[n, 2i + r, 2j + s, c], zero in the padding
+    channels and outside the image; a row of d in one program or split over several."""
     rng = np.random.default_rng(3)
     x = ints(rng, (2, 3, 7, 9))
     pads, kernel = (2, 1, 2, 1), (5, 3)
     xd = x.to(DEVICE)
     if channels_last:
         xd = xd.contiguous(memory_format=torch.channels_last)
-    u = s2d.unfold(xd, kernel, pads, 32, block_j).cpu().permute(0, 2, 3, 1)
-    xp = torch.nn.functional.pad(x, (pads[1], pads[3] + 4, pads[0], pads[2] + 4))
-    for i in range(u.shape[1]):
-        for j in range(u.shape[2]):
-            want = [xp[:, c, 2 * i + r, 2 * (j + b) + s] for b in range(2) for r in range(2)
-                    for s in range(2) for c in range(3)]
-            assert torch.equal(u[:, i, j, :24], torch.stack(want, dim=1))
-    assert not u[..., 24:].any()
+    d = s2d.space_to_depth(xd, kernel, pads, 32, block_j).cpu()
+    # OH 4 + 3 taps - 1 rows; OW 5 + 2 pixels a view pixel (CP 32 of G 16) - 1 columns
+    assert d.shape == (2, 6, 6, 16)
+    xp = torch.nn.functional.pad(x, (pads[1], 8, pads[0], 8))
+    for i in range(d.shape[1]):
+        for j in range(d.shape[2]):
+            want = [xp[:, c, 2 * i + r, 2 * j + s] for r in range(2) for s in range(2)
+                    for c in range(3)]
+            assert torch.equal(d[:, i, j, :12], torch.stack(want, dim=1))
+    assert not d[..., 12:].any()
+
+
+@pytest.mark.parametrize("c,kw,block_k,want", [
+    (3, 7, 64, (16, 64)),  # ResNet's stem: 4 pixels of 16 (12 real)
+    (3, 7, 32, (16, 64)), (1, 3, 64, (16, 64)),  # 2 pixels of weights, 4 read
+    (12, 3, 32, (48, 96)), (12, 7, 64, (48, 192)),  # whole pixels and whole K blocks
+    (5, 5, 32, (32, 96))])
+def test_view_channels_are_whole_pixels_and_k_blocks(c, kw, block_k, want):
+    assert (s2d.pixel_channels(c), s2d.channels(c, kw, block_k)) == want
 
 
 def _stem_spec(rng, c=3, kernel=(7, 7), strides=(2, 2), zero_point=0, dtype="int8"):
