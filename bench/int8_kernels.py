@@ -95,7 +95,8 @@ def main() -> None:
                         help="more TMA tiles, BMxBNxBKwWARPSsSTAGES each: 128x256x64w8s2,...")
     parser.add_argument("--stationary", default="",
                         help="stationary-weight GEMM tiles for K <= 256 (1x1 layers, GEMMs), "
-                             "BMxBNxTILESwWARPSsSTAGES each: 128x128x4w8s2,...")
+                             "BMxBNxTILESwWARPSsSTAGES[t] each (t: TMA residual and "
+                             "output): 128x128x4w8s2,...")
     parser.add_argument("--tma-only", action="store_true", help="no gathering kernel, GEMMs")
     parser.add_argument("--width-first", action="store_true",
                         help="each TMA convolution tile also with the spatial tile chosen "
@@ -280,10 +281,13 @@ def _width_first():
 
 
 def _config(spec: str) -> tuple:
-    """'128x256x64w8s2' -> (128, 256, 64, 8, 2)"""
-    dims, rest = spec.split("w")
+    """'128x256x64w8s2' -> (128, 256, 64, 8, 2); a trailing 't' adds True (the residual
+    and output tiles by TMA: '64x64x8w4s3t')."""
+    tma_io = spec.endswith("t")
+    dims, rest = spec.removesuffix("t").split("w")
     warps, stages = rest.split("s")
-    return (*(int(v) for v in dims.split("x")), int(warps), int(stages))
+    return (*(int(v) for v in dims.split("x")), int(warps), int(stages)) + (
+        (True,) if tma_io else ())
 
 
 def print_table(rows: list) -> None:

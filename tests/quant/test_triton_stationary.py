@@ -28,13 +28,17 @@ CASES = [  # (M, K, N, out_scale, activation, out dtype, residual)
     (100, 64, 64, 0.05, "Relu", "fp32", None),  # rows end inside a program's third block
     (70, 32, 96, 0.0, "", "fp16", None),
     (130, 128, 40, 0.05, "Relu", "fp32", "int8"),  # a partial column block
+    (100, 64, 48, 0.05, "Relu", "fp32", "int8"),  # int8 lines of 48: TMA-aligned
     (45, 96, 32, 0.0, "SiLU", "fp32", "float"),  # K short of the box: the zero fill
     (31, 256, 16, 0.1, "", "fp32", None),  # the deepest K: one box of 256
 ]
 
 
+@pytest.mark.parametrize("tma_io", [False, True])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_stationary_qgemm_matches_the_reference(case):
+def test_stationary_qgemm_matches_the_reference(case, tma_io):
+    """tma_io: the residual and output tiles by TMA too, where their lines are whole
+    16-byte units (int8 lines of 40 fall back to pointers)."""
     m, k, n, out_scale, act, out_dtype, residual = case
     rng = np.random.default_rng(m * k + n)
     a, w = ints(rng, (m, k)), ints(rng, (n, k))
@@ -51,7 +55,7 @@ def test_stationary_qgemm_matches_the_reference(case):
     got = stationary.qgemm_stationary(
         a.to(DEVICE), w.to(DEVICE), torch.from_numpy(combined_scales(0.02, w_scale)).to(DEVICE),
         torch.from_numpy(bias).to(DEVICE),
-        epi(out_scale, activation=act, out_dtype=out_dtype, **extra), TILE,
+        epi(out_scale, activation=act, out_dtype=out_dtype, **extra), (*TILE, tma_io),
         None if r is None else r.to(DEVICE))
     assert got.dtype == want.dtype and got.shape == want.shape
     close(got, want)
@@ -93,6 +97,20 @@ def test_stationary_conv_tactic_offered_for_short_1x1_layers(change, offered, mo
     spec, w = _conv_spec(rng, **change)
     x, r = ints(rng, (2, 64, 5, 6)), ints(rng, (2, 64, 5, 6))
     check_offered("int8-triton-conv-stationary-128x64x8", spec, offered, (x, None, r),
+                  lambda: qconv(x, torch.from_numpy(w), r, **spec.attrs))
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_stationary_tma_io_tactic_only_for_residual_layers(residual, monkeypatch):
+    monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")
+    rng = np.random.default_rng(24)
+    spec, w = _conv_spec(rng)
+    x, r = ints(rng, (2, 64, 5, 6)), ints(rng, (2, 64, 5, 6))
+    if not residual:
+        spec = dataclasses.replace(spec, inputs=spec.inputs[:2],
+                                   input_shapes=spec.input_shapes[:2],
+                                   input_dtypes=spec.input_dtypes[:2])
+    check_offered("int8-triton-conv-stationary-64x64x8s", spec, residual, (x, None, r),
                   lambda: qconv(x, torch.from_numpy(w), r, **spec.attrs))
 
 
