@@ -266,6 +266,15 @@ def test_spatial_tile_computes_the_fewest_rows(block_m, oh, ow, images, want):
     assert tma.spatial_tile(block_m, oh, ow, images) == want
 
 
+@pytest.mark.parametrize("args,want", [
+    ((64, 14, 14, 64, 2, 132), (16, 2, 2)),  # 392 programs against 512: 3 waves, not 4
+    ((64, 7, 7, 64, 4, 132), (1, 8, 8)),  # 196 against 256: 2 waves either way
+    ((128, 112, 112, 64, 1, 132), (1, 8, 16))])
+def test_spatial_tile_takes_fewer_rows_where_a_wave_is_saved(args, want):
+    tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
+    assert tma.spatial_tile(*args) == want
+
+
 def test_spatial_tile_never_computes_more_than_width_first():
     tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
     rng = np.random.default_rng(9)

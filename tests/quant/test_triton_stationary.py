@@ -61,6 +61,42 @@ def test_stationary_qgemm_matches_the_reference(case, tma_io):
     close(got, want)
 
 
+@pytest.mark.parametrize("act,params", [("", None), ("Relu", None), ("LeakyRelu", [0.1]),
+                                        ("SiLU", None)])
+@pytest.mark.parametrize("out_type,zp", [("int8", 0), ("int8", -5), ("uint8", 128)])
+@pytest.mark.parametrize("residual", [None, "int8", "float"])
+def test_requantizing_epilogues(act, params, out_type, zp, residual):
+    """Every requantizing epilogue: in output steps from the start (no activation, ReLU,
+    LeakyRelu) or through float32 values (SiLU), with zero points and residuals; the
+    saturation at both ends of the type's range is exercised (outputs of tens of steps)."""
+    rng = np.random.default_rng(len(act) * 7 + abs(zp) + len(str(residual)))
+    a, w = ints(rng, (64, 64)), ints(rng, (48, 64))
+    w_scale = rng.uniform(0.01, 0.04, 48).astype(np.float32)
+    bias = rng.standard_normal(48).astype(np.float32) * 5
+    attrs = {"x_scale": 0.02, "w_scale": w_scale, "bias": bias, "out_scale": 0.5,
+             "out_zero_point": zp, "out_type": out_type, "activation": act}
+    if params:
+        attrs["activation_params"] = params
+    r = None
+    if residual == "int8":
+        r = ints(rng, (64, 48))
+        attrs.update(residual_scale=0.3, residual_zero_point=0)
+    elif residual == "float":
+        r = torch.from_numpy(rng.standard_normal((64, 48)).astype(np.float32) * 20)
+    want = qconv(pixels(a), pixels(w), None if r is None else pixels(r), **attrs)[:, :, 0, 0]
+    layer_epi = epi(0.5, out_type=out_type, out_zero_point=zp, activation=act,
+                    **({"activation_params": params} if params else {}),
+                    **{k: attrs[k] for k in ("residual_scale", "residual_zero_point")
+                       if k in attrs})
+    got = stationary.qgemm_stationary(
+        a.to(DEVICE), w.to(DEVICE), torch.from_numpy(combined_scales(0.02, w_scale)).to(DEVICE),
+        torch.from_numpy(bias).to(DEVICE), layer_epi, TILE, None if r is None else r.to(DEVICE))
+    assert got.dtype == want.dtype
+    lo, hi = (-128, 127) if out_type == "int8" else (0, 255)
+    assert (want == hi).any() and (act != "" or (want == lo).any())
+    close(got, want)
+
+
 def test_stationary_1x1_conv_fp8():
     x, w, bias, scales, want = fp8_conv_case(np.random.default_rng(21), (2, 32, 5, 7),
                                              (24, 32, 1, 1), {})

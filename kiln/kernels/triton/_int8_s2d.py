@@ -24,7 +24,6 @@ are served from L2.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import triton
@@ -137,17 +136,6 @@ def qconv2d_s2d(x: torch.Tensor, packed: torch.Tensor, kernel: tuple[int, int], 
     # [images, HD, 1 (the stride axis), OW, CP]: view pixel j is d's pixels j .. j+CP/G-1
     view = ([n, hd, 1, ow, cp], [hd * wdd * g, wdd * g, wdd * g, g, 1])
     taps = (kernel[0] + 1) // 2
-    args = ((oh, ow), packed, (1, taps * cp, 1, (0, 0), (1, 1)), scales, bias, epi, config,
-            ((n, packed.shape[0], oh, ow), torch.channels_last), residual)
-    if _OVERLAP_OK[0]:
-        try:
-            return _launch(d, view, *args)
-        except RuntimeError as exc:  # a driver that refuses overlapping strides
-            _OVERLAP_OK[0] = False
-            warnings.warn(f"s2d: overlapping TMA view refused ({exc}); copying it instead",
-                          stacklevel=2)
-    u = d.as_strided((n, hd, ow, cp), view[1][:2] + view[1][3:]).contiguous()
-    return _launch(u, ([n, hd, 1, ow, cp], [hd * ow * cp, ow * cp, ow * cp, cp, 1]), *args)
-
-
-_OVERLAP_OK = [True]
+    return _launch(d, view, (oh, ow), packed, (1, taps * cp, 1, (0, 0), (1, 1)), scales,
+                   bias, epi, config, ((n, packed.shape[0], oh, ow), torch.channels_last),
+                   residual)
