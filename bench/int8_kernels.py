@@ -14,7 +14,6 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
-import triton
 
 from kiln.kernels.triton import _int8_kernels as k
 from kiln.kernels.triton import _int8_s2d as s2d
@@ -268,12 +267,8 @@ def _s2d_rows(rows: list, name: str, x, wt, conv: tuple, epi: dict, ops: float, 
 def _width_first():
     """The TMA convolution with its spatial tile chosen as before the fewest computed rows:
     as wide as the output, then as high, then more images."""
-    def width_first(block_m, oh, ow, images=1):
-        tw = min(triton.next_power_of_2(ow), block_m)
-        th = min(triton.next_power_of_2(oh), block_m // tw)
-        return block_m // (th * tw), th, tw
-
-    saved, tma.spatial_tile = tma.spatial_tile, width_first
+    saved = tma.spatial_tile
+    tma.spatial_tile = lambda block_m, oh, ow, *_: tma.width_first_tile(block_m, oh, ow)
     try:
         yield
     finally:

@@ -128,11 +128,11 @@ def qconv2d_s2d(x: torch.Tensor, packed: torch.Tensor, kernel: tuple[int, int], 
                 residual: torch.Tensor | None = None) -> torch.Tensor:
     """The stride-2 QConv of x [N, C, H, W] (int8 with zero point 0, or float8) with
     weights from pack_weights(w, config[2]); returns [N, OC, OH, OW], channels-last."""
-    n, c = x.shape[:2]
     block_k = config[2]
-    (oh, ow), (hd, wdd) = _sizes(x.shape, kernel, pads, block_k)
+    (oh, ow), _ = _sizes(x.shape, kernel, pads, block_k)
     d = space_to_depth(x, kernel, pads, block_k)
-    g, cp = pixel_channels(c), channels(c, kernel[1], block_k)
+    n, hd, wdd, g = d.shape
+    cp = channels(x.shape[1], kernel[1], block_k)
     # [images, HD, 1 (the stride axis), OW, CP]: view pixel j is d's pixels j .. j+CP/G-1
     view = ([n, hd, 1, ow, cp], [hd * wdd * g, wdd * g, wdd * g, g, 1])
     taps = (kernel[0] + 1) // 2

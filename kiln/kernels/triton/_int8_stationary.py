@@ -99,7 +99,6 @@ def qgemm_stationary(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
     return out
 
 
-
 def qconv1x1_stationary(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
                         bias: torch.Tensor | None, epi: dict, config: tuple,
                         residual: torch.Tensor | None = None) -> torch.Tensor:

@@ -272,8 +272,12 @@ class _TritonConvTMAStore(_TritonConvTMA):
     by TMA: offered for layers with a residual input, the only ones where it wins."""
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
-        return len(layer.inputs) > 2 and bool(layer.inputs[2]) and super().supports(
-            layer, target)
+        return has_residual(layer) and super().supports(layer, target)
+
+
+def has_residual(layer: LayerSpec) -> bool:
+    """Whether a QConv layer reads a residual (its third input)."""
+    return len(layer.inputs) > 2 and bool(layer.inputs[2])
 
 
 # The optimization level from which each tile is timed: each (layer, tile) pair is one Triton

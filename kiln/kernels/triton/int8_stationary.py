@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from kiln.kernels.registry import LayerSpec, Target, register_tactic
-from kiln.kernels.triton.int8 import _tma_ready, _TritonConv, _TritonGemm
+from kiln.kernels.triton.int8 import _tma_ready, _TritonConv, _TritonGemm, has_residual
 
 # (BLOCK_M, BLOCK_N, row blocks per program, warps, stages)
 # H100, batch 64, ms (the plain TMA t1 tile beside them): 1x1 64->256 at 56x56 0.040 and
@@ -82,8 +82,7 @@ class _TritonConvStationaryIO(_TritonConvStationary):
     epilogue's widest reads."""
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
-        return len(layer.inputs) > 2 and bool(layer.inputs[2]) and super().supports(
-            layer, target)
+        return has_residual(layer) and super().supports(layer, target)
 
 
 def _register() -> None:
