@@ -21,6 +21,7 @@ from kiln.errors import KilnError
 from kiln.ir import DType, Graph
 from kiln.passes import PassContext
 from kiln.passes.fuse_layernorm_quantize import fuse_layernorm_quantize
+from kiln.passes.fuse_projection_shortcut import fuse_projection_shortcut
 from kiln.passes.lower_qdq import QUANTIZED_OPS, lower_qdq
 from kiln.passes.quantize_before_maxpool import quantize_before_maxpool
 from kiln.quant.calibrate import CalibrationResult, calibrate
@@ -122,6 +123,7 @@ def apply(graph: Graph, plan: QuantizationPlan | None, ctx: PassContext) -> None
     while lower_qdq(graph, ctx) | quantize_before_maxpool(graph, ctx):
         pass
     fuse_layernorm_quantize(graph, ctx)
+    fuse_projection_shortcut(graph, ctx)
     if inserted.skipped:
         plan.report["skipped"] = inserted.skipped
 

@@ -33,7 +33,8 @@ from kiln.ops import registry
 from kiln.ops.quantized import combined_scales, epilogue, qconv_core, qgemm_core
 from kiln.ops.tensors import to_torch
 
-QUANTIZED = (("kiln", "QConv"), ("kiln", "QGemm"), ("kiln", "QMatMul"))
+QUANTIZED = (("kiln", "QConv"), ("kiln", "QGemm"), ("kiln", "QMatMul"),
+             ("kiln", "QConvShortcut"))
 
 
 def epilogue_tensors(layer: LayerSpec, scale_key: str = "x_scale") -> dict[str, torch.Tensor]:
@@ -76,7 +77,7 @@ class Int8ExactSim(Tactic):
         impl = registry.lookup(layer.domain, layer.op, layer.opset)
         kwargs = impl.bind_attrs(layer.attrs)
         core = {"QConv": qconv_core, "QGemm": qgemm_core}.get(layer.op)
-        if core is None:  # QMatMul: per-tensor scales only, nothing to prepare
+        if core is None:  # QMatMul (per-tensor scales) and QConvShortcut: the reference
             return partial(impl.fn, **kwargs)
         for key in ("x_scale", "a_scale", "w_scale", "bias"):
             kwargs.pop(key, None)

@@ -1,0 +1,139 @@
+"""Tactics for kiln.QConvShortcut (a 1x1 INT8 layer with the 1x1 projection its residual
+comes from, kiln/ops/qconv_shortcut.py):
+
+- int8-triton-conv-shortcut-{tile}: both products in one kernel per output tile, the
+  projection's int8 output kept in registers (_int8_shortcut.py; Hopper, depths <= 256);
+- int8-triton-conv-shortcut-split: the projection, then the layer reading it, each by the
+  gathering INT8 convolution: any CUDA device and depth, the fused kernel's yardstick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
+from kiln.kernels.torch.quantized import epilogue_tensors
+from kiln.kernels.triton import usable_on
+from kiln.kernels.triton.int8 import CONV_CONFIGS, _tma_ready, epilogue_attrs, kernels
+from kiln.kernels.triton.int8_stationary import STATIONARY_CONFIGS
+from kiln.ops.qconv_shortcut import shortcut_attrs
+from kiln.ops.quantized import combined_scales, inverse_scale
+from kiln.ops.tensors import to_torch
+
+
+def shortcut_kernels():
+    from kiln.kernels.triton import _int8_shortcut
+
+    return _int8_shortcut
+
+
+class _Shortcut(Tactic):
+    ops = (("kiln", "QConvShortcut"),)
+    replaces_inputs = (1, 3)
+    channels_last = True
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        w, sw = layer.constant_inputs.get(1), layer.constant_inputs.get(3)
+        return (usable_on(target.device.type) and w is not None and sw is not None
+                and w.dtype == np.int8 and sw.dtype == np.int8
+                and list(layer.input_dtypes[:1]) + list(layer.input_dtypes[2:3])
+                == ["int8", "int8"])
+
+    def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
+        attrs = layer.attrs
+        tensors = epilogue_tensors(layer)
+        tensors["weight"] = _rows(layer.constant_inputs[1])
+        tensors["shortcut_weight"] = _rows(layer.constant_inputs[3])
+        tensors["shortcut_scales"] = torch.from_numpy(combined_scales(
+            attrs["shortcut_x_scale"], np.asarray(attrs["shortcut_w_scale"])))
+        if attrs.get("shortcut_bias") is not None:
+            tensors["shortcut_bias"] = torch.from_numpy(
+                np.asarray(attrs["shortcut_bias"], dtype=np.float32).reshape(-1))
+        return tensors
+
+    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[..., Any]:
+        attrs = layer.attrs
+        stride = int((shortcut_attrs(attrs).get("strides") or [1])[0])
+        launch = self.launcher(tensors, epilogue_attrs(layer), _shortcut_epilogue(attrs),
+                               stride)
+
+        def run(x, _w, sx, _sw=None):
+            return launch(x, sx)
+
+        return run
+
+    def launcher(self, tensors: dict[str, torch.Tensor], epi: dict, s_epi: dict,
+                 stride: int) -> Callable[..., Any]:
+        raise NotImplementedError
+
+
+def _rows(w: np.ndarray) -> torch.Tensor:
+    """[N, C, 1, 1] weights as the [N, C] GEMM operand."""
+    return to_torch(w).reshape(w.shape[0], -1).contiguous()
+
+
+def _shortcut_epilogue(attrs: dict) -> dict:
+    """The projection's epilogue: no activation, requantized to its int8/uint8 output."""
+    s = shortcut_attrs(attrs)
+    return {"out_scale": s["out_scale"], "out_inv_scale": inverse_scale(s["out_scale"]),
+            "out_zero_point": int(s.get("out_zero_point", 0)),
+            "out_type": s.get("out_type", "int8")}
+
+
+class _Fused(_Shortcut):
+    config: tuple = ()
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        if not super().supports(layer, target) or not _tma_ready(layer, target, "x_zero_point"):
+            return False
+        w, sw = layer.constant_inputs[1], layer.constant_inputs[3]
+        return shortcut_kernels().fits(w.shape[1], sw.shape[1])
+
+    def launcher(self, tensors: dict[str, torch.Tensor], epi: dict, s_epi: dict,
+                 stride: int) -> Callable[..., Any]:
+        k, config = shortcut_kernels(), self.config
+        w, scales, bias = tensors["weight"], tensors["scales"], tensors.get("bias")
+        sw, s_scales = tensors["shortcut_weight"], tensors["shortcut_scales"]
+        s_bias = tensors.get("shortcut_bias")
+
+        def launch(x, sx):
+            return k.qconv_shortcut(x, w, scales, bias, epi, sx, sw, s_scales, s_bias, s_epi,
+                                    stride, config)
+
+        return launch
+
+
+@register_tactic
+class TritonQConvShortcutSplit(_Shortcut):
+    name = "int8-triton-conv-shortcut-split"
+    priority = 70
+
+    def launcher(self, tensors: dict[str, torch.Tensor], epi: dict, s_epi: dict,
+                 stride: int) -> Callable[..., Any]:
+        k, config = kernels(), CONV_CONFIGS["a"]
+        w, scales, bias = tensors["weight"], tensors["scales"], tensors.get("bias")
+        sw, s_scales = tensors["shortcut_weight"], tensors["shortcut_scales"]
+        s_bias = tensors.get("shortcut_bias")
+        one, none = (1, 1), (0, 0, 0, 0)
+
+        def launch(x, sx):
+            r = k.qconv2d(sx, sw, one, (stride, stride), none, one, s_scales, s_bias, None, 0,
+                          s_epi, config)
+            return k.qconv2d(x, w, one, one, none, one, scales, bias, None, 0, epi, config, r)
+
+        return launch
+
+
+def _register() -> None:
+    for index, (key, config) in enumerate(STATIONARY_CONFIGS.items()):
+        register_tactic(type(f"TritonQConvShortcut_{key}", (_Fused,), {
+            "name": f"int8-triton-conv-shortcut-{key}", "config": config,
+            "priority": 60 + index, "min_level": 0 if index == 0 else 2}))
+
+
+_register()
