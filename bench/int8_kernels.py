@@ -104,6 +104,9 @@ def main() -> None:
                         help="FP8 BERT GEMMs with each epilogue, and the quantize steps")
     parser.add_argument("--pool", action="store_true",
                         help="also ResNet-50's 3x3/2 max-pool at batch 64, int8 and fp16")
+    parser.add_argument("--shortcut", action="store_true",
+                        help="also ResNet-50's bottleneck tails with their projections "
+                             "(kiln.QConvShortcut): fused, and as two layers")
     args = parser.parse_args()
     if args.epilogues:
         return epilogues()
@@ -218,7 +221,58 @@ def main() -> None:
                   w8, scales, bias, {**epi, "out_type": "fp8e4m3"}, TMA_CONFIGS["t4"])
     if args.pool:
         _pool_rows(rows)
+    if args.shortcut:
+        _shortcut_rows(rows)
     print_table(rows)
+
+
+# (name, batch, C, H, W, projection C, stride, N): the first blocks of stages 1 and 2
+SHORTCUTS = [("tail+proj 64,64->256 @56", 64, 64, 56, 56, 64, 1, 256),
+             ("tail+proj 128,256s2->512 @28", 64, 128, 28, 28, 256, 2, 512)]
+
+
+def _shortcut_rows(rows: list) -> None:
+    """The tail (1x1, int8 residual, ReLU, int8 out) with its projection (1x1, int8 out):
+    the fused kernel's tiles against the two layers each on the stationary kernel (the
+    strided projection on the t1 TMA convolution), and cuDNN FP16 (two convolutions, the
+    add and ReLU)."""
+    for name, b, c, h, w, sc, s, n in SHORTCUTS:
+        _shortcut_row(rows, name, _ints((b, c, h, w)), _ints((b, sc, h * s, w * s)),
+                      _ints((n, c)), _ints((n, sc)), s)
+
+
+def _shortcut_row(rows: list, name: str, x, sx, wt, swt, s: int) -> None:
+    from kiln.kernels.triton import _int8_shortcut as shortcut
+    from kiln.kernels.triton.int8_stationary import STATIONARY_CONFIGS
+
+    epi = {"out_scale": 0.05, "out_inv_scale": 20.0, "out_type": "int8", "activation": "Relu",
+           "residual_scale": 0.05, "residual_zero_point": 0}
+    s_epi = {"out_scale": 0.05, "out_inv_scale": 20.0, "out_type": "int8"}
+    x, sx = (t.contiguous(memory_format=torch.channels_last) for t in (x, sx))
+    n, (b, c, h, w), sc = wt.shape[0], x.shape, sx.shape[1]
+    scales, s_scales = (torch.rand(n, device="cuda") * 3 / (5500 * k_ ** 0.5) for k_ in (c, sc))
+    bias, s_bias = torch.rand(n, device="cuda"), torch.rand(n, device="cuda")
+    ops = 2 * b * h * w * n * (c + sc)
+    xf, sxf = (t.half() for t in (x, sx))
+    wf, swf = (t.half()[:, :, None, None] for t in (wt, swt))
+    fp16 = time_ms(lambda: F.relu(F.conv2d(xf, wf) + F.conv2d(sxf, swf, stride=s)))
+    config = STATIONARY_CONFIGS["128x64x8"]
+
+    def split():
+        if s == 1:
+            r = stationary.qconv1x1_stationary(sx, swt, s_scales, s_bias, s_epi, config)
+        else:
+            r = tma.qconv2d_tma(sx, swt, (1, 1), (s, s), (0, 0, 0, 0), (1, 1), s_scales,
+                                s_bias, s_epi, TMA_CONFIGS["t1"])
+        return stationary.qconv1x1_stationary(x, wt, scales, bias, epi, config, r)
+
+    want = split()
+    _time_row(rows, name, "two layers (stationary 128x64x8)", ops, fp16, split)
+    for key, tile in STATIONARY_CONFIGS.items():
+        args = (x, wt, scales, bias, epi, sx, swt, s_scales, s_bias, s_epi, s, tile)
+        diff = int((shortcut.qconv_shortcut(*args).int() - want.int()).abs().max())
+        _time_row(rows, name, f"fused {key} (max diff {diff})", ops, fp16,
+                  shortcut.qconv_shortcut, *args)
 
 
 def _pool_rows(rows: list) -> None:
