@@ -6,10 +6,11 @@ residual (kiln.QConvShortcut, kiln/ops/qconv_shortcut.py):
 
 ResNet's first bottleneck of every stage adds such a projection: at ResNet-50's first
 stage (batch 64) it writes 51 MB of int8 that the tail reads back at once, in a kernel of
-its own. On CUDA only: the fused kernel computes both products per output tile, and a
-split form (both layers' kernels) stands beside it for the tuner, so a device on which
-the fused kernel loses or cannot run keeps the two layers' cost. On the CPU the two layers'
-own tactics run faster than the reference the fused operator would fall back to.
+its own. On CUDA, where the fused kernel runs (kiln/kernels/triton/int8_shortcut.py
+`foldable`: Hopper, depths up to 256, which at ResNet-50 are its first two stages); a
+split form (the two layers' kernels) stands beside it for the tuner, so a layer on which
+the fused kernel loses keeps the two layers' cost. Elsewhere the fused operator would
+fall back to a reference far slower than the two layers' own tactics.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from kiln.passes._match import const, fused_names, producer
 from kiln.passes.pipeline import PassContext, register_pass
 
 DEVICES = ("cuda",)
+
+
+def _foldable(channels: int, shortcut_channels: int) -> bool:
+    import torch
+
+    from kiln.kernels.triton.int8_shortcut import foldable
+
+    return foldable(torch.device("cuda"), channels, shortcut_channels)
 
 
 @register_pass("fuse", priority=86)  # after lower_qdq has made the QConv layers
@@ -41,7 +50,8 @@ def _fuse(graph: Graph, layer: Node) -> int:
             or not _pointwise(layer):
         return 0
     projection = producer(layer.inputs[2], "QConv", "kiln")
-    if projection is None or not _fusable_projection(graph, projection):
+    if projection is None or not _fusable_projection(graph, projection) or not _foldable(
+            const(layer.inputs[1]).shape[1], const(projection.inputs[1]).shape[1]):
         return 0
     x, w = layer.inputs[:2]
     sx, sw = projection.inputs[:2]

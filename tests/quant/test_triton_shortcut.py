@@ -103,19 +103,30 @@ def _spec(case, zero_point: int = 0):
 
 @pytest.mark.parametrize("tactic", ["int8-triton-conv-shortcut-64x64x8",
                                     "int8-triton-conv-shortcut-split"])
-@pytest.mark.parametrize("case", [CASES[0], CASES[1]], ids=str)
+@pytest.mark.parametrize("case", [(2, 32, 3, 4, 64, 2, 40, "Relu", "int8", "int8"), CASES[1]],
+                         ids=str)
 def test_tactics_match_the_reference(tactic, case, monkeypatch):
     monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")  # the interpreter stands in for a GPU
     spec, args, want = _spec(case)
     check_offered(tactic, spec, True, args, want)
 
 
+@pytest.mark.parametrize("tactic", ["int8-triton-conv-shortcut-128x64x8",
+                                    "int8-triton-conv-shortcut-split"])
 @pytest.mark.parametrize("change", ["deep", "zero point"])
-def test_fused_tactic_not_offered(change, monkeypatch):
-    """Beyond one box of depth, or with a zero point, only the split form runs."""
+def test_tactics_not_offered(tactic, change, monkeypatch):
+    """Beyond one box of depth (which fuse_projection_shortcut does not fold), or with a
+    zero point (the TMA zero fill pads), neither form runs."""
     monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")
     case = (1, 32, 2, 2, 512, 1, 32, "Relu", "int8", "int8") if change == "deep" else CASES[0]
     spec, args, want = _spec(case, zero_point=3 if change == "zero point" else 0)
-    check_offered("int8-triton-conv-shortcut-128x64x8", spec, False, args, want)
-    if change == "deep":
-        check_offered("int8-triton-conv-shortcut-split", spec, True, args, want)
+    check_offered(tactic, spec, False, args, want)
+
+
+@pytest.mark.parametrize("depths,folds", [((64, 64), True), ((128, 256), True),
+                                          ((256, 512), False), ((48, 40), False)])
+def test_foldable_where_the_fused_kernel_runs(depths, folds, monkeypatch):
+    from kiln.kernels.triton.int8_shortcut import foldable
+
+    monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")
+    assert foldable(torch.device(DEVICE), *depths) == folds
