@@ -243,6 +243,7 @@ def _shortcut_rows(rows: list) -> None:
 
 def _shortcut_row(rows: list, name: str, x, sx, wt, swt, s: int) -> None:
     from kiln.kernels.triton import _int8_shortcut as shortcut
+    from kiln.kernels.triton.int8_shortcut import SHORTCUT_CONFIGS
     from kiln.kernels.triton.int8_stationary import STATIONARY_CONFIGS
 
     epi = {"out_scale": 0.05, "out_inv_scale": 20.0, "out_type": "int8", "activation": "Relu",
@@ -268,7 +269,7 @@ def _shortcut_row(rows: list, name: str, x, sx, wt, swt, s: int) -> None:
 
     want = split()
     _time_row(rows, name, "two layers (stationary 128x64x8)", ops, fp16, split)
-    for key, tile in STATIONARY_CONFIGS.items():
+    for key, tile in SHORTCUT_CONFIGS.items():
         args = (x, wt, scales, bias, epi, sx, swt, s_scales, s_bias, s_epi, s, tile)
         diff = int((shortcut.qconv_shortcut(*args).int() - want.int()).abs().max())
         _time_row(rows, name, f"fused {key} (max diff {diff})", ops, fp16,

@@ -2,12 +2,12 @@
 comes from, both products per output tile, the projection's int8 output never stored.
 
 The stationary GEMM's shape (_int8_stationary.py): a program holds both [BLOCK_N, K] weight
-blocks in shared memory and walks TILES row blocks; the layer's rows come by TMA, the
-projection's by pointers (a strided projection reads every S-th pixel of every S-th row,
-which no 2-D box over flat output rows can describe). Per tile: the projection's product
-and its requantizing epilogue give the int8 residual tile in registers, in the layout of
-the layer's own accumulator; the layer's product and epilogue read it as they would have
-read it from memory, so the answers are the two layers'.
+blocks in shared memory and walks TILES row blocks; the layer's rows come by TMA, and so do
+the projection's at stride 1; a strided projection's come by pointers (it reads every S-th
+pixel of every S-th row, which no 2-D box over flat output rows can describe). Per tile:
+the projection's product and its requantizing epilogue give the int8 residual tile in
+registers, in the layout of the layer's own accumulator; the layer's product and epilogue
+read it as they would have read it from memory, so the answers are the two layers'.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def _qconv_shortcut_kernel(a_desc, w_desc, s_ptr, sw_desc, out_ptr, scales_ptr, 
                            SK: tl.constexpr, HAS_BIAS: tl.constexpr,
                            S_HAS_BIAS: tl.constexpr, S_OUT_MODE: tl.constexpr,
                            ACT: tl.constexpr, OUT_MODE: tl.constexpr, BLOCK_M: tl.constexpr,
-                           BLOCK_N: tl.constexpr, TILES: tl.constexpr,
-                           PDL: tl.constexpr = False):
+                           BLOCK_N: tl.constexpr, TILES: tl.constexpr, s_desc=None,
+                           S_TMA: tl.constexpr = False, PDL: tl.constexpr = False):
     wait_for_inputs(PDL)
     n0 = tl.program_id(0) * BLOCK_N
     w = w_desc.load([n0, 0])
@@ -43,14 +43,17 @@ def _qconv_shortcut_kernel(a_desc, w_desc, s_ptr, sw_desc, out_ptr, scales_ptr, 
         m0 = (first + t) * BLOCK_M
         rm = m0 + tl.arange(0, BLOCK_M)
         row_ok = rm < M
-        # output pixel (image, i, j) reads the projection's input pixel (image, S*i, S*j):
-        # the strides s_sh and s_sw carry S
-        pixel = (rm // (OH * OW)) * s_sn + ((rm // OW) % OH) * s_sh + (rm % OW) * s_sw
-        if SC == SK:
-            mask = row_ok[:, None]
+        if S_TMA:  # stride 1: the projection's rows are the output's, a 2-D box
+            sa = s_desc.load([m0, 0])
         else:
-            mask = row_ok[:, None] & (rk < SC)[None, :]
-        sa = tl.load(s_ptr + pixel[:, None] + rk[None, :], mask=mask, other=0)
+            # output pixel (image, i, j) reads the projection's input pixel (image, S*i,
+            # S*j): the strides s_sh and s_sw carry S
+            pixel = (rm // (OH * OW)) * s_sn + ((rm // OW) % OH) * s_sh + (rm % OW) * s_sw
+            if SC == SK:
+                mask = row_ok[:, None]
+            else:
+                mask = row_ok[:, None] & (rk < SC)[None, :]
+            sa = tl.load(s_ptr + pixel[:, None] + rk[None, :], mask=mask, other=0)
         sacc = tl.dot(sa, tl.trans(sw))
         r = _epilogue(sacc, rn, N, s_scales_ptr, s_bias_ptr, s_scales_ptr, sacc, 0, 0.0, 0,
                       s_inv_scale, s_zp, 0.0, 0.0, False, S_HAS_BIAS, 0, 0, S_OUT_MODE,
@@ -89,6 +92,11 @@ def qconv_shortcut(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
                       memory_format=torch.channels_last)
     box_k, s_box_k = _box_k(c), _box_k(sc)
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m * tiles))
+    io = {}
+    if stride == 1:
+        s_rows = sx.permute(0, 2, 3, 1).reshape(-1, sc)
+        io = dict(s_desc=TensorDescriptor(s_rows, [m, sc], [s_rows.stride(0), 1],
+                                          [block_m, s_box_k]), S_TMA=True)
     _qconv_shortcut_kernel[grid](
         TensorDescriptor(rows, [m, c], [rows.stride(0), 1], [block_m, box_k]),
         TensorDescriptor(w, [n, c], [w.stride(0), 1], [block_n, box_k]), sx,
@@ -99,6 +107,6 @@ def qconv_shortcut(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
         s_runtime["out_zp"], **runtime, N=n, K=box_k, SC=sc, SK=s_box_k,
         HAS_BIAS=bias is not None, S_HAS_BIAS=s_bias is not None,
         S_OUT_MODE=s_flags["OUT_MODE"], **flags, BLOCK_M=block_m, BLOCK_N=block_n,
-        TILES=tiles, num_warps=warps, num_stages=stages)
+        TILES=tiles, **io, num_warps=warps, num_stages=stages)
     return out
 

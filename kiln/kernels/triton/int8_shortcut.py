@@ -157,8 +157,14 @@ class TritonQConvShortcutSplit(_Shortcut):
         return launch
 
 
+# (BLOCK_M, BLOCK_N, row blocks per program, warps, stages): the stationary GEMM's tiles,
+# and a wider one, since every column block re-reads both layers' rows (ResNet-50's
+# second stage: 8 blocks of 64 columns over 256-byte projection rows)
+SHORTCUT_CONFIGS = {**STATIONARY_CONFIGS, "128x128x8": (128, 128, 8, 8, 3)}
+
+
 def _register() -> None:
-    for index, (key, config) in enumerate(STATIONARY_CONFIGS.items()):
+    for index, (key, config) in enumerate(SHORTCUT_CONFIGS.items()):
         register_tactic(type(f"TritonQConvShortcut_{key}", (_Fused,), {
             "name": f"int8-triton-conv-shortcut-{key}", "config": config,
             "priority": 60 + index, "min_level": 0 if index == 0 else 2}))
