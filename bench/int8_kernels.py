@@ -279,7 +279,7 @@ def _shortcut_row(rows: list, name: str, x, sx, wt, swt, s: int) -> None:
 def _pool_rows(rows: list) -> None:
     """ResNet-50's max-pool after the stem (3x3, stride 2, pad 1 over 112x112x64): kiln's
     kernel on int8 and fp16, torch's (which also writes int64 indices) on fp16."""
-    from kiln.kernels.triton.pool import maxpool_nhwc
+    from kiln.kernels.triton.pool import POOL_CONFIGS, maxpool_nhwc
 
     xf = torch.randn(64, 64, 112, 112, device="cuda", dtype=torch.half).contiguous(
         memory_format=torch.channels_last)
@@ -288,10 +288,11 @@ def _pool_rows(rows: list) -> None:
     rows.append(("maxpool 3x3/2 112", "torch fp16", fp16, 0.0, 1.0))
     for label, x in (("fp16", xf), ("int8", x8)):
         want = F.max_pool2d(x.float(), 3, 2, 1)
-        got = maxpool_nhwc(x, [3, 3], [2, 2], [1, 1, 1, 1], False)
-        assert torch.equal(got.float(), want), label
-        _time_row(rows, "maxpool 3x3/2 112", f"kiln {label}", 0.0, fp16, maxpool_nhwc, x,
-                  [3, 3], [2, 2], [1, 1, 1, 1], False)
+        for key, config in POOL_CONFIGS.items():
+            got = maxpool_nhwc(x, [3, 3], [2, 2], [1, 1, 1, 1], False, config)
+            assert torch.equal(got.float(), want), (label, key)
+            _time_row(rows, "maxpool 3x3/2 112", f"kiln {label} {config}", 0.0, fp16,
+                      maxpool_nhwc, x, [3, 3], [2, 2], [1, 1, 1, 1], False, config)
 
 
 def _s2d_rows(rows: list, name: str, x, wt, conv: tuple, epi: dict, ops: float, fp16: float,

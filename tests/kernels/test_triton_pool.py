@@ -49,3 +49,17 @@ def test_matches_reference(case, dtype):
     got = maxpool_nhwc(x, kernel, strides, list(full), bool(ceil))
     assert got.shape == want.shape and got.dtype == dtype
     torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("key", ["16k", "2k"])
+def test_every_tile_matches_reference(key):
+    """The tiles the tuner times (programs of more or fewer pixels, more warps), on a map
+    whose pixels end inside a program and channels beyond one block."""
+    from kiln.kernels.triton.pool import POOL_CONFIGS
+
+    g = torch.Generator().manual_seed(len(key))
+    x = torch.randint(-128, 128, (2, 80, 13, 11), generator=g).to(torch.int8)
+    x = x.to(DEVICE).contiguous(memory_format=torch.channels_last)
+    want = max_pool(x.contiguous(), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    got = maxpool_nhwc(x, [3, 3], [2, 2], [1, 1, 1, 1], False, POOL_CONFIGS[key])
+    torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=0)
