@@ -80,6 +80,20 @@ def test_answers_are_the_unfolded_engines(model, engines, batch):
     assert np.abs(got - fp32).max() < 0.1 * np.abs(fp32).max()
 
 
+def test_the_folded_engine_saves_and_loads(engines, tmp_path):
+    """The fused layer's attributes (the projection's per-channel scales and bias among
+    them) go through the plan file."""
+    from kiln.engine.engine import Engine
+
+    folded, _ = engines
+    folded.save(tmp_path / "m.plan")
+    loaded = Engine.load(tmp_path / "m.plan")
+    assert [layer["op"] for layer in loaded.layers()].count("QConvShortcut") == 1
+    x = np.random.default_rng(11).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(ExecutionContext(loaded).run({"x": x})["y"]),
+                                  np.asarray(ExecutionContext(folded).run({"x": x})["y"]))
+
+
 def test_not_on_the_cpu_by_default(model):
     config = BuilderConfig(precision="int8", device="cpu",
                            calibrator=Calibrator(calibration_batches((4, 3, 12, 12), 4)),
