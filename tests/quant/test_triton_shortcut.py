@@ -113,13 +113,15 @@ def test_tactics_match_the_reference(tactic, case, monkeypatch):
 
 @pytest.mark.parametrize("tactic", ["int8-triton-conv-shortcut-128x64x8",
                                     "int8-triton-conv-shortcut-split"])
-@pytest.mark.parametrize("change", ["deep", "zero point"])
+@pytest.mark.parametrize("change", ["deep", "zero point", "projection zero point"])
 def test_tactics_not_offered(tactic, change, monkeypatch):
     """Beyond one box of depth (which fuse_projection_shortcut does not fold), or with a
-    zero point (the TMA zero fill pads), neither form runs."""
+    zero point on either input (the kernels subtract none), neither form runs."""
     monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")
     case = (1, 32, 2, 2, 512, 1, 32, "Relu", "int8", "int8") if change == "deep" else CASES[0]
     spec, args, want = _spec(case, zero_point=3 if change == "zero point" else 0)
+    if change == "projection zero point":
+        spec.attrs["shortcut_x_zero_point"] = -2
     check_offered(tactic, spec, False, args, want)
 
 
