@@ -125,6 +125,20 @@ def test_tactics_not_offered(tactic, change, monkeypatch):
     check_offered(tactic, spec, False, args, want)
 
 
+def test_split_tactic_needs_the_strided_map_size(monkeypatch):
+    """A stride-2 projection over a map of dynamic size: the split form (whose TMA view is
+    laid out at build) is not offered, the fused one (pointer loads) is, and runs."""
+    import dataclasses
+
+    monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")
+    spec, args, want = _spec((2, 32, 3, 4, 64, 2, 40, "Relu", "int8", "int8"))
+    shapes = list(spec.input_shapes)
+    shapes[0], shapes[2] = (None, 32, None, None), (None, 64, None, None)
+    spec = dataclasses.replace(spec, input_shapes=shapes)
+    check_offered("int8-triton-conv-shortcut-split", spec, False, args, want)
+    check_offered("int8-triton-conv-shortcut-64x64x8", spec, True, args, want)
+
+
 @pytest.mark.parametrize("depths,folds", [((64, 64), True), ((128, 256), True),
                                           ((256, 512), False), ((48, 40), False)])
 def test_foldable_where_the_fused_kernel_runs(depths, folds, monkeypatch):

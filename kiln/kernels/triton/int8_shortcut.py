@@ -135,9 +135,11 @@ class TritonQConvShortcutSplit(_Shortcut):
         stride = int((layer.attrs.get("shortcut_strides") or [1])[0])
         if stride == 1:
             return shortcut_kernels().fits(w.shape[1], sw.shape[1])
-        _, c, h, wd = layer.input_shapes[2]
+        shape = layer.input_shapes[2] if len(layer.input_shapes) > 2 else None
+        if not shape or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+            return False  # the TMA convolution's view needs the map's size at build
         return shortcut_kernels().fits(w.shape[1], 16) and kernels_tma().fits(
-            c, h, wd, (1, 1), (stride, stride), TMA_CONFIGS["t1"][2])
+            shape[1], shape[2], shape[3], (1, 1), (stride, stride), TMA_CONFIGS["t1"][2])
 
     def launcher(self, tensors: dict[str, torch.Tensor], epi: dict, s_epi: dict,
                  stride: int) -> Callable[..., Any]:
