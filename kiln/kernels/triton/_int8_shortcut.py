@@ -18,7 +18,8 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kiln.kernels.triton._int8_kernels import _OUT_TORCH, _bytes, _epilogue, _epilogue_args
-from kiln.kernels.triton._int8_stationary import MAX_K, _box_k
+from kiln.kernels.triton._int8_stationary import _box_k
+from kiln.kernels.triton._int8_stationary import fits as stationary_fits
 from kiln.kernels.triton._pdl import wait_for_inputs
 
 
@@ -67,8 +68,8 @@ def _qconv_shortcut_kernel(a_desc, w_desc, s_ptr, sw_desc, out_ptr, scales_ptr, 
 
 
 def fits(k: int, shortcut_k: int) -> bool:
-    """Whether both depths fit one box of rows of whole 16-byte units."""
-    return all(c <= MAX_K and c % 16 == 0 for c in (k, shortcut_k))
+    """Whether both depths fit the stationary GEMM's one box of whole 16-byte units."""
+    return stationary_fits(k) and stationary_fits(shortcut_k)
 
 
 def qconv_shortcut(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,

@@ -15,6 +15,7 @@ kernel at 0.16 and 0.12 ms against about 0.04 unfused (H100).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,6 @@ from kiln.kernels.triton import usable_on
 from kiln.kernels.triton.int8 import TMA_CONFIGS, _tma_ready, epilogue_attrs, kernels_tma
 from kiln.kernels.triton.int8_stationary import STATIONARY_CONFIGS, stationary_kernels
 from kiln.ops.qconv_shortcut import shortcut_attrs
-from kiln.ops.quantized import combined_scales, inverse_scale
 from kiln.ops.tensors import to_torch
 
 
@@ -56,26 +56,21 @@ class _Shortcut(Tactic):
         return (usable_on(target.device.type) and w is not None and sw is not None
                 and w.dtype == np.int8 and sw.dtype == np.int8 and len(types) > 2
                 and types[0] == types[2] == "int8"
-                and not layer.attrs.get("shortcut_x_zero_point"))
+                and not layer.attrs.get("shortcut_x_zero_point")
+                and _tma_ready(layer, target, "x_zero_point"))
 
     def prepare(self, layer: LayerSpec, target: Target) -> dict[str, torch.Tensor]:
-        attrs = layer.attrs
         tensors = epilogue_tensors(layer)
+        tensors.update({f"shortcut_{k}": t for k, t in
+                        epilogue_tensors(_projection(layer)).items()})
         tensors["weight"] = _rows(layer.constant_inputs[1])
         tensors["shortcut_weight"] = _rows(layer.constant_inputs[3])
-        tensors["shortcut_scales"] = torch.from_numpy(combined_scales(
-            attrs["shortcut_x_scale"], np.asarray(attrs["shortcut_w_scale"])))
-        if attrs.get("shortcut_bias") is not None:
-            tensors["shortcut_bias"] = torch.from_numpy(
-                np.asarray(attrs["shortcut_bias"], dtype=np.float32).reshape(-1))
         return tensors
 
     def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[..., Any]:
-        attrs = layer.attrs
-        stride = int((shortcut_attrs(attrs).get("strides") or [1])[0])
-        launch = self.launcher(tensors, epilogue_attrs(layer), _shortcut_epilogue(attrs),
-                               stride)
+        launch = self.launcher(tensors, epilogue_attrs(layer),
+                               epilogue_attrs(_projection(layer)), _stride(layer))
 
         def run(x, _w, sx, _sw=None):
             return launch(x, sx)
@@ -92,22 +87,22 @@ def _rows(w: np.ndarray) -> torch.Tensor:
     return to_torch(w).reshape(w.shape[0], -1).contiguous()
 
 
-def _shortcut_epilogue(attrs: dict) -> dict:
-    """The projection's epilogue: no activation, requantized to its int8/uint8 output."""
-    s = shortcut_attrs(attrs)
-    return {"out_scale": s["out_scale"], "out_inv_scale": inverse_scale(s["out_scale"]),
-            "out_zero_point": int(s.get("out_zero_point", 0)),
-            "out_type": s.get("out_type", "int8")}
+def _projection(layer: LayerSpec) -> LayerSpec:
+    """The projection as a QConv layer of its own (its scales, bias and epilogue: no
+    activation, requantized to its int8/uint8 output)."""
+    return dataclasses.replace(layer, attrs=shortcut_attrs(layer.attrs))
+
+
+def _stride(layer: LayerSpec) -> int:
+    return int((_projection(layer).attrs.get("strides") or [1])[0])
 
 
 class _Fused(_Shortcut):
     config: tuple = ()
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
-        if not super().supports(layer, target) or not _tma_ready(layer, target, "x_zero_point"):
-            return False
-        w, sw = layer.constant_inputs[1], layer.constant_inputs[3]
-        return shortcut_kernels().fits(w.shape[1], sw.shape[1])
+        return super().supports(layer, target) and shortcut_kernels().fits(
+            layer.constant_inputs[1].shape[1], layer.constant_inputs[3].shape[1])
 
     def launcher(self, tensors: dict[str, torch.Tensor], epi: dict, s_epi: dict,
                  stride: int) -> Callable[..., Any]:
@@ -129,17 +124,18 @@ class TritonQConvShortcutSplit(_Shortcut):
     priority = 70
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
-        if not super().supports(layer, target) or not _tma_ready(layer, target, "x_zero_point"):
+        # the layer, and a stride-1 projection, on the stationary kernel; a strided
+        # projection on the TMA convolution
+        fits, stride = stationary_kernels().fits, _stride(layer)
+        if not super().supports(layer, target) or not fits(layer.constant_inputs[1].shape[1]):
             return False
-        w, sw = layer.constant_inputs[1], layer.constant_inputs[3]
-        stride = int((layer.attrs.get("shortcut_strides") or [1])[0])
         if stride == 1:
-            return shortcut_kernels().fits(w.shape[1], sw.shape[1])
+            return fits(layer.constant_inputs[3].shape[1])
         shape = layer.input_shapes[2] if len(layer.input_shapes) > 2 else None
         if not shape or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
             return False  # the TMA convolution's view needs the map's size at build
-        return shortcut_kernels().fits(w.shape[1], 16) and kernels_tma().fits(
-            shape[1], shape[2], shape[3], (1, 1), (stride, stride), TMA_CONFIGS["t1"][2])
+        return kernels_tma().fits(shape[1], shape[2], shape[3], (1, 1), (stride, stride),
+                                  TMA_CONFIGS["t1"][2])
 
     def launcher(self, tensors: dict[str, torch.Tensor], epi: dict, s_epi: dict,
                  stride: int) -> Callable[..., Any]:
