@@ -107,9 +107,11 @@ def _keeps_shape(node: Node, eq: DimEquality) -> bool:
     if not unmatched:
         return True
     # a single -1 is the remaining dim itself when every other dim is a known nonzero size
+    # or copied (0): a copied dim of size zero leaves the -1 undefined, where the Reshape
+    # fails anyway (SDPA exports write [0, -1, S, D] after attention's [B, H, S, D])
     k = unmatched[0]
     return len(unmatched) == 1 and target[k] == -1 and all(
-        (d or 0) >= 1 for j, d in enumerate(dims) if j != k)
+        (d or 0) >= 1 or (target[j] == 0 and copies) for j, d in enumerate(dims) if j != k)
 
 
 def _bypass(graph: Graph, node: Node, source: Value) -> bool:

@@ -256,3 +256,28 @@ def test_sdpa_with_boolean_mask_and_nan_guard():
     got = next(iter(ExecutionContext(engine).run(feeds).values()))
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
     assert np.all(got[1] == 0)
+
+
+def test_sdpa_export_output_transpose_is_absorbed():
+    """SDPA exports (Hugging Face's) end in a Reshape to [0, -1, S, D] (the identity); with it gone,
+    the heads' transpose back to [B, S, H, D] becomes the Attention's output layout, so no
+    copy of the output remains."""
+
+    class Heads(nn.Module):
+        def forward(self, x):
+            b, s = x.shape[0], x.shape[1]
+            # heads as -1, as Hugging Face writes them: the head count is not inferred
+            q, k, v = (t.view(b, s, -1, 8).transpose(1, 2) for t in (x, x * 0.5, x + 1.0))
+            out = F.scaled_dot_product_attention(q, k, v)
+            out = out.reshape(out.shape[0], -1, s, 8)  # as SDPA exports write it
+            return out.transpose(1, 2).reshape(b, s, 32)
+
+    model = export(Heads(), (torch.randn(2, 6, 32),), ["x"], {"x": {0: "b"}}, 17)
+    rng = np.random.default_rng(4)
+    feeds = [{"x": rng.standard_normal((n, 6, 32)).astype(np.float32)} for n in (2, 3)]
+    counts = optimized_counts_and_check(model, feeds)
+    assert counts["Attention"] == 1 and counts.get("Transpose", 0) == 0
+    graph = read_onnx(model)
+    run_pipeline(graph, PassContext())
+    attention = next(n for n in graph.nodes if n.op_type == "Attention")
+    assert attention.attrs["out_layout"] == "bshd"

@@ -84,10 +84,21 @@ def test_squeeze_without_axes_and_different_axes_do_not_cancel():
         left=["Squeeze", "Unsqueeze", "Unsqueeze", "Squeeze"])
 
 
-def test_minus_one_among_dynamic_dims_is_not_a_no_op():
-    # [0, -1, 4] keeps x: [N, M, 4] only if the -1 is M, which fails when N is 0
+def test_minus_one_beside_copied_dims_is_a_no_op():
+    # [0, -1, 4] keeps x: [N, M, 4] (the -1 is M) for every N but 0, where the Reshape
+    # itself fails (the -1 is undefined); SDPA exports write it after every attention
     _simplified("""
     g (float[N,M,4] x) => (float[N,M,4] y) {
       keep = Constant <value = int64[3] {0, -1, 4}> ()
+      r = Reshape(x, keep)
+      y = Neg(r)
+    }""", [{"N": 2, "M": 3}, {"N": 1, "M": 5}], rewrites=1, left=["Neg"])
+
+
+def test_minus_one_beside_an_unknown_dim_is_not_a_no_op():
+    # [2, -1, 4] keeps x: [N, M, 4] only where N is 2
+    _simplified("""
+    g (float[N,M,4] x) => (float[2,M,4] y) {
+      keep = Constant <value = int64[3] {2, -1, 4}> ()
       y = Reshape(x, keep)
     }""", [{"N": 2, "M": 3}], rewrites=0, left=["Reshape"])
