@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from kiln.runtime.profile import LayerTime
 
-QUANTIZED_OPS = ("QConv", "QGemm")
+QUANTIZED_OPS = ("QConv", "QGemm", "QAttention")
 ACTIVATION_INPUTS = (0, 2)  # QConv/QGemm: input, weight, residual
 
 

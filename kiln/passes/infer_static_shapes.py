@@ -37,7 +37,7 @@ def infer_static_shapes(graph: Graph, ctx: PassContext) -> bool:
     """Completes partly unknown output shapes of layers whose inputs are all static."""
     completed = 0
     for node in list(graph.nodes):
-        if _wants_shapes(node) and _complete(graph, node):
+        if (_wants_shapes(node) and _complete(graph, node)) or _reshape_dims(node):
             completed += 1
     ctx.count("infer_static_shapes", completed)
     return completed > 0
@@ -85,6 +85,33 @@ def _complete(graph: Graph, node: Node) -> bool:
         value.shape = shape
         changed = True
     return changed
+
+
+def _reshape_dims(node: Node) -> bool:
+    """A Reshape to a constant target over a symbolic batch: the sizes the target names
+    (and those its zeros copy) are facts even where the batch is not. A head split
+    [0, 8, 2, 32] of an [n, 8, 64] tensor is [n, 8, 2, 32]; the INT8 attention, which
+    takes head sizes 32, 64 and 128, needs to know the 32."""
+    if node.domain or node.op_type != "Reshape" or node.attrs.get("allowzero"):
+        return False
+    out, target = node.outputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    shape = node.inputs[0].shape
+    if out is None or target is None or not target.is_const or shape is None:
+        return False
+    dims = [int(d) for d in target.const.reshape(-1)]
+    if out.shape is not None and len(out.shape) != len(dims):
+        return False
+    known = list(out.shape) if out.shape is not None else [None] * len(dims)
+    filled = [d if d > 0 else (shape[i] if d == 0 and i < len(shape) else None)
+              for i, d in enumerate(dims)]
+    if any(isinstance(k, int) and isinstance(f, int) and k != f
+           for k, f in zip(known, filled)):
+        return False  # inference and the target disagree: trust neither
+    merged = tuple(f if k is None else k for k, f in zip(known, filled))
+    if merged == tuple(known):
+        return False
+    out.shape = merged
+    return True
 
 
 def _argument(value: Value, host: bool) -> torch.Tensor:

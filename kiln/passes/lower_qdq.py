@@ -31,7 +31,8 @@ from kiln.quant.qdq import QuantParams, swap_node, weight_quant
 CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 INT_TYPES = {DType.INT8: "int8", DType.UINT8: "uint8"}
 FP8_TYPES = {DType.FLOAT8E4M3FN: "fp8e4m3"}
-QUANTIZED_OPS = ("QConv", "QGemm", "QMatMul", "QConvShortcut")  # the last: fuse_projection_shortcut
+QUANTIZED_OPS = ("QConv", "QGemm", "QMatMul", "QConvShortcut",  # fuse_projection_shortcut
+                 "QAttention")  # kiln/quant/quantize_attention.py
 _DTYPE_OF = {"int8": DType.INT8, "uint8": DType.UINT8, "fp8e4m3": DType.FLOAT8E4M3FN}
 
 

@@ -27,13 +27,16 @@ def quantize_before_maxpool(graph: Graph, ctx: PassContext) -> bool:
     for g in list(graph.walk_graphs()):
         for node in list(g.nodes):
             if node.graph is g and not node.domain and node.op_type == "MaxPool":
-                swapped = _swap(g, node)
+                swapped = move_quantize_before(g, node)
                 ctx.count("quantize_before_maxpool", int(swapped))
                 changed |= swapped
     return changed
 
 
-def _swap(graph: Graph, pool: Node) -> bool:
+def move_quantize_before(graph: Graph, pool: Node) -> bool:
+    """Runs the quantize step that reads `pool`'s first output before the node instead,
+    where a float output of a quantized layer is `pool`'s first input and nothing else
+    reads either. Only for nodes the quantize step commutes with (max-pool, views)."""
     if any(v is not None for v in pool.outputs[1:]):  # the indices output is read
         return False
     y, m = pool.inputs[0], pool.outputs[0]
@@ -55,7 +58,7 @@ def _swap(graph: Graph, pool: Node) -> bool:
     yq = Value(graph.fresh_name(f"{y.name}_quantized"), qtype_dtype(qtype), y.shape)
     step.set_inputs([y, *step.inputs[1:]])
     step.set_outputs([yq])
-    pool.set_inputs([yq])
+    pool.set_input(0, yq)
     pool.set_outputs([result, *pool.outputs[1:]])
     graph.nodes.remove(step)  # the step now runs before the pool
     graph.insert(step, before=pool)

@@ -3,7 +3,8 @@
     prepare   (before the passes)  names remembered; implicit models calibrated on the
                                    unfused FP32 graph (or the cache read instead)
     apply     (after the passes)   Q/DQ inserted from the thresholds, lowered to INT8/FP8
-                                   layers (explicit Q/DQ models were lowered by the passes)
+                                   layers (explicit Q/DQ models were lowered by the passes);
+                                   INT8 attention over the INT8 GEMMs' q, k and v
     finalize  (after precision)    quantized layers learn their float output type and are
                                    marked int8/fp8 for `kiln inspect`
 """
@@ -24,11 +25,13 @@ from kiln.passes.fuse_layernorm_quantize import fuse_layernorm_quantize
 from kiln.passes.fuse_projection_shortcut import fuse_projection_shortcut
 from kiln.passes.lower_qdq import QUANTIZED_OPS, lower_qdq
 from kiln.passes.quantize_before_maxpool import quantize_before_maxpool
+from kiln.passes.quantize_before_views import quantize_before_views
 from kiln.quant.calibrate import CalibrationResult, calibrate
 from kiln.quant.calibration_cache import CalibrationTable, method_of
 from kiln.quant.calibrators import Calibrator
 from kiln.quant.insert_qdq import insert_qdq, layer_tensors, quantizable_layers
 from kiln.quant.names import remember_names
+from kiln.quant.quantize_attention import quantize_attention
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
            "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
@@ -120,12 +123,24 @@ def apply(graph: Graph, plan: QuantizationPlan | None, ctx: PassContext) -> None
             result.table().save(plan.calibrator.cache)
             plan.report["cache_written"] = str(plan.calibrator.cache)
     inserted = insert_qdq(graph, amax, plan.qtype, overrides)
-    while lower_qdq(graph, ctx) | quantize_before_maxpool(graph, ctx):
-        pass
+    _lower(graph, ctx)
+    skipped = dict(inserted.skipped)
+    if plan.qtype == "int8":
+        done, seen, stayed = quantize_attention(graph, amax, overrides)
+        if seen:
+            plan.report["attention_int8"] = f"{done} of {seen}"
+            skipped.update(stayed)
+            _lower(graph, ctx)  # the attention requantizes for the layer after it
     fuse_layernorm_quantize(graph, ctx)
     fuse_projection_shortcut(graph, ctx)
-    if inserted.skipped:
-        plan.report["skipped"] = inserted.skipped
+    if skipped:
+        plan.report["skipped"] = skipped
+
+
+def _lower(graph: Graph, ctx: PassContext) -> None:
+    while (lower_qdq(graph, ctx) | quantize_before_maxpool(graph, ctx)
+           | quantize_before_views(graph, ctx)):
+        pass
 
 
 def finalize(graph: Graph, plan: QuantizationPlan | None) -> dict[str, Any] | None:

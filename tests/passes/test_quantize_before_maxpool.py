@@ -47,7 +47,8 @@ def _build(path, precision: str, swap: bool = True):
                            precision_constraints="obey", optimization_level=0)
     with pytest.MonkeyPatch.context() as patch:
         if not swap:
-            patch.setattr(quantize_before_maxpool, "_swap", lambda graph, node: False)
+            patch.setattr(quantize_before_maxpool, "move_quantize_before",
+                           lambda graph, node: False)
         return build_engine(str(path), config)
 
 

@@ -60,3 +60,24 @@ def test_dense_layers_on_the_gpu_match_the_cpu_simulation(tmp_path):
     want = ExecutionContext(cpu).run({"x": x})["y"]
     got = ExecutionContext(gpu).run({"x": x})["y"]
     np.testing.assert_allclose(got, want, atol=0.02 * np.abs(want).max())
+
+
+def test_int8_attention_on_the_gpu_matches_the_cpu_simulation(tmp_path):
+    """A BERT-style encoder layer: the QKV GEMM writes INT8 q/k/v, the Triton INT8
+    attention kernel reads them (views of one tensor) with a padding mask and requantizes
+    for the output projection."""
+    from tests.quant.test_quantize_attention import Encoder, _export, _feeds
+
+    torch.manual_seed(6)
+    path = _export(Encoder(features=16, width=128, heads=2, tokens=40),
+                   torch.randn(2, 40, 16), tmp_path / "encoder.onnx")
+    rng = np.random.default_rng(2)
+    data = [_feeds(rng, 8, tokens=40, features=16, pad=p) for p in (0, 5, 11)]
+    cpu, gpu = _engines(path, "int8", tmp_path / "encoder.cache", data)
+    attention = [layer for layer in gpu.layers() if layer["op"] == "QAttention"]
+    assert len(attention) == 1 and attention[0]["tactic"].startswith("int8-triton-attention")
+    for batch, pad in ((3, 0), (16, 7)):
+        feeds = _feeds(rng, batch, tokens=40, features=16, pad=pad)
+        want = ExecutionContext(cpu).run(feeds)["y"]
+        got = ExecutionContext(gpu).run(feeds)["y"]
+        np.testing.assert_allclose(got, want, atol=0.03 * np.abs(want).max())

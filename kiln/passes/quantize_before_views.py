@@ -1,0 +1,34 @@
+"""Moves the quantize step after a view of a quantized layer's output in front of the
+view, into the layer.
+
+    y = QAttention(..); r = Reshape(y); q = Quantize(r) {s}
+        ->   yq = QAttention(..) {out_scale=s}; q = Reshape(yq)
+
+Reshape, Transpose, Squeeze, Unsqueeze and Flatten move elements without changing them,
+and quantizing acts on each element alone, so both orders give the same bytes. BERT's
+attention output is reshaped from [B, S, H, D] to [B, S, H*D] before the output
+projection quantizes it: without the swap the attention writes FP16 and a separate step
+reads it back to quantize it. The layer takes the moved step as its requantizing
+epilogue on lower_qdq's next round.
+"""
+
+from __future__ import annotations
+
+from kiln.ir import Graph
+from kiln.passes.pipeline import PassContext, register_pass
+from kiln.passes.quantize_before_maxpool import move_quantize_before
+
+VIEWS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+
+
+@register_pass("fuse", priority=83)  # after lower_qdq, whose next round fuses the step
+def quantize_before_views(graph: Graph, ctx: PassContext) -> bool:
+    """Swaps view -> Quantize where a quantized layer alone feeds the view."""
+    changed = False
+    for g in list(graph.walk_graphs()):
+        for node in list(g.nodes):
+            if node.graph is g and not node.domain and node.op_type in VIEWS:
+                swapped = move_quantize_before(g, node)
+                ctx.count("quantize_before_views", int(swapped))
+                changed |= swapped
+    return changed

@@ -1,0 +1,202 @@
+"""Implicit quantization of attention: kiln.Attention over INT8 q, k and v.
+
+    qkv = QGemm(x) {fp16 out};  q, k, v = views of Split(qkv);  y = Attention(q, k, v, mask)
+        ->  qkv = QGemm(x) {int8 out};  q, k, v = the same views;  y = QAttention(q, k, v, mask)
+
+q, k and v each get their calibrated scale (amax / 127). When one GEMM makes all three
+(kiln/passes/merge_parallel_gemms.py), its output columns need three scales while a
+layer requantizes with one: each column's 1 / scale is folded into the column's weight
+factor and bias, and the layer requantizes with scale 1. The GEMM then writes INT8 q, k
+and v, the attention reads a quarter of the bytes it read in FP16 and runs its two
+products on INT8 tensor cores (kiln/ops/qattention.py says what it computes).
+
+An attention is left in floating point, with the reason in the build report, when
+--layerPrecisions names it, when it is causal, when its head size is not 32, 64 or 128
+or its key length is not known to be at most 256 (what the INT8 kernel takes), or when
+q, k or v is not the float output of an INT8 GEMM that nothing else reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from kiln.ir import DType, Graph, Node, Value
+from kiln.passes._match import const
+from kiln.passes.lower_qdq import forced_float
+from kiln.quant import arith
+from kiln.quant.names import onnx_name
+from kiln.quant.qdq import swap_node
+
+Amax = Callable[[str], float | None]
+VIEWS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+HEAD_SIZES = (32, 64, 128)
+MAX_KEYS = 256
+
+
+@dataclass
+class Source:
+    """Where an INT8 GEMM makes q, k or v: its columns [start, stop) of `gemm`."""
+
+    gemm: Node
+    start: int
+    stop: int
+    chain: list[Value]  # the values from the GEMM's output (or Split piece) to the input
+
+
+def quantize_attention(graph: Graph, amax: Amax, overrides: dict[str, str]
+                       ) -> tuple[int, int, dict[str, str]]:
+    """(attentions quantized, attentions seen, layer -> why it stayed float)."""
+    done, seen, skipped = 0, 0, {}
+    for node in list(graph.nodes):
+        if node.domain != "kiln" or node.op_type != "Attention":
+            continue
+        seen += 1
+        why = _quantize(graph, node, amax, overrides)
+        if why is None:
+            done += 1
+        else:
+            skipped[node.name] = why
+    return done, seen, skipped
+
+
+def _quantize(graph: Graph, node: Node, amax: Amax, overrides: dict[str, str]) -> str | None:
+    """Rewrites one attention; returns why it cannot be, or None."""
+    if forced_float(node, overrides):
+        return "--layerPrecisions keeps it in floating point"
+    if node.attrs.get("is_causal"):
+        return "causal attention has no INT8 kernel"
+    why = _shape_problem(node)
+    if why is not None:
+        return why
+    sources = [_source(graph, value) for value in node.inputs[:3]]
+    if any(s is None for s in sources):
+        return "q, k or v is not the float output of an INT8 GEMM read by this attention alone"
+    if not _covers_gemms(sources):
+        return "the GEMM making q, k or v also makes other tensors"
+    scales = []
+    for value, source in zip(node.inputs[:3], sources):
+        found = _amax(value, source, graph, amax)
+        if found is None:
+            return f"no calibrated threshold for {value.name!r}"
+        scales.append(float(arith.symmetric_scale(found)))
+    _requantize_sources(sources, scales)
+    attrs = dict(node.attrs)
+    attrs.update(q_scale=scales[0], k_scale=scales[1], v_scale=scales[2], zero_nan_rows=1)
+    swap_node(graph, node, "QAttention", list(node.inputs), attrs).meta["quantized"] = "int8"
+    return None
+
+
+def _shape_problem(node: Node) -> str | None:
+    q, k = node.inputs[0].shape, node.inputs[1].shape
+    if q is None or k is None or len(q) != 4 or len(k) != 4:
+        return "q and k need known 4-D shapes"
+    head = q[2] if node.attrs.get("q_layout", "bhsd") == "bhds" else q[3]
+    keys = k[3] if node.attrs.get("k_layout", "bhsd") == "bhds" else (
+        k[1] if node.attrs.get("k_layout", "bhsd") == "bshd" else k[2])
+    if head not in HEAD_SIZES:
+        return f"head size {head} (the INT8 kernel takes {', '.join(map(str, HEAD_SIZES))})"
+    if not isinstance(keys, int) or keys > MAX_KEYS:
+        return f"key length {keys} is not known to be at most {MAX_KEYS}"
+    return None
+
+
+def _source(graph: Graph, value: Value) -> Source | None:
+    """The GEMM columns `value` views, when only views lead there and each value on the
+    way has one reader."""
+    chain = [value]
+    while value.producer is not None and value.producer.op_type in VIEWS and \
+            not value.producer.domain:
+        value = value.producer.inputs[0]
+        chain.append(value)
+    if any(len(v.consumers) != 1 or any(v is o for o in graph.outputs) for v in chain):
+        return None
+    node = value.producer
+    start, stop = 0, None
+    if node is not None and node.op_type == "Split" and not node.domain:
+        columns = _split_columns(node, value)
+        if columns is None:
+            return None
+        start, stop = columns
+        out = node.inputs[0]
+        if len(out.consumers) != 1 or any(out is o for o in graph.outputs):
+            return None
+        node = out.producer
+    if node is None or node.domain != "kiln" or node.op_type != "QGemm":
+        return None
+    if node.attrs.get("out_scale") or node.attrs.get("activation") or \
+            node.meta.get("quantized", "int8") != "int8":
+        return None
+    width = int(const(node.inputs[1]).shape[0])
+    return Source(node, start, width if stop is None else stop, chain)
+
+
+def _split_columns(split: Node, piece: Value) -> tuple[int, int] | None:
+    """The columns [start, stop) a Split along the last axis gives `piece`."""
+    axis, shape = split.attrs.get("axis", 0), split.inputs[0].shape
+    if shape is None or axis not in (-1, len(shape) - 1):
+        return None
+    sizes = split.attrs.get("split")
+    if sizes is None and len(split.inputs) > 1 and split.inputs[1] is not None:
+        sizes = const(split.inputs[1])
+    if sizes is None:
+        return None
+    bounds = np.concatenate([[0], np.cumsum(np.asarray(sizes, dtype=np.int64))])
+    index = next(i for i, v in enumerate(split.outputs) if v is piece)
+    return int(bounds[index]), int(bounds[index + 1])
+
+
+def _covers_gemms(sources: list[Source]) -> bool:
+    """Every GEMM's columns are exactly the union of the pieces taken from it."""
+    for gemm in {id(s.gemm): s.gemm for s in sources}.values():
+        pieces = sorted((s.start, s.stop) for s in sources if s.gemm is gemm)
+        width = int(const(gemm.inputs[1]).shape[0])
+        edges = [0] + [b for a, b in pieces]
+        if [a for a, _ in pieces] != edges[:-1] or edges[-1] != width:
+            return False
+        split_outputs = pieces and gemm.output.consumers[0].op_type == "Split"
+        if split_outputs and sum(v is not None and bool(v.consumers)
+                                 for v in gemm.output.consumers[0].outputs) != len(pieces):
+            return False
+    return True
+
+
+def _amax(value: Value, source: Source, graph: Graph, amax: Amax) -> float | None:
+    """The calibrated threshold of the first value on the chain that has one (views do
+    not change the values)."""
+    for v in source.chain:
+        name = onnx_name(v, graph)
+        found = amax(name) if name is not None else None
+        if found is not None:
+            return found
+    return None
+
+
+def _requantize_sources(sources: list[Source], scales: list[float]) -> None:
+    """Each GEMM writes INT8 with 1/scale of each piece folded into its columns' factor
+    and bias (requantizing with scale 1), and the views carry INT8."""
+    for gemm in {id(s.gemm): s.gemm for s in sources}.values():
+        width = int(const(gemm.inputs[1]).shape[0])
+        per_column = np.ones(width, dtype=np.float64)
+        for source, scale in zip(sources, scales):
+            if source.gemm is gemm:
+                per_column[source.start:source.stop] = scale
+        w_scale = np.broadcast_to(np.asarray(gemm.attrs["w_scale"], np.float64).reshape(-1),
+                                  (width,))
+        gemm.attrs["w_scale"] = (w_scale / per_column).astype(np.float32)
+        if gemm.attrs.get("bias") is not None:
+            bias = np.asarray(gemm.attrs["bias"], np.float64).reshape(-1)
+            gemm.attrs["bias"] = (bias / per_column).astype(np.float32)
+        gemm.attrs.pop("out_dtype", None)
+        gemm.attrs.update(out_scale=1.0, out_zero_point=0, out_type="int8")
+        gemm.output.dtype = DType.INT8
+        split = gemm.output.consumers[0]
+        if split.op_type == "Split":
+            for piece in split.outputs:
+                if piece is not None:
+                    piece.dtype = DType.INT8
+    for source in sources:
+        for v in source.chain:
+            v.dtype = DType.INT8

@@ -1,0 +1,266 @@
+"""INT8 attention (kiln/quant/quantize_attention.py, kiln/ops/qattention.py) built on the
+CPU: the graph it makes (INT8 q/k/v from the QKV GEMM, the attention requantizing for
+the output projection), the reference arithmetic against float attention, the cases
+that stay in floating point with their reason, and accuracy on a small transformer
+trained during the test on scikit-learn's digits (within one point of FP32)."""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from kiln.build import BuilderConfig, build_engine
+from kiln.ops.fused import attention
+from kiln.ops.qattention import qattention
+from kiln.quant import Calibrator
+from kiln.runtime import ExecutionContext
+
+
+class Encoder(nn.Module):
+    """One post-norm encoder layer written as Hugging Face's BERT exports it (separate
+    q/k/v projections, views to heads, an additive padding mask), on token features."""
+
+    def __init__(self, features: int = 8, width: int = 64, heads: int = 2, tokens: int = 8,
+                 classes: int = 10, causal: bool = False) -> None:
+        super().__init__()
+        self.heads, self.causal = heads, causal
+        self.embed = nn.Linear(features, width)
+        self.position = nn.Parameter(torch.randn(tokens, width) * 0.1)
+        self.q, self.k, self.v = (nn.Linear(width, width) for _ in range(3))
+        self.out = nn.Linear(width, width)
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.ff1, self.ff2 = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x, mask):
+        h = self.embed(x) + self.position
+        b, s, w = h.shape
+        d = w // self.heads
+
+        def split(t):
+            return t.view(b, s, self.heads, d).transpose(1, 2)
+
+        scores = split(self.q(h)) @ split(self.k(h)).transpose(-1, -2) / math.sqrt(d)
+        scores = scores + (1.0 - mask[:, None, None, :]) * -10000.0
+        if self.causal:
+            scores = scores + torch.full((s, s), -10000.0).triu(1)
+        context = (scores.softmax(-1) @ split(self.v(h))).transpose(1, 2).reshape(b, s, w)
+        h = self.norm1(h + self.out(context))
+        h = self.norm2(h + self.ff2(nn.functional.gelu(self.ff1(h))))
+        return self.head(h.mean(1))
+
+
+def _export(model: nn.Module, x: torch.Tensor, path) -> str:
+    buffer = io.BytesIO()
+    mask = torch.ones(x.shape[:2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (x, mask), buffer, dynamo=False, opset_version=17,
+                          input_names=["x", "mask"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}, "mask": {0: "n"}})
+    path.write_bytes(buffer.getvalue())
+    return str(path)
+
+
+def _feeds(rng, batch: int, tokens: int = 8, features: int = 8, pad: int = 0):
+    mask = np.ones((batch, tokens), np.float32)
+    if pad:
+        mask[:, tokens - pad:] = 0
+    return {"x": rng.standard_normal((batch, tokens, features)).astype(np.float32),
+            "mask": mask}
+
+
+def _build(path: str, calib: list[dict], **extra):
+    return build_engine(path, BuilderConfig(precision="int8", device="cpu",
+                                            optimization_level=0,
+                                            calibrator=Calibrator(calib), **extra))
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    torch.manual_seed(3)
+    model = Encoder()
+    path = _export(model, torch.randn(2, 8, 8), tmp_path_factory.mktemp("qa") / "enc.onnx")
+    rng = np.random.default_rng(0)
+    calib = [_feeds(rng, 4, pad=p) for p in (0, 2, 3)]
+    return path, calib, _build(path, calib), model
+
+
+def _layer(engine, op: str) -> dict:
+    return next(layer for layer in engine.layers() if layer["op"] == op)
+
+
+def test_the_attention_reads_int8_and_requantizes_for_the_projection(random_model):
+    engine = random_model[2]
+    assert engine.plan["build"]["quantization"]["attention_int8"] == "1 of 1"
+    att = _layer(engine, "QAttention")
+    assert att["precision"] == "int8"
+    assert all(att["attrs"][f"{t}_scale"] > 0 for t in "qkv")
+    layers = engine.layers()
+    made_by = {out: layer for layer in layers for out in layer["outputs"] or [] if out}
+    qkv = [layer for layer in layers if layer["op"] == "QGemm"
+           and layer["attrs"].get("out_scale") == 1.0]
+    assert len(qkv) == 1  # the merged q/k/v projection writes INT8 with folded scales
+    projection = next(layer for layer in layers if layer["op"] == "QGemm"
+                      and made_by[layer["inputs"][0]]["op"] == "Reshape"
+                      and made_by[made_by[layer["inputs"][0]]["inputs"][0]]["op"]
+                      == "QAttention")
+    assert att["attrs"]["out_scale"] == projection["attrs"]["a_scale"]
+    assert not any(layer["op"] == "Attention" for layer in layers)
+    # no quantize step between the projection, the attention and the next projection
+    assert not any(layer["op"] == "Quantize" and made_by.get(layer["inputs"][0], {}).get("op") in (
+        "QGemm", "Split", "Reshape", "QAttention") for layer in layers)
+
+
+@pytest.mark.parametrize("batch,pad", [(1, 0), (3, 2), (5, 7)])
+def test_int8_attention_engine_stays_close_to_onnx_runtime(random_model, batch, pad):
+    path, _, engine, _ = random_model
+    feeds = _feeds(np.random.default_rng(batch * 10 + pad), batch, pad=pad)
+    want = ort.InferenceSession(path).run(None, feeds)[0].ravel()
+    got = np.asarray(ExecutionContext(engine).run(feeds)["y"], np.float64).ravel()
+    assert got @ want / np.linalg.norm(got) / np.linalg.norm(want) > 0.995
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+
+
+def test_folded_scales_give_each_of_q_k_v_its_own_threshold(random_model):
+    """The merged GEMM requantizes with scale 1: each output column's weight factor and
+    bias are the column's own over the scale of its piece (q, k or v)."""
+    engine, model = random_model[2:]
+    att = _layer(engine, "QAttention")
+    scales = [att["attrs"][f"{t}_scale"] for t in "qkv"]
+    assert len(set(scales)) == 3
+    qkv = next(layer for layer in engine.layers() if layer["op"] == "QGemm"
+               and layer["attrs"].get("out_scale") == 1.0)
+    folded = {k: engine.tensors[qkv["attrs"][k]["$tensor"]].double().reshape(3, -1).numpy()
+              for k in ("w_scale", "bias")}
+    for i, (linear, scale) in enumerate(zip((model.q, model.k, model.v), scales)):
+        w_scale = linear.weight.detach().abs().amax(1).double().numpy() / 127
+        np.testing.assert_allclose(folded["w_scale"][i] * scale, w_scale, rtol=1e-5)
+        np.testing.assert_allclose(folded["bias"][i] * scale,
+                                   linear.bias.detach().double().numpy(), rtol=1e-5,
+                                   atol=1e-7)
+
+
+@pytest.mark.parametrize("shape,layout", [((2, 3, 16, 32), "bhsd"), ((1, 20, 2, 64), "bshd"),
+                                          ((3, 2, 9, 32), "bhsd")], ids=str)
+def test_reference_is_float_attention_up_to_the_probability_steps(shape, layout):
+    gen = torch.Generator().manual_seed(sum(shape))
+    floats = [torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(3)]
+    scales = [float(t.abs().max()) / 127 for t in floats]
+    q, k, v = ((t / s).round().clamp(-128, 127).to(torch.int8) for t, s in zip(floats, scales))
+    seq = shape[1] if layout == "bshd" else shape[2]
+    mask = torch.zeros(shape[0], 1, 1, seq)
+    mask[0, ..., seq // 2:] = -10000.0
+    got = qattention(q, k, v, mask, q_scale=scales[0], k_scale=scales[1], v_scale=scales[2],
+                     q_layout=layout, k_layout=layout, v_layout=layout, out_layout=layout)
+    deq = [t.double() * s for t, s in zip((q, k, v), scales)]
+    want = attention(*deq, mask.double(), q_layout=layout, k_layout=layout, v_layout=layout,
+                     out_layout=layout)
+    # each probability is off by at most half a step (1/254): the output by at most
+    # seq / 254 * max|v|, far less in practice as the errors are independent
+    bound = seq / 254 * float(deq[2].abs().max())
+    error = (got.double() - want).abs()
+    assert error.max() < bound and error.mean() < 0.05 * bound
+
+
+def test_reference_zeroes_rows_masked_entirely_and_requantizes():
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randint(-128, 128, (2, 2, 6, 32), generator=gen, dtype=torch.int8)
+               for _ in range(3))
+    mask = torch.ones(2, 1, 6, 6, dtype=torch.bool)
+    mask[1, :, 2] = False  # query row 2 of batch 1 sees no key
+    out = qattention(q, k, v, mask, q_scale=0.01, k_scale=0.01, v_scale=0.02,
+                     out_scale=0.01)
+    assert out.dtype == torch.int8
+    assert (out[1, :, 2] == 0).all() and (out[0, :, 2] != 0).any()
+    floats = qattention(q, k, v, mask, q_scale=0.01, k_scale=0.01, v_scale=0.02,
+                        out_dtype="fp32")
+    np.testing.assert_array_equal(out.numpy(), (floats / 0.01).round().clamp(-128, 127)
+                                  .to(torch.int8).numpy())
+
+
+def test_layer_precisions_and_causal_attention_stay_float(random_model, tmp_path):
+    path, calib, engine, _ = random_model
+    name = _layer(engine, "QAttention")["name"]
+    forced = _build(path, calib, layer_precisions={name: "fp32"})
+    quant = forced.plan["build"]["quantization"]
+    assert quant["attention_int8"] == "0 of 1"
+    assert "--layerPrecisions" in quant["skipped"][name]
+    assert _layer(forced, "Attention")["precision"] != "int8"
+    torch.manual_seed(4)
+    causal = _export(Encoder(causal=True), torch.randn(2, 8, 8), tmp_path / "causal.onnx")
+    built = _build(causal, calib)
+    attention_ops = [layer["op"] for layer in built.layers() if "Attention" in layer["op"]]
+    assert "QAttention" not in attention_ops
+    feeds = _feeds(np.random.default_rng(1), 2)
+    want = ort.InferenceSession(causal).run(None, feeds)[0]
+    got = ExecutionContext(built).run(feeds)["y"]
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+
+
+def test_odd_head_sizes_stay_float_with_the_reason(tmp_path):
+    torch.manual_seed(5)
+    path = _export(Encoder(width=48, heads=1), torch.randn(2, 8, 8), tmp_path / "h48.onnx")
+    rng = np.random.default_rng(2)
+    engine = _build(path, [_feeds(rng, 4) for _ in range(2)])
+    quant = engine.plan["build"]["quantization"]
+    assert quant["attention_int8"] == "0 of 1"
+    assert any("head size 48" in why for why in quant["skipped"].values())
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    sklearn = pytest.importorskip("sklearn.datasets")
+    from sklearn.model_selection import train_test_split
+
+    data = sklearn.load_digits()
+    x = (data.images / 16.0).astype(np.float32)  # 8 rows of 8 pixels: 8 tokens
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, data.target.astype(np.int64), test_size=0.25, random_state=0, stratify=data.target)
+    torch.manual_seed(0)
+    model = Encoder()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    ones = torch.ones(64, 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny steps: threads only contend
+    try:
+        for _epoch in range(12):
+            order = torch.randperm(len(xt))
+            for i in range(0, len(xt), 64):
+                index = order[i:i + 64]
+                logits = model(xt[index], ones[:len(index)])
+                loss = nn.functional.cross_entropy(logits, yt[index])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    path = _export(model, xt[:2], tmp_path_factory.mktemp("digits") / "encoder.onnx")
+    return path, x_train, x_test, y_test
+
+
+def _accuracy(engine, x, y) -> float:
+    feeds = {"x": x, "mask": np.ones(x.shape[:2], np.float32)}
+    return float((ExecutionContext(engine).run(feeds)["y"].argmax(1) == y).mean())
+
+
+def test_trained_transformer_keeps_its_accuracy_with_int8_attention(digits):
+    path, x_train, x_test, y_test = digits
+    fp32 = _accuracy(build_engine(path, BuilderConfig(device="cpu", optimization_level=0)),
+                     x_test, y_test)
+    assert fp32 > 0.9  # the network learned the task
+    calib = [{"x": x_train[i:i + 128], "mask": np.ones((len(x_train[i:i + 128]), 8),
+                                                       np.float32)}
+             for i in range(0, len(x_train), 128)]
+    engine = _build(path, calib)
+    assert engine.plan["build"]["quantization"]["attention_int8"] == "1 of 1"
+    int8 = _accuracy(engine, x_test, y_test)
+    assert int8 >= fp32 - 0.01, f"INT8 {int8:.4f} vs FP32 {fp32:.4f}"
