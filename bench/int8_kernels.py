@@ -107,9 +107,14 @@ def main() -> None:
     parser.add_argument("--shortcut", action="store_true",
                         help="also ResNet-50's bottleneck tails with their projections "
                              "(kiln.QConvShortcut): fused, and as two layers")
+    parser.add_argument("--attention", action="store_true",
+                        help="only BERT-base's attention at batch 32 (kiln.QAttention): each "
+                             "INT8 Triton tactic against torch's SDPA in FP16")
     args = parser.parse_args()
     if args.epilogues:
         return epilogues()
+    if args.attention:
+        return attention()
     layers = [p.replace("_", " ") for p in args.layers.split(",") if p]
     extra = {spec: _config(spec) for spec in args.configs.split(",") if spec}
     held = {spec: _config(spec) for spec in args.stationary.split(",") if spec}
@@ -385,6 +390,49 @@ def epilogues() -> None:
         x = torch.randn(m, n, device="cuda", dtype=torch.half)
         ms = time_ms(k8.quantize, x, 0.05, 0, "fp8e4m3")
         rows.append((f"quantize {m}x{n}", "quantize-triton fp8", ms, 0, 0))
+    print_table(rows)
+
+
+def attention() -> None:
+    """BERT-base's attention at batch 32, sequence 128 (12 heads of 64; q, k and v strided
+    views of the QKV GEMM's [B, S, 2304] output; a padding mask of -10000 on the last 16
+    keys): each int8-triton-attention tactic bound as an engine binds it (int8 output in
+    'bshd') against SDPA in FP16 on the same views. Each row's label gives the kernel's
+    largest difference from the reference op on the same GPU tensors, in output steps and
+    dequantized (0, rarely 1 or 2 steps, expected: tests/quant/test_triton_int8_attention.py).
+    """
+    from kiln.kernels import LayerSpec, get_tactic
+    from kiln.kernels.triton.int8_attention import ATTENTION_CONFIGS
+    from kiln.ops.qattention import qattention
+
+    b, h, s, d = 32, 12, 128, 64
+    name, ops = "bert attention", 4 * b * h * s * s * d
+    qkv8 = _ints((b, s, 3 * h * d))
+    q, k, v = (qkv8[..., i * h * d:(i + 1) * h * d].view(b, s, h, d) for i in range(3))
+    mask = torch.zeros(b, 1, 1, s, device="cuda")
+    mask[..., -16:] = -10000.0
+    qkv = torch.randn(b, s, 3 * h * d, device="cuda", dtype=torch.half)
+    qf, kf, vf = (qkv[..., i * h * d:(i + 1) * h * d].view(b, s, h, d).transpose(1, 2)
+                  for i in range(3))
+    fp16 = time_ms(F.scaled_dot_product_attention, qf, kf, vf, mask.half())
+    rows = [(name, "torch sdpa fp16", fp16, ops / fp16 / 1e9, 1.0)]
+    attrs = {"q_scale": 0.02, "k_scale": 0.02, "v_scale": 0.05, "q_layout": "bshd",
+             "k_layout": "bshd", "v_layout": "bshd", "out_layout": "bshd", "out_scale": 0.06,
+             "out_zero_point": 0, "out_type": "int8"}
+    want = qattention(q, k, v, mask, **attrs).int()
+    spec = LayerSpec("attention", "QAttention", "kiln", 1, ["q", "k", "v", "mask"], ["y"],
+                     attrs, input_shapes=[(b, s, h, d)] * 3 + [(b, 1, 1, s)],
+                     input_dtypes=["int8", "int8", "int8", "float32"])
+    for key in ATTENTION_CONFIGS:
+        tactic = get_tactic(f"int8-triton-attention-{key}")
+        run = tactic.bind(spec, {}, torch.device("cuda"))
+        try:
+            diff = int((run(q, k, v, mask).int() - want).abs().max())
+        except Exception as exc:  # a tile that does not compile is a row, not a crash
+            print(f"{name} {tactic.name}: {type(exc).__name__}: {str(exc)[:160]}")
+            continue
+        label = f"{tactic.name} d{diff} ({diff * attrs['out_scale']:.2f})"  # steps, value
+        _time_row(rows, name, label, ops, fp16, run, q, k, v, mask)
     print_table(rows)
 
 

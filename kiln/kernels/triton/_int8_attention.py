@@ -1,0 +1,157 @@
+"""INT8 fused attention for kiln.QAttention: scores, softmax, probabilities in steps of
+1/127 and their product with v in one kernel, as kiln/ops/qattention.py computes them.
+
+One program per (batch * head, BLOCK_M query rows). The keys are short (S_kv <= 256), so
+the program loads all of K and V for its head as one tile of BLOCK_N keys and the softmax
+is the reference's two passes over a whole row (maximum, then exponentials and their
+sum), not an online softmax whose rescaling would round differently:
+
+    acc = q @ k^T                     int8 tensor-core product, int32 (exact)
+    s   = float32(acc) * factor + mask, -inf in the columns past S_kv
+    pq  = round(exp(s - max) / sum * 127) as int8 (a row with max -inf: all zero)
+    o   = float32(pq @ v) * v_factor  int8 product again, int32
+    out = requantized to int8 (round half to even, saturated) or cast to a float type
+
+q, k, v, the mask and the output are [B, H, S, D] views taken with whatever strides they
+have (q, k and v are usually column slices of one QKV GEMM output, [B, S, 3 * H * D]), so
+nothing is copied before the launch.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kiln.kernels.triton._int8_kernels import (
+    _OUT_TORCH,
+    OUT_MODES,
+    _rounded_int,
+    _saturated_steps,
+    _small_int_float,
+)
+from kiln.kernels.triton._pdl import launch, wait_for_inputs
+from kiln.kernels.triton.int8_attention import HEAD_DIMS, MAX_KEYS
+from kiln.ops.qattention import P_STEPS, float_mask
+
+# int8 tensor-core products take 32 along their depth (Ampere's and Hopper's MMA), and
+# pq @ v's depth is the key tile: shorter key tiles are not a shape they take
+MIN_KEY_TILE = 32
+_MODE_OF = {dtype: mode for mode, dtype in _OUT_TORCH.items() if mode <= OUT_MODES["int8"]}
+
+
+@triton.jit
+def _probability_steps(s, STEPS: tl.constexpr):
+    """round(softmax(s) * STEPS) per row of s, as int8; a row entirely -inf gives zeros
+    (its exponentials are taken against 0 instead of -inf and its sum counted as 1)."""
+    peak = tl.max(s, axis=1)
+    blocked = peak == float("-inf")
+    e = tl.exp(s - tl.where(blocked, 0.0, peak)[:, None])
+    total = tl.where(blocked, 1.0, tl.sum(e, axis=1))
+    # an exact division, as torch's: the fast one is 2 ulp off and would move more
+    # probabilities across a rounding boundary than the exponential does
+    p = tl.math.div_rn(e, total[:, None])
+    return _rounded_int(p * STEPS).to(tl.int8)
+
+
+@triton.jit
+def _qattention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, H, SQ, SKV,
+                       sqb, sqh, sqs, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
+                       smb, smh, sms, smn, sob, soh, sos, sod, factor, v_factor,
+                       out_inv_scale, D: tl.constexpr, HAS_MASK: tl.constexpr,
+                       OUT_MODE: tl.constexpr, STEPS: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, PDL: tl.constexpr = False):
+    wait_for_inputs(PDL)
+    # the query blocks of one head are neighbours, so they share K and V in L2
+    blocks_m = tl.cdiv(SQ, BLOCK_M)
+    bh = tl.program_id(0) // blocks_m
+    b = bh // H
+    h = bh % H
+    rm = (tl.program_id(0) % blocks_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.arange(0, BLOCK_N)
+    rd = tl.arange(0, D)
+    row_ok = rm < SQ
+    key_ok = rn < SKV
+    q = tl.load(q_ptr + b * sqb + h * sqh + rm[:, None] * sqs + rd[None, :] * sqd,
+                mask=row_ok[:, None], other=0)
+    kt = tl.load(k_ptr + b * skb + h * skh + rd[:, None] * skd + rn[None, :] * sks,
+                 mask=key_ok[None, :], other=0)  # [D, BLOCK_N]
+    # |acc| <= D * 128 * 128 <= 2**21: converted without the slow instruction
+    s = _small_int_float(tl.dot(q, kt)) * factor
+    if HAS_MASK:
+        s = s + tl.load(mask_ptr + b * smb + h * smh + rm[:, None] * sms + rn[None, :] * smn,
+                        mask=row_ok[:, None] & key_ok[None, :], other=0.0).to(tl.float32)
+    pq = _probability_steps(tl.where(key_ok[None, :], s, float("-inf")), STEPS)
+    v = tl.load(v_ptr + b * svb + h * svh + rn[:, None] * svs + rd[None, :] * svd,
+                mask=key_ok[:, None], other=0)
+    o = tl.dot(pq, v).to(tl.float32) * v_factor
+    if OUT_MODE == 3:
+        out = _saturated_steps(o * out_inv_scale, 0, 3, False)
+    elif OUT_MODE == 1:
+        out = o.to(tl.float16)
+    elif OUT_MODE == 2:
+        out = o.to(tl.bfloat16)
+    else:
+        out = o
+    tl.store(out_ptr + b * sob + h * soh + rm[:, None] * sos + rd[None, :] * sod, out,
+             mask=row_ok[:, None])
+
+
+def check_shapes(head_dim: int, keys: int) -> None:
+    """The sizes the kernel takes: raises ValueError for others."""
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"int8 attention kernel: head dim {head_dim} is not one of "
+                         f"{HEAD_DIMS}")
+    if keys > MAX_KEYS:
+        raise ValueError(f"int8 attention kernel: {keys} keys, more than the {MAX_KEYS} "
+                         "it holds in one tile")
+
+
+def key_tile(keys: int) -> int:
+    """BLOCK_N: all keys of a head, a power of two."""
+    return max(MIN_KEY_TILE, triton.next_power_of_2(keys))
+
+
+def _mask_args(mask: torch.Tensor | None, shape: tuple[int, int, int, int],
+               dummy: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The additive mask broadcast to [B, H, Sq, Skv] (stride 0 along the axes it lacks)
+    and its strides; without a mask, a pointer the kernel never reads. A float mask is
+    read in its own type (the kernel widens it to float32 as it loads: a conversion here
+    would be a kernel launch per layer); a boolean one becomes float32 first."""
+    if mask is None:
+        return dummy, (0, 0, 0, 0)
+    bias = float_mask(mask) if mask.dtype == torch.bool else mask
+    bias = bias.expand(*shape)
+    return bias, bias.stride()
+
+
+def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   mask: torch.Tensor | None, out: torch.Tensor, *, factor: float,
+                   v_factor: float, out_inv_scale: float | None, block_m: int,
+                   warps: int) -> torch.Tensor:
+    """q [B, H, Sq, D], k and v [B, H, Skv, D] (int8, any strides), mask broadcastable to
+    [B, H, Sq, Skv] (additive float or bool, or None); writes out, a [B, H, Sq, D] view of
+    any strides: int8 requantized with out_inv_scale, or float32/float16/bfloat16."""
+    batch, heads, s_q, d = q.shape
+    s_kv = k.shape[2]
+    check_shapes(d, s_kv)
+    if k.shape != (batch, heads, s_kv, d) or v.shape != k.shape or out.shape != q.shape:
+        raise ValueError(f"int8 attention kernel: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}, out {tuple(out.shape)} do not match")
+    if any(t.dtype != torch.int8 for t in (q, k, v)) or out.dtype not in _MODE_OF:
+        raise ValueError(f"int8 attention kernel: q, k, v {q.dtype}, {k.dtype}, {v.dtype} "
+                         f"(int8 wanted), out {out.dtype} (int8 or a float type wanted)")
+    out_mode = _MODE_OF[out.dtype]
+    if out_mode == OUT_MODES["int8"] and out_inv_scale is None:
+        raise ValueError("int8 attention kernel: an int8 output needs out_inv_scale")
+    bias, mask_strides = _mask_args(mask, (batch, heads, s_q, s_kv), q)
+    grid = (triton.cdiv(s_q, block_m) * batch * heads,)
+    # no fused multiply-adds: each product rounds on its own as in the reference, where
+    # p * 127 + 1.5 * 2**23 as one fma would round the probability's steps differently
+    _qattention_kernel[grid](
+        q, k, v, bias, out, heads, s_q, s_kv, *q.stride(), *k.stride(), *v.stride(),
+        *mask_strides, *out.stride(), float(factor), float(v_factor),
+        float(out_inv_scale or 1.0), D=d, HAS_MASK=mask is not None, OUT_MODE=out_mode,
+        STEPS=P_STEPS, BLOCK_M=block_m, BLOCK_N=key_tile(s_kv), num_warps=warps,
+        num_stages=1, enable_fp_fusion=False, **launch(out.device))
+    return out

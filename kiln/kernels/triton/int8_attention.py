@@ -1,0 +1,119 @@
+"""Triton tactics for kiln.QAttention (kiln/kernels/triton/_int8_attention.py): the whole
+attention of a head in one kernel over INT8 q, k and v, with the reference's arithmetic
+(kiln/ops/qattention.py), for head dims of 32, 64 or 128 and at most 256 keys.
+
+Each query tile (BLOCK_M rows, warps) is a tactic of its own, so the builder's tuner times
+them like any other candidates. q, k and v are taken as the strided views their layouts
+give, and the output is written straight into the layer's out_layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
+from kiln.kernels.triton import usable_on
+from kiln.ops.fused import to_bhsd
+from kiln.ops.qattention import score_factor, softmax_scale, value_factor
+from kiln.ops.quantized import inverse_scale
+
+# (BLOCK_M, warps)
+ATTENTION_CONFIGS = {"64w4": (64, 4), "128w4": (128, 4), "128w8": (128, 8)}
+HEAD_DIMS = (32, 64, 128)  # the whole head dim is one tile of the kernel
+MAX_KEYS = 256  # so are all the keys of a head: its scores stay in registers
+_LAYOUTS = ("bhsd", "bshd", "bhds")
+_OUT_FLOATS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def attention_kernels():
+    from kiln.kernels.triton import _int8_attention
+
+    return _int8_attention
+
+
+def _layouts(layer: LayerSpec) -> tuple[str, str, str]:
+    attrs = layer.attrs
+    return tuple(attrs.get(f"{name}_layout", "bhsd") for name in "qkv")
+
+
+def _axis(shape: tuple | None, layout: str, axis: str) -> Any:
+    """The size of `axis` ('s' or 'd') of a q/k/v shape stored in `layout`; None where
+    the shape or layout is unknown (a size may be a symbolic name or None itself)."""
+    if shape is None or len(shape) != 4 or layout not in _LAYOUTS:
+        return None
+    return shape[layout.index(axis)]
+
+
+def attention_fits(layer: LayerSpec) -> bool:
+    """Whether the layer's static shapes are ones the kernel takes: q, k and v of one head
+    dim in HEAD_DIMS, and a known key length of at most MAX_KEYS."""
+    shapes = [*layer.input_shapes[:3], None, None, None][:3]
+    layouts = _layouts(layer)
+    dims = [_axis(shape, layout, "d") for shape, layout in zip(shapes, layouts)]
+    keys = _axis(shapes[1], layouts[1], "s")
+    return (isinstance(dims[0], int) and dims[0] in HEAD_DIMS and dims[0] == dims[1] == dims[2]
+            and isinstance(keys, int) and 0 < keys <= MAX_KEYS)
+
+
+def _outputs_supported(attrs: dict) -> bool:
+    """int8 requantized with zero point 0, or a float type; not causal (no such mask in the
+    kernel); an output layout the kernel writes."""
+    if attrs.get("out_scale"):
+        quantized = attrs.get("out_type", "int8") == "int8" and not attrs.get(
+            "out_zero_point", 0)
+    else:
+        quantized = attrs.get("out_dtype", "fp32") in _OUT_FLOATS
+    return (quantized and not attrs.get("is_causal", 0)
+            and attrs.get("out_layout", "bhsd") in ("bhsd", "bshd"))
+
+
+class _TritonAttention(Tactic):
+    ops = (("kiln", "QAttention"),)
+    config: tuple = ()
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        types = layer.input_dtypes
+        return (usable_on(target.device.type) and len(types) >= 3
+                and all(t == "int8" for t in types[:3]) and _outputs_supported(layer.attrs)
+                and attention_fits(layer))
+
+    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[..., Any]:
+        attrs = layer.attrs
+        if attrs.get("out_zero_point", 0):
+            raise ValueError(f"{self.name}: out_zero_point must be 0")
+        layouts, bshd_out = _layouts(layer), attrs.get("out_layout", "bhsd") == "bshd"
+        out_scale = attrs.get("out_scale") or 0.0
+        out_inv_scale = inverse_scale(out_scale) if out_scale else None
+        dtype = torch.int8 if out_scale else _OUT_FLOATS[attrs.get("out_dtype", "fp32")]
+        scales = (attrs.get("q_scale", 1.0), attrs.get("k_scale", 1.0), attrs.get("scale"))
+        v_factor = value_factor(attrs.get("v_scale", 1.0))
+        block_m, warps = self.config
+        kernels = attention_kernels()
+
+        def run(q, k, v, mask=None):
+            q, k, v = (to_bhsd(t, layout) for t, layout in zip((q, k, v), layouts))
+            batch, heads, s_q, d = q.shape
+            kernels.check_shapes(d, k.shape[2])
+            factor = score_factor(scales[0], scales[1], softmax_scale(scales[2], d))
+            shape = (batch, s_q, heads, d) if bshd_out else (batch, heads, s_q, d)
+            out = torch.empty(shape, dtype=dtype, device=q.device)
+            kernels.int8_attention(q, k, v, mask, out.transpose(1, 2) if bshd_out else out,
+                                   factor=factor, v_factor=v_factor,
+                                   out_inv_scale=out_inv_scale, block_m=block_m, warps=warps)
+            return out
+
+        return run
+
+
+def _register() -> None:
+    for index, (key, config) in enumerate(ATTENTION_CONFIGS.items()):
+        register_tactic(type(f"TritonQAttention_{key}", (_TritonAttention,), {
+            "name": f"int8-triton-attention-{key}", "config": config,
+            "priority": 10 + index}))
+
+
+_register()
