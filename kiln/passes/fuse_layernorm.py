@@ -14,7 +14,7 @@ stream), the fused node returns it as a second output.
 from __future__ import annotations
 
 from kiln.ir import Graph, Node, Value
-from kiln.passes._dim_equality import axes_of
+from kiln.passes._dim_equality import DimEquality, DimRef, axes_of
 from kiln.passes._match import (
     const,
     fused_names,
@@ -31,18 +31,45 @@ from kiln.passes.pipeline import PassContext, register_pass
 def fuse_layernorm(graph: Graph, ctx: PassContext) -> bool:
     """Fuses LayerNormalization (or its spelled-out form) and a residual Add before it."""
     changed = False
+    shapes = _Shapes(graph)
     for g in list(graph.walk_graphs()):
         for node in list(g.nodes):
             if node.graph is not g or node.domain:
                 continue
             if node.op_type == "LayerNormalization":
-                changed |= _from_op(g, node)
+                changed |= _from_op(g, node, shapes)
             elif node.op_type == "Div":
-                changed |= _from_formula(g, node)
+                changed |= _from_formula(g, node, shapes)
     return changed
 
 
-def _from_op(graph: Graph, ln: Node) -> bool:
+class _Shapes:
+    """Whether a residual Add's operands can be taken as one LayerNorm's x and residual:
+    one rank, and each dim either equal in size, proven equal (DimEquality, built on
+    first need) or unknown on a side. Exporters name a residual's batch and sequence dims
+    apart from the other operand's (BERT's 'unk__48' beside 'batch') though every run has
+    them equal; where they might still differ at run time the sum broadcasts, and every
+    LayerNorm tactic broadcasts x and the residual as the Add did."""
+
+    def __init__(self, graph: Graph) -> None:
+        self._graph, self._eq = graph, None
+
+    def same(self, a: Value, b: Value) -> bool:
+        if a.shape is None or b.shape is None or len(a.shape) != len(b.shape):
+            return False
+        return all(self._agree(a, b, i) for i in range(len(a.shape)))
+
+    def _agree(self, a: Value, b: Value, axis: int) -> bool:
+        p, q = a.shape[axis], b.shape[axis]
+        if isinstance(p, int) and isinstance(q, int):
+            return p == q
+        if self._eq is None:
+            self._eq = DimEquality(self._graph)
+        known = self._eq.static(DimRef(a, axis)), self._eq.static(DimRef(b, axis))
+        return None in known or known[0] == known[1]
+
+
+def _from_op(graph: Graph, ln: Node, shapes: _Shapes) -> bool:
     if any(v is not None for v in ln.outputs[1:]) or ln.attrs.get("stash_type", 1) != 1:
         return False
     x, scale = ln.inputs[0], ln.inputs[1]
@@ -51,10 +78,10 @@ def _from_op(graph: Graph, ln: Node) -> bool:
     if x is None or x.rank is None:
         return False
     return _replace(graph, x, scale, bias, axis if axis >= 0 else axis + x.rank, x.rank,
-                    ln.attrs.get("epsilon", 1e-5), [ln], ln.output)
+                    ln.attrs.get("epsilon", 1e-5), [ln], ln.output, shapes)
 
 
-def _from_formula(graph: Graph, div: Node) -> bool:
+def _from_formula(graph: Graph, div: Node, shapes: _Shapes) -> bool:
     d, s = div.inputs
     sub, sqrt = producer(d, "Sub"), producer(s, "Sqrt")
     if sub is None or sqrt is None or only_consumer(s, graph) is not div:
@@ -85,7 +112,7 @@ def _from_formula(graph: Graph, div: Node) -> bool:
         if add is not None and add.op_type == "Add" and const(other_input(add, out)) is not None:
             bias, out = other_input(add, out), add.output
             chain.append(add)
-    return _replace(graph, x, scale, bias, rank - 1, rank, eps, chain, out)
+    return _replace(graph, x, scale, bias, rank - 1, rank, eps, chain, out, shapes)
 
 
 def _is_square_of(node: Node, d: Value) -> bool:
@@ -101,14 +128,14 @@ def _last_axis(reduce: Node, rank: int) -> bool:
 
 
 def _replace(graph: Graph, x: Value, scale: Value | None, bias: Value | None, axis: int,
-             rank: int, eps: float, chain: list[Node], out: Value) -> bool:
+             rank: int, eps: float, chain: list[Node], out: Value, shapes: _Shapes) -> bool:
     if (scale is not None and not scale.is_const) or (bias is not None and not bias.is_const):
         return False
     residual = None
     add = producer(x, "Add")
     summed: Value | None = None
     if add is not None and axis == rank - 1 and add.inputs[0] is not None and \
-            add.inputs[1] is not None and _same_shape(add.inputs[0], add.inputs[1]) and \
+            add.inputs[1] is not None and shapes.same(add.inputs[0], add.inputs[1]) and \
             not add.inputs[0].is_const and not add.inputs[1].is_const:
         summed = x
         chain = [add, *chain]
@@ -128,8 +155,3 @@ def _replace(graph: Graph, x: Value, scale: Value | None, bias: Value | None, ax
         graph.replace_all_uses(summed, node.outputs[1])
     remove_chain(graph, chain)
     return True
-
-
-def _same_shape(a: Value, b: Value) -> bool:
-    return a.shape is not None and b.shape is not None and len(a.shape) == len(b.shape) and all(
-        p == q and p is not None for p, q in zip(a.shape, b.shape))

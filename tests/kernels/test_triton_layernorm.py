@@ -28,6 +28,7 @@ CASES = [  # (shape, axis, residual layout)
     ((4, 6, 32), -1, "same"),
     ((4, 6, 32), -1, "permuted"),     # MHA's output: a [1, 0, 2] view of [6, 4, 32]
     ((3, 5, 40), -1, "broadcast"),    # a [40] residual (a bias)
+    ((3, 5, 40), -1, "wider"),        # x broadcasts: a [1, 5, 40] x beside a full residual
     ((2, 3, 4, 10), 2, "same"),       # two normalized dims
     ((7, 100), -1, None),
     ((1, 1, 1030), -1, "permuted"),   # a row wider than one warp's share, odd size
@@ -39,10 +40,10 @@ CASES = [  # (shape, axis, residual layout)
 @pytest.mark.parametrize("affine", [True, False])
 def test_matches_reference(shape, axis, layout, dtype, affine):
     seed = hash((shape, axis, layout, affine)) % 2**31
-    x = _random(shape, dtype, seed)
+    x = _random((1, *shape[1:]) if layout == "wider" else shape, dtype, seed)
     lead = axis if axis >= 0 else len(shape) + axis
     residual = None
-    if layout == "same":
+    if layout in ("same", "wider"):
         residual = _random(shape, dtype, seed + 1)
     elif layout == "permuted":
         residual = _random((shape[1], shape[0], *shape[2:]), dtype, seed + 1).transpose(0, 1)

@@ -281,3 +281,33 @@ def test_sdpa_export_output_transpose_is_absorbed():
     run_pipeline(graph, PassContext())
     attention = next(n for n in graph.nodes if n.op_type == "Attention")
     assert attention.attrs["out_layout"] == "bshd"
+
+
+def test_residual_add_joins_the_layernorm_when_its_dims_are_not_proven_equal():
+    """Exporters name a residual's dims apart from the other operand's (BERT's 'unk__48'
+    beside 'batch', or none at all): the Add still joins the LayerNorm, whose kernels
+    broadcast x and the residual as the Add did (here a residual of batch 1, and an x of
+    batch 1 beside a residual of 3)."""
+    from onnx import TensorProto, helper
+
+    width = 16
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Add", ["x", "r"], ["s"]),
+             helper.make_node("LayerNormalization", ["s", "g", "b"], ["y"], axis=-1)]
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, [width],
+                                rng.standard_normal(width).astype(np.float32))
+             for n in ("g", "b")]
+    graph = helper.make_graph(
+        nodes, "residual",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["unk__1", "s", width]),
+         helper.make_tensor_value_info("r", TensorProto.FLOAT, [None, None, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = [{"x": rng.standard_normal(xs).astype(np.float32),
+              "r": rng.standard_normal(rs).astype(np.float32)}
+             for xs, rs in (((2, 5, width), (2, 5, width)), ((3, 4, width), (1, 4, width)),
+                            ((1, 4, width), (3, 4, width)))]
+    counts = optimized_counts_and_check(model.SerializeToString(), feeds)
+    assert counts == Counter({"LayerNorm": 1})
+

@@ -95,7 +95,10 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch
     """(y, sum or None, y quantized or None); `quantize`: the keywords of quantize_attrs."""
     lead = axis if axis >= 0 else x.dim() + axis
     if residual is not None and residual.shape != x.shape:
-        residual = residual.expand(x.shape)
+        # the sum broadcasts either way (fuse_layernorm takes an Add whose operands it
+        # could not prove of one shape when no static size contradicts it)
+        shape = torch.broadcast_shapes(x.shape, residual.shape)
+        x, residual = x.expand(shape), residual.expand(shape)
     n = math.prod(x.shape[lead:])
     views = [rows_view(t, lead) for t in (x, residual) if t is not None]
     if any(v is None for v in views) or (len(views) == 2 and views[0][:2] != views[1][:2]):
