@@ -84,3 +84,39 @@ def quantize_with_ort(source: Path, target: Path, batches: list[dict], *, per_ch
                     activation_type=QuantType.QInt8 if activation == "int8" else QuantType.QUInt8,
                     weight_type=QuantType.QInt8, op_types_to_quantize=op_types)
     return onnx.load(str(target))
+
+
+def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 real handwritten digits as [N, 8, 8] float32 in [0, 1]: (x_train,
+    x_test, y_train, y_test), a stratified 3:1 split. Skips the test without scikit-learn."""
+    import pytest
+
+    datasets = pytest.importorskip("sklearn.datasets")
+    from sklearn.model_selection import train_test_split
+
+    data = datasets.load_digits()
+    x = (data.images / 16.0).astype(np.float32)
+    return train_test_split(x, data.target.astype(np.int64), test_size=0.25, random_state=0,
+                            stratify=data.target)
+
+
+def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int,
+                     logits=lambda model, batch: model(batch)) -> nn.Module:
+    """Adam at 3e-3, batches of 64, seeded; `logits(model, batch)` calls the model."""
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny steps: threads only contend (badly on a busy machine)
+    try:
+        for _epoch in range(epochs):
+            order = torch.randperm(len(xt))
+            for i in range(0, len(xt), 64):
+                index = order[i:i + 64]
+                loss = nn.functional.cross_entropy(logits(model, xt[index]), yt[index])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()

@@ -16,6 +16,7 @@ from torch import nn
 from kiln.build import BuilderConfig, build_engine
 from kiln.quant import METHODS, Calibrator
 from kiln.runtime import ExecutionContext
+from tests.quant._models import digits_split, train_classifier
 
 
 def _network() -> nn.Sequential:
@@ -28,30 +29,11 @@ def _network() -> nn.Sequential:
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    sklearn = pytest.importorskip("sklearn.datasets")
-    from sklearn.model_selection import train_test_split
-
-    data = sklearn.load_digits()
-    x = (data.images / 16.0).astype(np.float32)[:, None]
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, data.target.astype(np.int64), test_size=0.25, random_state=0, stratify=data.target)
+    x_train, x_test, y_train, y_test = digits_split()
+    x_train, x_test = x_train[:, None], x_test[:, None]  # one channel
     torch.manual_seed(0)
-    model = _network()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny steps: threads only contend (badly on a busy machine)
-    try:
-        for _epoch in range(15):
-            order = torch.randperm(len(xt))
-            for i in range(0, len(xt), 64):
-                index = order[i:i + 64]
-                loss = nn.functional.cross_entropy(model(xt[index]), yt[index])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
+    model = train_classifier(_network(), x_train, y_train, epochs=15)
+    xt = torch.from_numpy(x_train)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

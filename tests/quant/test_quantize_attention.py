@@ -21,6 +21,7 @@ from kiln.ops.fused import attention
 from kiln.ops.qattention import qattention
 from kiln.quant import Calibrator
 from kiln.runtime import ExecutionContext
+from tests.quant._models import digits_split, train_classifier
 
 
 class Encoder(nn.Module):
@@ -217,32 +218,12 @@ def test_odd_head_sizes_stay_float_with_the_reason(tmp_path):
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    sklearn = pytest.importorskip("sklearn.datasets")
-    from sklearn.model_selection import train_test_split
-
-    data = sklearn.load_digits()
-    x = (data.images / 16.0).astype(np.float32)  # 8 rows of 8 pixels: 8 tokens
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, data.target.astype(np.int64), test_size=0.25, random_state=0, stratify=data.target)
+    x_train, x_test, y_train, y_test = digits_split()  # 8 rows of 8 pixels: 8 tokens
     torch.manual_seed(0)
-    model = Encoder()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
     ones = torch.ones(64, 8)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny steps: threads only contend
-    try:
-        for _epoch in range(12):
-            order = torch.randperm(len(xt))
-            for i in range(0, len(xt), 64):
-                index = order[i:i + 64]
-                logits = model(xt[index], ones[:len(index)])
-                loss = nn.functional.cross_entropy(logits, yt[index])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
+    model = train_classifier(Encoder(), x_train, y_train, epochs=12,
+                             logits=lambda model, x: model(x, ones[:len(x)]))
+    xt = torch.from_numpy(x_train)
     path = _export(model, xt[:2], tmp_path_factory.mktemp("digits") / "encoder.onnx")
     return path, x_train, x_test, y_test
 
