@@ -245,3 +245,15 @@ def test_trained_transformer_keeps_its_accuracy_with_int8_attention(digits):
     assert engine.plan["build"]["quantization"]["attention_int8"] == "1 of 1"
     int8 = _accuracy(engine, x_test, y_test)
     assert int8 >= fp32 - 0.01, f"INT8 {int8:.4f} vs FP32 {fp32:.4f}"
+
+
+def test_cli_build_says_which_attentions_run_in_int8(random_model, tmp_path, capsys):
+    from kiln.cli.main import main
+
+    path, calib = random_model[:2]
+    for i, batch in enumerate(calib):
+        np.savez(tmp_path / f"batch{i}.npz", **batch)
+    code = main(["build", path, "--int8", f"--calib={tmp_path}", "--device=cpu",
+                 f"--saveEngine={tmp_path / 'enc.kiln'}"])
+    captured = capsys.readouterr()
+    assert code == 0 and "attention in INT8: 1 of 1" in captured.err + captured.out
