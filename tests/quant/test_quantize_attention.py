@@ -257,3 +257,29 @@ def test_cli_build_says_which_attentions_run_in_int8(random_model, tmp_path, cap
                  f"--saveEngine={tmp_path / 'enc.kiln'}"])
     captured = capsys.readouterr()
     assert code == 0 and "attention in INT8: 1 of 1" in captured.err + captured.out
+
+
+class GatedEncoder(Encoder):
+    """A fourth projection of the same input, merged with q, k and v into one GEMM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = nn.Linear(64, 64)
+
+    def forward(self, x, mask):
+        h = self.embed(x) + self.position
+        return super().forward(x, mask) + self.gate(h).mean(1)[:, :10]
+
+
+def test_a_qkv_gemm_that_makes_other_tensors_stays_float(tmp_path):
+    torch.manual_seed(8)
+    path = _export(GatedEncoder(), torch.randn(2, 8, 8), tmp_path / "gated.onnx")
+    rng = np.random.default_rng(3)
+    engine = _build(path, [_feeds(rng, 4, pad=p) for p in (0, 2)])
+    quant = engine.plan["build"]["quantization"]
+    assert quant["attention_int8"] == "0 of 1"
+    assert any("also makes other tensors" in why for why in quant["skipped"].values())
+    feeds = _feeds(np.random.default_rng(9), 3, pad=1)
+    want = ort.InferenceSession(path).run(None, feeds)[0]
+    got = ExecutionContext(engine).run(feeds)["y"]
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
