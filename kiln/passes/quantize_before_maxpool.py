@@ -23,12 +23,18 @@ from kiln.passes.pipeline import PassContext, register_pass
 @register_pass("fuse", priority=82)  # after lower_qdq, whose next round fuses the step
 def quantize_before_maxpool(graph: Graph, ctx: PassContext) -> bool:
     """Swaps MaxPool -> Quantize where a quantized layer alone feeds the pool."""
+    return move_quantize_before_ops(graph, ctx, ("MaxPool",), "quantize_before_maxpool")
+
+
+def move_quantize_before_ops(graph: Graph, ctx: PassContext, ops: tuple[str, ...],
+                             counter: str) -> bool:
+    """move_quantize_before on every ONNX node of `ops`, counted under `counter`."""
     changed = False
     for g in list(graph.walk_graphs()):
         for node in list(g.nodes):
-            if node.graph is g and not node.domain and node.op_type == "MaxPool":
+            if node.graph is g and not node.domain and node.op_type in ops:
                 swapped = move_quantize_before(g, node)
-                ctx.count("quantize_before_maxpool", int(swapped))
+                ctx.count(counter, int(swapped))
                 changed |= swapped
     return changed
 

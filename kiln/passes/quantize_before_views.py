@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from kiln.ir import Graph
 from kiln.passes.pipeline import PassContext, register_pass
-from kiln.passes.quantize_before_maxpool import move_quantize_before
+from kiln.passes.quantize_before_maxpool import move_quantize_before_ops
 
 VIEWS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
 
@@ -24,11 +24,4 @@ VIEWS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
 @register_pass("fuse", priority=83)  # after lower_qdq, whose next round fuses the step
 def quantize_before_views(graph: Graph, ctx: PassContext) -> bool:
     """Swaps view -> Quantize where a quantized layer alone feeds the view."""
-    changed = False
-    for g in list(graph.walk_graphs()):
-        for node in list(g.nodes):
-            if node.graph is g and not node.domain and node.op_type in VIEWS:
-                swapped = move_quantize_before(g, node)
-                ctx.count("quantize_before_views", int(swapped))
-                changed |= swapped
-    return changed
+    return move_quantize_before_ops(graph, ctx, VIEWS, "quantize_before_views")

@@ -26,12 +26,12 @@ import numpy as np
 from kiln.ir import DType, Graph, Node, Value
 from kiln.passes._match import const
 from kiln.passes.lower_qdq import forced_float
+from kiln.passes.quantize_before_views import VIEWS
 from kiln.quant import arith
 from kiln.quant.names import onnx_name
 from kiln.quant.qdq import swap_node
 
 Amax = Callable[[str], float | None]
-VIEWS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
 HEAD_SIZES = (32, 64, 128)
 MAX_KEYS = 256
 
