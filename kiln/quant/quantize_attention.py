@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kiln.ir import DType, Graph, Node, Value
+from kiln.kernels.triton.int8_attention import HEAD_DIMS, MAX_KEYS, layout_size
 from kiln.passes._match import const
 from kiln.passes.lower_qdq import forced_float
 from kiln.passes.quantize_before_views import VIEWS
@@ -32,8 +33,6 @@ from kiln.quant.names import onnx_name
 from kiln.quant.qdq import swap_node
 
 Amax = Callable[[str], float | None]
-HEAD_SIZES = (32, 64, 128)
-MAX_KEYS = 256
 
 
 @dataclass
@@ -93,14 +92,18 @@ def _shape_problem(node: Node) -> str | None:
     q, k = node.inputs[0].shape, node.inputs[1].shape
     if q is None or k is None or len(q) != 4 or len(k) != 4:
         return "q and k need known 4-D shapes"
-    head = q[2] if node.attrs.get("q_layout", "bhsd") == "bhds" else q[3]
-    keys = k[3] if node.attrs.get("k_layout", "bhsd") == "bhds" else (
-        k[1] if node.attrs.get("k_layout", "bhsd") == "bshd" else k[2])
-    if head not in HEAD_SIZES:
-        return f"head size {head} (the INT8 kernel takes {', '.join(map(str, HEAD_SIZES))})"
+    head = layout_size(q, node.attrs.get("q_layout", "bhsd"), "d")
+    keys = layout_size(k, node.attrs.get("k_layout", "bhsd"), "s")
+    if head not in HEAD_DIMS:
+        return f"head size {head} (the INT8 kernel takes {', '.join(map(str, HEAD_DIMS))})"
     if not isinstance(keys, int) or keys > MAX_KEYS:
         return f"key length {keys} is not known to be at most {MAX_KEYS}"
     return None
+
+
+def _columns(gemm: Node) -> int:
+    """The GEMM's output columns (its weight is stored [N, K])."""
+    return int(const(gemm.inputs[1]).shape[0])
 
 
 def _source(graph: Graph, value: Value) -> Source | None:
@@ -129,8 +132,7 @@ def _source(graph: Graph, value: Value) -> Source | None:
     if node.attrs.get("out_scale") or node.attrs.get("activation") or \
             node.meta.get("quantized", "int8") != "int8":
         return None
-    width = int(const(node.inputs[1]).shape[0])
-    return Source(node, start, width if stop is None else stop, chain)
+    return Source(node, start, _columns(node) if stop is None else stop, chain)
 
 
 def _split_columns(split: Node, piece: Value) -> tuple[int, int] | None:
@@ -153,7 +155,7 @@ def _covers_gemms(sources: list[Source]) -> bool:
     Split output reads the GEMM's INT8 output as floats)."""
     for gemm in {id(s.gemm): s.gemm for s in sources}.values():
         pieces = sorted((s.start, s.stop) for s in sources if s.gemm is gemm)
-        width = int(const(gemm.inputs[1]).shape[0])
+        width = _columns(gemm)
         edges = [0] + [b for a, b in pieces]
         if [a for a, _ in pieces] != edges[:-1] or edges[-1] != width:
             return False
@@ -175,7 +177,7 @@ def _requantize_sources(sources: list[Source], scales: list[float]) -> None:
     """Each GEMM writes INT8 with 1/scale of each piece folded into its columns' factor
     and bias (requantizing with scale 1), and the views carry INT8."""
     for gemm in {id(s.gemm): s.gemm for s in sources}.values():
-        width = int(const(gemm.inputs[1]).shape[0])
+        width = _columns(gemm)
         per_column = np.ones(width, dtype=np.float64)
         for source, scale in zip(sources, scales):
             if source.gemm is gemm:

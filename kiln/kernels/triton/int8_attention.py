@@ -39,7 +39,7 @@ def _layouts(layer: LayerSpec) -> tuple[str, str, str]:
     return tuple(attrs.get(f"{name}_layout", "bhsd") for name in "qkv")
 
 
-def _axis(shape: tuple | None, layout: str, axis: str) -> Any:
+def layout_size(shape: tuple | None, layout: str, axis: str) -> Any:
     """The size of `axis` ('s' or 'd') of a q/k/v shape stored in `layout`; None where
     the shape or layout is unknown (a size may be a symbolic name or None itself)."""
     if shape is None or len(shape) != 4 or layout not in _LAYOUTS:
@@ -52,8 +52,8 @@ def attention_fits(layer: LayerSpec) -> bool:
     dim in HEAD_DIMS, and a known key length of at most MAX_KEYS."""
     shapes = [*layer.input_shapes[:3], None, None, None][:3]
     layouts = _layouts(layer)
-    dims = [_axis(shape, layout, "d") for shape, layout in zip(shapes, layouts)]
-    keys = _axis(shapes[1], layouts[1], "s")
+    dims = [layout_size(shape, layout, "d") for shape, layout in zip(shapes, layouts)]
+    keys = layout_size(shapes[1], layouts[1], "s")
     return (isinstance(dims[0], int) and dims[0] in HEAD_DIMS and dims[0] == dims[1] == dims[2]
             and isinstance(keys, int) and 0 < keys <= MAX_KEYS)
 
