@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from kiln.runtime.profile import LayerTime
 
+# QAttention is timed and pinned like the others; its q, k and v come through views of
+# its GEMM's output, which add no quantize step, so it adds no boundary below
 QUANTIZED_OPS = ("QConv", "QGemm", "QAttention")
 ACTIVATION_INPUTS = (0, 2)  # QConv/QGemm: input, weight, residual
 
