@@ -1,7 +1,10 @@
 """Implicit quantization of attention: kiln.Attention over INT8 q, k and v.
 
-    qkv = QGemm(x) {fp16 out};  q, k, v = views of Split(qkv);  y = Attention(q, k, v, mask)
+    qkv = QGemm(x) {fp16 out};  q, k, v = views of qkv;  y = Attention(q, k, v, mask)
         ->  qkv = QGemm(x) {int8 out};  q, k, v = the same views;  y = QAttention(q, k, v, mask)
+
+where the views are Splits, Slices, Reshapes and Transposes (kiln/quant/gemm_columns.py
+finds the columns each of q, k and v takes).
 
 q, k and v each get their calibrated scale (amax / 127). When one GEMM makes all three
 (kiln/passes/merge_parallel_gemms.py), its output columns need three scales while a
@@ -13,7 +16,7 @@ products on INT8 tensor cores (kiln/ops/qattention.py says what it computes).
 An attention is left in floating point, with the reason in the build report, when
 --layerPrecisions names it, when it is causal, when its head size is not 32, 64 or 128
 or its key length is not known to be at most 256 (what the INT8 kernel takes), or when
-q, k or v is not the float output of an INT8 GEMM that nothing else reads.
+q, k or v is not a view of the float output of an INT8 GEMM that nothing else reads.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from kiln.ir import DType, Graph, Node, Value
 from kiln.kernels.triton.int8_attention import HEAD_DIMS, MAX_KEYS, layout_size
 from kiln.passes._match import const
 from kiln.passes.lower_qdq import forced_float
-from kiln.passes.quantize_before_views import VIEWS
 from kiln.quant import arith
+from kiln.quant.gemm_columns import path_to, reached_columns
 from kiln.quant.names import onnx_name
 from kiln.quant.qdq import swap_node
 
@@ -37,12 +40,13 @@ Amax = Callable[[str], float | None]
 
 @dataclass
 class Source:
-    """Where an INT8 GEMM makes q, k or v: its columns [start, stop) of `gemm`."""
+    """Where an INT8 GEMM makes q, k or v: which of `gemm`'s output columns, through which
+    views."""
 
     gemm: Node
-    start: int
-    stop: int
-    chain: list[Value]  # the values from the GEMM's output (or Split piece) to the input
+    columns: np.ndarray
+    nodes: list[Node]  # the views and slices from the GEMM's output to the input, in order
+    chain: list[Value]  # the values from the input back to the GEMM's output
 
 
 def quantize_attention(graph: Graph, amax: Amax, overrides: dict[str, str]
@@ -70,10 +74,10 @@ def _quantize(graph: Graph, node: Node, amax: Amax, overrides: dict[str, str]) -
     why = _shape_problem(node)
     if why is not None:
         return why
-    sources = [_source(graph, value) for value in node.inputs[:3]]
+    sources = [_source(value) for value in node.inputs[:3]]
     if any(s is None for s in sources):
-        return "q, k or v is not the float output of an INT8 GEMM read by this attention alone"
-    if not _covers_gemms(sources):
+        return "q, k or v is not the float output of an INT8 GEMM through views"
+    if not _read_here_alone(graph, node, sources):
         return "the GEMM making q, k or v also makes other tensors"
     scales = []
     for value, source in zip(node.inputs[:3], sources):
@@ -101,63 +105,37 @@ def _shape_problem(node: Node) -> str | None:
     return None
 
 
-def _columns(gemm: Node) -> int:
-    """The GEMM's output columns (its weight is stored [N, K])."""
-    return int(const(gemm.inputs[1]).shape[0])
-
-
-def _source(graph: Graph, value: Value) -> Source | None:
-    """The GEMM columns `value` views, when only views lead there and each value on the
-    way has one reader."""
-    chain = [value]
-    while value.producer is not None and value.producer.op_type in VIEWS and \
-            not value.producer.domain:
-        value = value.producer.inputs[0]
-        chain.append(value)
-    if any(len(v.consumers) != 1 or any(v is o for o in graph.outputs) for v in chain):
+def _source(value: Value) -> Source | None:
+    """The GEMM columns `value` is a view of, when only views and slices lead there."""
+    root, nodes = path_to(value)
+    gemm = root.producer
+    if gemm is None or gemm.domain != "kiln" or gemm.op_type != "QGemm":
         return None
-    node = value.producer
-    start, stop = 0, None
-    if node is not None and node.op_type == "Split" and not node.domain:
-        columns = _split_columns(node, value)
-        if columns is None:
-            return None
-        start, stop = columns
-        out = node.inputs[0]
-        if len(out.consumers) != 1 or any(out is o for o in graph.outputs):
-            return None
-        node = out.producer
-    if node is None or node.domain != "kiln" or node.op_type != "QGemm":
+    if gemm.attrs.get("out_scale") or gemm.attrs.get("activation") or \
+            gemm.meta.get("quantized", "int8") != "int8":
         return None
-    if node.attrs.get("out_scale") or node.attrs.get("activation") or \
-            node.meta.get("quantized", "int8") != "int8":
+    columns = reached_columns(root, nodes, value)
+    if columns is None:
         return None
-    return Source(node, start, _columns(node) if stop is None else stop, chain)
+    chain = [value] + [n.inputs[0] for n in reversed(nodes)]
+    return Source(gemm, columns, nodes, chain)
 
 
-def _split_columns(split: Node, piece: Value) -> tuple[int, int] | None:
-    """The columns [start, stop) a Split along the last axis gives `piece`."""
-    axis, shape = split.attrs.get("axis", 0), split.inputs[0].shape
-    if shape is None or axis not in (-1, len(shape) - 1):
-        return None
-    sizes = split.attrs.get("split")
-    if sizes is None and len(split.inputs) > 1 and split.inputs[1] is not None:
-        sizes = const(split.inputs[1])
-    if sizes is None:
-        return None
-    bounds = np.concatenate([[0], np.cumsum(np.asarray(sizes, dtype=np.int64))])
-    index = next(i for i, v in enumerate(split.outputs) if v is piece)
-    return int(bounds[index]), int(bounds[index + 1])
-
-
-def _covers_gemms(sources: list[Source]) -> bool:
-    """Every GEMM's columns are exactly the union of the pieces taken from it (so no other
-    Split output reads the GEMM's INT8 output as floats)."""
+def _read_here_alone(graph: Graph, attention: Node, sources: list[Source]) -> bool:
+    """Nothing but the views to q, k and v and the attention reads the GEMMs' outputs, and
+    no column goes to two of q, k and v (each gets a scale of its own)."""
+    values = {id(v): v for s in sources for v in s.chain}
+    nodes = {id(n) for s in sources for n in s.nodes} | {id(attention)}
+    for v in values.values():
+        if any(v is o for o in graph.outputs) or any(id(c) not in nodes for c in v.consumers):
+            return False
+    for s in sources:  # a Split's other outputs: read by nobody else either
+        for n in s.nodes:
+            if any(o is not None and id(o) not in values and o.consumers for o in n.outputs):
+                return False
     for gemm in {id(s.gemm): s.gemm for s in sources}.values():
-        pieces = sorted((s.start, s.stop) for s in sources if s.gemm is gemm)
-        width = _columns(gemm)
-        edges = [0] + [b for a, b in pieces]
-        if [a for a, _ in pieces] != edges[:-1] or edges[-1] != width:
+        taken = np.concatenate([s.columns for s in sources if s.gemm is gemm])
+        if len(np.unique(taken)) != len(taken):
             return False
     return True
 
@@ -177,11 +155,11 @@ def _requantize_sources(sources: list[Source], scales: list[float]) -> None:
     """Each GEMM writes INT8 with 1/scale of each piece folded into its columns' factor
     and bias (requantizing with scale 1), and the views carry INT8."""
     for gemm in {id(s.gemm): s.gemm for s in sources}.values():
-        width = _columns(gemm)
+        width = int(const(gemm.inputs[1]).shape[0])  # the weight is stored [N, K]
         per_column = np.ones(width, dtype=np.float64)
         for source, scale in zip(sources, scales):
             if source.gemm is gemm:
-                per_column[source.start:source.stop] = scale
+                per_column[source.columns] = scale
         w_scale = np.broadcast_to(np.asarray(gemm.attrs["w_scale"], np.float64).reshape(-1),
                                   (width,))
         gemm.attrs["w_scale"] = (w_scale / per_column).astype(np.float32)
@@ -191,11 +169,8 @@ def _requantize_sources(sources: list[Source], scales: list[float]) -> None:
         gemm.attrs.pop("out_dtype", None)
         gemm.attrs.update(out_scale=1.0, out_zero_point=0, out_type="int8")
         gemm.output.dtype = DType.INT8
-        split = gemm.output.consumers[0]
-        if split.op_type == "Split":
-            for piece in split.outputs:
-                if piece is not None:
-                    piece.dtype = DType.INT8
     for source in sources:
-        for v in source.chain:
-            v.dtype = DType.INT8
+        for node in source.nodes:  # a Split's pieces that no attention input reads as well
+            for v in node.outputs:
+                if v is not None:
+                    v.dtype = DType.INT8

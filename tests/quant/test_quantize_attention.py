@@ -259,6 +259,64 @@ def test_cli_build_says_which_attentions_run_in_int8(random_model, tmp_path, cap
     assert code == 0 and "attention in INT8: 1 of 1" in captured.err + captured.out
 
 
+class MultiheadEncoder(nn.Module):
+    """torch's nn.MultiheadAttention (one packed q/k/v projection, picked apart by
+    Reshape, Unsqueeze, Transpose, Squeeze and Gather in the export) with a padding mask."""
+
+    def __init__(self, features: int = 8, width: int = 64, heads: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Linear(features, width)
+        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x, mask):
+        h = self.embed(x)
+        a, _ = self.attention(h, h, h, key_padding_mask=mask < 0.5, need_weights=False)
+        return self.head(self.norm(h + a).mean(1))
+
+
+@pytest.mark.parametrize("batch", [2, 5])
+def test_torch_multihead_attention_runs_in_int8_at_a_fixed_batch(tmp_path, batch):
+    """The q, k and v slices of the packed projection are found through the export's
+    views; a profile pins the batch, so every shape on the way is known."""
+    torch.manual_seed(batch)
+    model = MultiheadEncoder()
+    path = _export(model, torch.randn(2, 8, 8), tmp_path / "mha.onnx")
+    rng = np.random.default_rng(batch)
+    calib = [_feeds(rng, batch, pad=p) for p in (0, 2, 3)]
+    fixed = [{"opt": {"x": [batch, 8, 8], "mask": [batch, 8]}}]
+    engine = _build(path, calib, profiles=fixed)
+    assert engine.plan["build"]["quantization"]["attention_int8"] == "1 of 1"
+    scales = [_layer(engine, "QAttention")["attrs"][f"{t}_scale"] for t in "qkv"]
+    packed = next(layer for layer in engine.layers() if layer["op"] == "QGemm"
+                  and layer["attrs"].get("out_scale") == 1.0)
+    folded = engine.tensors[packed["attrs"]["w_scale"]["$tensor"]].double().reshape(3, -1)
+    weight = model.attention.in_proj_weight.detach().double().reshape(3, 64, 64)
+    for piece, scale in zip(range(3), scales):  # q, k, v: each its own rows of the weight
+        np.testing.assert_allclose(folded[piece].numpy() * scale,
+                                   weight[piece].abs().amax(1).numpy() / 127, rtol=1e-5)
+    float_attention = _build(path, calib, profiles=fixed, layer_precisions={
+        _layer(engine, "QAttention")["name"]: "fp32"})
+    feeds = _feeds(np.random.default_rng(batch + 1), batch, pad=3)
+    want = ort.InferenceSession(path).run(None, feeds)[0].ravel()
+    for built in (engine, float_attention):
+        got = np.asarray(ExecutionContext(built).run(feeds)["y"], np.float64).ravel()
+        assert got @ want / np.linalg.norm(got) / np.linalg.norm(want) > 0.995
+        assert np.abs(got - want).max() < 0.15 * np.abs(want).max()
+
+
+def test_torch_multihead_attention_with_a_dynamic_batch_stays_float(tmp_path):
+    """Without a fixed batch the export's views have no known shapes to follow."""
+    torch.manual_seed(6)
+    path = _export(MultiheadEncoder(), torch.randn(2, 8, 8), tmp_path / "mha.onnx")
+    rng = np.random.default_rng(6)
+    engine = _build(path, [_feeds(rng, 3, pad=p) for p in (0, 2)])
+    quant = engine.plan["build"]["quantization"]
+    assert quant["attention_int8"] == "0 of 1"
+    assert any("through views" in why for why in quant["skipped"].values())
+
+
 class GatedEncoder(Encoder):
     """A fourth projection of the same input, merged with q, k and v into one GEMM."""
 

@@ -50,13 +50,18 @@ CASES = [
     (2, 1, 72, 72, 32, "bhsd", "bool", "int8", "bhsd"),
     (2, 3, 16, 40, 64, "bshd", "blocked", "fp32", "bshd"),  # Sq != Skv
     (1, 3, 40, 16, 32, "bhsd", "blocked", "int8", "bshd"),
+    (2, 2, 40, 40, 32, "mha", "pad", "int8", "bhsd"),  # torch MHA: [S, B, 3, H, D] picked
 ]
 
 
 def _qkv(rng, b: int, h: int, s_q: int, s_kv: int, d: int, layout: str) -> tuple:
     """Random int8 q [B, H, Sq, D], k and v [B, H, Skv, D] on DEVICE: for 'bshd' strided
     views of the column blocks of one GEMM output [B, S, 3 * H * D] (q from its own
-    [B, Sq, H * D] where the lengths differ), for 'bhsd' contiguous tensors."""
+    [B, Sq, H * D] where the lengths differ), for 'bhsd' contiguous tensors, for 'mha' (a
+    'bhsd' layer) the views torch's MultiheadAttention export takes of [S, B, 3 * H * D]."""
+    if layout == "mha":
+        qkv = _ints(rng, (s_q, b, 3, h, d)).to(DEVICE)
+        return tuple(qkv[:, :, i].permute(1, 2, 0, 3) for i in range(3))
     if layout == "bhsd":
         return tuple(_ints(rng, (b, h, s, d)).to(DEVICE) for s in (s_q, s_kv, s_kv))
     if s_q == s_kv:
@@ -123,6 +128,7 @@ def test_kernel_matches_the_reference(case):
     b, h, s_q, s_kv, d, layout, kind, output, out_layout = case
     rng = np.random.default_rng(b * 1000 + h * 100 + s_q + s_kv + d)
     q, k, v = _qkv(rng, b, h, s_q, s_kv, d, layout)
+    layout = "bhsd" if layout == "mha" else layout
     mask = _mask(rng, kind, b, s_q, s_kv)
     attrs = _attrs(layout, output, out_layout)
     want = qattention(*(_stored(t, layout).cpu() for t in (q, k, v)), mask, **attrs)
