@@ -41,16 +41,22 @@ _MODE_OF = {dtype: mode for mode, dtype in _OUT_TORCH.items() if mode <= OUT_MOD
 
 
 @triton.jit
-def _probability_steps(s, STEPS: tl.constexpr):
+def _probability_steps(s, STEPS: tl.constexpr, RECIPROCAL: tl.constexpr):
     """round(softmax(s) * STEPS) per row of s, as int8; a row entirely -inf gives zeros
     (its exponentials are taken against 0 instead of -inf and its sum counted as 1)."""
     peak = tl.max(s, axis=1)
     blocked = peak == float("-inf")
     e = tl.exp(s - tl.where(blocked, 0.0, peak)[:, None])
     total = tl.where(blocked, 1.0, tl.sum(e, axis=1))
-    # an exact division, as torch's: the fast one is 2 ulp off and would move more
-    # probabilities across a rounding boundary than the exponential does
-    p = tl.math.div_rn(e, total[:, None])
+    if RECIPROCAL:
+        # one exact division per row and a product per element, within an ulp of the
+        # quotient: an exact division costs about ten instructions and each program
+        # makes BLOCK_M x BLOCK_N of them
+        p = e * tl.math.div_rn(1.0, total)[:, None]
+    else:
+        # an exact division, as torch's: the fast one is 2 ulp off and would move more
+        # probabilities across a rounding boundary than the exponential does
+        p = tl.math.div_rn(e, total[:, None])
     return _rounded_int(p * STEPS).to(tl.int8)
 
 
@@ -60,7 +66,8 @@ def _qattention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, H, SQ, SKV,
                        smb, smh, sms, smn, sob, soh, sos, sod, factor, v_factor,
                        out_inv_scale, D: tl.constexpr, HAS_MASK: tl.constexpr,
                        OUT_MODE: tl.constexpr, STEPS: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, PDL: tl.constexpr = False):
+                       BLOCK_N: tl.constexpr, RECIPROCAL: tl.constexpr = False,
+                       PDL: tl.constexpr = False):
     wait_for_inputs(PDL)
     # the query blocks of one head are neighbours, so they share K and V in L2
     blocks_m = tl.cdiv(SQ, BLOCK_M)
@@ -81,7 +88,7 @@ def _qattention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, H, SQ, SKV,
     if HAS_MASK:
         s = s + tl.load(mask_ptr + b * smb + h * smh + rm[:, None] * sms + rn[None, :] * smn,
                         mask=row_ok[:, None] & key_ok[None, :], other=0.0).to(tl.float32)
-    pq = _probability_steps(tl.where(key_ok[None, :], s, float("-inf")), STEPS)
+    pq = _probability_steps(tl.where(key_ok[None, :], s, float("-inf")), STEPS, RECIPROCAL)
     v = tl.load(v_ptr + b * svb + h * svh + rn[:, None] * svs + rd[None, :] * svd,
                 mask=key_ok[:, None], other=0)
     o = tl.dot(pq, v).to(tl.float32) * v_factor
@@ -128,10 +135,12 @@ def _mask_args(mask: torch.Tensor | None, shape: tuple[int, int, int, int],
 def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    mask: torch.Tensor | None, out: torch.Tensor, *, factor: float,
                    v_factor: float, out_inv_scale: float | None, block_m: int,
-                   warps: int) -> torch.Tensor:
+                   warps: int, reciprocal: bool = False) -> torch.Tensor:
     """q [B, H, Sq, D], k and v [B, H, Skv, D] (int8, any strides), mask broadcastable to
     [B, H, Sq, Skv] (additive float or bool, or None); writes out, a [B, H, Sq, D] view of
-    any strides: int8 requantized with out_inv_scale, or float32/float16/bfloat16."""
+    any strides: int8 requantized with out_inv_scale, or float32/float16/bfloat16.
+    reciprocal: the probabilities as exponentials times the reciprocal of their sum
+    rather than divided by it (a step of 1/127 moves in rare rows, as the tests bound)."""
     batch, heads, s_q, d = q.shape
     s_kv = k.shape[2]
     check_shapes(d, s_kv)
@@ -152,6 +161,7 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         q, k, v, bias, out, heads, s_q, s_kv, *q.stride(), *k.stride(), *v.stride(),
         *mask_strides, *out.stride(), float(factor), float(v_factor),
         float(out_inv_scale or 1.0), D=d, HAS_MASK=mask is not None, OUT_MODE=out_mode,
-        STEPS=P_STEPS, BLOCK_M=block_m, BLOCK_N=key_tile(s_kv), num_warps=warps,
+        STEPS=P_STEPS, BLOCK_M=block_m, BLOCK_N=key_tile(s_kv), RECIPROCAL=reciprocal,
+        num_warps=warps,
         num_stages=1, enable_fp_fusion=False, **launch(out.device))
     return out

@@ -2,9 +2,10 @@
 attention of a head in one kernel over INT8 q, k and v, with the reference's arithmetic
 (kiln/ops/qattention.py), for head dims of 32, 64 or 128 and at most 256 keys.
 
-Each query tile (BLOCK_M rows, warps) is a tactic of its own, so the builder's tuner times
-them like any other candidates. q, k and v are taken as the strided views their layouts
-give, and the output is written straight into the layer's out_layout.
+Each query tile (BLOCK_M rows, warps), with the softmax's division or its reciprocal, is
+a tactic of its own, so the builder's tuner times them like any other candidates. q, k
+and v are taken as the strided views their layouts give, and the output is written
+straight into the layer's out_layout.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from kiln.ops.fused import to_bhsd
 from kiln.ops.qattention import score_factor, softmax_scale, value_factor
 from kiln.ops.quantized import inverse_scale
 
-# (BLOCK_M, warps)
-ATTENTION_CONFIGS = {"64w4": (64, 4), "128w4": (128, 4), "128w8": (128, 8)}
+# (BLOCK_M, warps, probabilities by the reciprocal of the row sum instead of a division)
+ATTENTION_CONFIGS = {"64w4": (64, 4, False), "128w4": (128, 4, False),
+                     "128w8": (128, 8, False), "64w4-recip": (64, 4, True),
+                     "128w8-recip": (128, 8, True)}
 HEAD_DIMS = (32, 64, 128)  # the whole head dim is one tile of the kernel
 MAX_KEYS = 256  # so are all the keys of a head: its scores stay in registers
 _LAYOUTS = ("bhsd", "bshd", "bhds")
@@ -91,7 +94,7 @@ class _TritonAttention(Tactic):
         dtype = torch.int8 if out_scale else _OUT_FLOATS[attrs.get("out_dtype", "fp32")]
         scales = (attrs.get("q_scale", 1.0), attrs.get("k_scale", 1.0), attrs.get("scale"))
         v_factor = value_factor(attrs.get("v_scale", 1.0))
-        block_m, warps = self.config
+        block_m, warps, reciprocal = self.config
         kernels = attention_kernels()
 
         def run(q, k, v, mask=None):
@@ -103,7 +106,8 @@ class _TritonAttention(Tactic):
             out = torch.empty(shape, dtype=dtype, device=q.device)
             kernels.int8_attention(q, k, v, mask, out.transpose(1, 2) if bshd_out else out,
                                    factor=factor, v_factor=v_factor,
-                                   out_inv_scale=out_inv_scale, block_m=block_m, warps=warps)
+                                   out_inv_scale=out_inv_scale, block_m=block_m, warps=warps,
+                                   reciprocal=reciprocal)
             return out
 
         return run
