@@ -48,14 +48,13 @@ def reached_columns(root: Value, nodes: Sequence[Node], leaf: Value) -> np.ndarr
     if not sizes:
         return None
     probe = torch.arange(sizes[-1], dtype=torch.int32).expand(sizes)
-    current = root
     try:
-        for node in nodes:
-            out = leaf if node is nodes[-1] else _output_towards(node, nodes)
-            probe = _step(node, current, out, probe, root.shape)
+        for i, node in enumerate(nodes):
+            out = leaf if i == len(nodes) - 1 else next(
+                v for v in node.outputs if v is not None and v is nodes[i + 1].inputs[0])
+            probe = _step(node, out, probe, root.shape)
             if probe is None:
                 return None
-            current = out
     except (RuntimeError, ValueError, IndexError):  # the step would copy, or sizes disagree
         return None
     for axis in reversed(range(probe.dim())):
@@ -64,14 +63,8 @@ def reached_columns(root: Value, nodes: Sequence[Node], leaf: Value) -> np.ndarr
     return np.unique(probe.numpy())
 
 
-def _output_towards(node: Node, nodes: Sequence[Node]) -> Value:
-    """The output of `node` the next node on the path reads."""
-    following = nodes[nodes.index(node) + 1]
-    return next(v for v in node.outputs if v is not None and v is following.inputs[0])
-
-
-def _step(node: Node, source: Value, out: Value, probe: torch.Tensor,
-          root_shape) -> torch.Tensor | None:
+def _step(node: Node, out: Value, probe: torch.Tensor, root_shape) -> torch.Tensor | None:
+    """The probe after `node`, whose output on the path is `out`."""
     if node.op_type in SHAPE_VIEWS:
         sizes = _symbols_as_one(out.shape, root_shape)
         return None if sizes is None else probe.view(sizes)
