@@ -433,6 +433,8 @@ def attention() -> None:
             continue
         label = f"{tactic.name} d{diff} ({diff * attrs['out_scale']:.2f})"  # steps, value
         _time_row(rows, name, label, ops, fp16, run, q, k, v, mask)
+        # what reading and adding the mask costs (a row of its own, not checked)
+        _time_row(rows, name, f"{tactic.name} without the mask", ops, fp16, run, q, k, v)
     print_table(rows)
 
 
