@@ -21,12 +21,15 @@ import numpy as np
 import torch
 
 from kiln.ir import Node, Value
+from kiln.ops.interpreter import node_step
+from kiln.ops.tensors import to_torch
 from kiln.passes._match import const
 from kiln.passes.merge_transposes import permutation
+from kiln.passes.quantize_before_views import VIEWS
 
-SHAPE_VIEWS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
+SHAPE_VIEWS = tuple(op for op in VIEWS if op != "Transpose")  # views that only reshape
 # the ops a path from a layer's output to a piece of it may pass
-WALKS = (*SHAPE_VIEWS, "Transpose", "Slice", "Split")
+WALKS = (*VIEWS, "Slice", "Split")
 
 
 def path_to(value: Value) -> tuple[Value, list[Node]]:
@@ -71,47 +74,28 @@ def _step(node: Node, out: Value, probe: torch.Tensor, root_shape) -> torch.Tens
     if node.op_type == "Transpose":
         perm = permutation(node)
         return None if perm is None else probe.permute(perm)
-    if node.op_type == "Slice":
-        return _slice(node, probe)
-    return _split(node, out, probe)
+    return _cut(node, out, probe)
 
 
-def _slice(node: Node, probe: torch.Tensor) -> torch.Tensor | None:
-    given = [_ints(v) for v in node.inputs[1:5]]
-    if len(given) < 2 or any(g is None and v is not None
-                             for g, v in zip(given, node.inputs[1:5])):
-        return None  # a bound computed at run time
-    starts, ends = given[0], given[1]
-    axes = given[2] if len(given) > 2 and given[2] is not None else range(len(starts))
-    steps = given[3] if len(given) > 3 and given[3] is not None else [1] * len(starts)
-    for start, end, axis, step in zip(starts, ends, axes, steps):
-        if step != 1:
-            return None
-        size = probe.shape[axis]
-        begin = min(max(start + size if start < 0 else start, 0), size)
-        stop = min(max(end + size if end < 0 else end, 0), size)
-        probe = probe.narrow(axis, begin, max(stop - begin, 0))
-    return probe
+def _cut(node: Node, out: Value, probe: torch.Tensor) -> torch.Tensor | None:
+    """A Slice or Split run by kiln's own implementation (kiln/ops/slice.py), so that its
+    bounds clamp and its parts divide as the engine's do. Its bounds and sizes must be
+    constants, and a Slice's steps 1: a strided or reversed slice is no plain view."""
+    bounds = node.inputs[1:]
+    if any(v is not None and not v.is_const for v in bounds):
+        return None  # computed at run time
+    if node.op_type == "Slice" and (len(bounds) < 2 or any(
+            step != 1 for step in _ints(bounds[3] if len(bounds) > 3 else None))):
+        return None
+    args = [probe] + [None if v is None else to_torch(v.const) for v in bounds]
+    results = node_step(node, node.graph.root().opsets, "cpu").fn(*args)
+    results = results if isinstance(results, tuple) else (results,)
+    return results[next(i for i, v in enumerate(node.outputs) if v is out)]
 
 
-def _ints(value: Value | None) -> list[int] | None:
+def _ints(value: Value | None) -> list[int]:
     array = const(value)
-    return None if array is None else [int(v) for v in np.asarray(array).reshape(-1)]
-
-
-def _split(node: Node, out: Value, probe: torch.Tensor) -> torch.Tensor | None:
-    axis = int(node.attrs.get("axis", 0))
-    sizes = node.attrs.get("split")
-    if sizes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-        sizes = _ints(node.inputs[1])
-        if sizes is None:
-            return None
-    if sizes is None:  # equal parts, the last one smaller where they do not divide
-        length, count = probe.shape[axis], len(node.outputs)
-        chunk = -(-length // count)
-        sizes = [min(chunk, length - i * chunk) for i in range(count)]
-    pieces = torch.split(probe, [int(s) for s in sizes], dim=axis)
-    return pieces[next(i for i, v in enumerate(node.outputs) if v is out)]
+    return [] if array is None else [int(v) for v in np.asarray(array).reshape(-1)]
 
 
 def _symbols_as_one(shape, root_shape) -> list[int] | None:
