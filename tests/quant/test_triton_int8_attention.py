@@ -51,6 +51,8 @@ CASES = [
     (2, 3, 16, 40, 64, "bshd", "blocked", "fp32", "bshd"),  # Sq != Skv
     (1, 3, 40, 16, 32, "bhsd", "blocked", "int8", "bshd"),
     (2, 2, 40, 40, 32, "mha", "pad", "int8", "bhsd"),  # torch MHA: [S, B, 3, H, D] picked
+    (2, 2, 64, 64, 64, "bshd", "pad", "int8", "bshd"),  # keys fill the tile; one mask row
+    (1, 2, 40, 32, 32, "bhsd", "random", "fp32", "bhsd"),  # keys fill it; a mask per row
 ]
 
 

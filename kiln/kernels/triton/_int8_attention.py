@@ -67,7 +67,10 @@ def _qattention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, H, SQ, SKV,
                        out_inv_scale, D: tl.constexpr, HAS_MASK: tl.constexpr,
                        OUT_MODE: tl.constexpr, STEPS: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, RECIPROCAL: tl.constexpr = False,
+                       EVEN_KEYS: tl.constexpr = False, MASK_ROW: tl.constexpr = False,
                        PDL: tl.constexpr = False):
+    """EVEN_KEYS: SKV == BLOCK_N, no key column to mask off; MASK_ROW: one mask row for all
+    queries of a head (a padding mask), loaded once per program instead of per score."""
     wait_for_inputs(PDL)
     # the query blocks of one head are neighbours, so they share K and V in L2
     blocks_m = tl.cdiv(SQ, BLOCK_M)
@@ -78,17 +81,22 @@ def _qattention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, H, SQ, SKV,
     rn = tl.arange(0, BLOCK_N)
     rd = tl.arange(0, D)
     row_ok = rm < SQ
-    key_ok = rn < SKV
+    key_ok = (rn < BLOCK_N) if EVEN_KEYS else (rn < SKV)  # a constant where keys are even
     q = tl.load(q_ptr + b * sqb + h * sqh + rm[:, None] * sqs + rd[None, :] * sqd,
                 mask=row_ok[:, None], other=0)
     kt = tl.load(k_ptr + b * skb + h * skh + rd[:, None] * skd + rn[None, :] * sks,
                  mask=key_ok[None, :], other=0)  # [D, BLOCK_N]
     # |acc| <= D * 128 * 128 <= 2**21: converted without the slow instruction
     s = _small_int_float(tl.dot(q, kt)) * factor
-    if HAS_MASK:
+    if HAS_MASK and MASK_ROW:
+        s = s + tl.load(mask_ptr + b * smb + h * smh + rn * smn, mask=key_ok,
+                        other=0.0).to(tl.float32)[None, :]
+    elif HAS_MASK:
         s = s + tl.load(mask_ptr + b * smb + h * smh + rm[:, None] * sms + rn[None, :] * smn,
                         mask=row_ok[:, None] & key_ok[None, :], other=0.0).to(tl.float32)
-    pq = _probability_steps(tl.where(key_ok[None, :], s, float("-inf")), STEPS, RECIPROCAL)
+    if not EVEN_KEYS:
+        s = tl.where(key_ok[None, :], s, float("-inf"))
+    pq = _probability_steps(s, STEPS, RECIPROCAL)
     v = tl.load(v_ptr + b * svb + h * svh + rn[:, None] * svs + rd[None, :] * svd,
                 mask=key_ok[:, None], other=0)
     o = tl.dot(pq, v).to(tl.float32) * v_factor
@@ -162,6 +170,6 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         *mask_strides, *out.stride(), float(factor), float(v_factor),
         float(out_inv_scale or 1.0), D=d, HAS_MASK=mask is not None, OUT_MODE=out_mode,
         STEPS=P_STEPS, BLOCK_M=block_m, BLOCK_N=key_tile(s_kv), RECIPROCAL=reciprocal,
-        num_warps=warps,
+        EVEN_KEYS=s_kv == key_tile(s_kv), MASK_ROW=mask_strides[2] == 0, num_warps=warps,
         num_stages=1, enable_fp_fusion=False, **launch(out.device))
     return out
