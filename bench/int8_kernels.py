@@ -26,7 +26,6 @@ from kiln.kernels.triton.int8 import (
     GEMM_LEVELS,
     TMA_CONFIGS,
     TMA_STORE_CONFIGS,
-    WS_CONFIGS,
 )
 from kiln.kernels.triton.int8_s2d import MAX_CHANNELS, S2D_CONFIGS
 from kiln.runtime.cuda_graphs import replayed_ms
@@ -85,18 +84,6 @@ def _ints(shape, device="cuda"):
     return torch.randint(-128, 128, shape, dtype=torch.int8, device=device)
 
 
-def _specialized_count() -> str:
-    """How many compiled variants of the 2-D TMA GEMM kernels Triton warp-specialized
-    (ttg.warp_specialize in their TTGIR), of how many: it may decline silently."""
-    try:
-        compiled = [c for kernel in (tma._qgemm_tma_kernel, tma._qgemm_tma_persistent_kernel)
-                    for caches in kernel.device_caches.values() for c in caches[0].values()]
-        return f"{sum('ttg.warp_specialize' in c.asm.get('ttgir', '') for c in compiled)} " \
-               f"of {len(compiled)}"
-    except (AttributeError, IndexError, TypeError) as error:  # another Triton's internals
-        return f"unknown ({error})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", default="",
@@ -110,9 +97,6 @@ def main() -> None:
                              "BMxBNxTILESwWARPSsSTAGES[t] each (t: TMA residual and "
                              "output): 128x128x4w8s2,...")
     parser.add_argument("--tma-only", action="store_true", help="no gathering kernel, GEMMs")
-    parser.add_argument("--ws", action="store_true",
-                        help="GEMMs: also the warp-specialized TMA tiles (WS_CONFIGS), each "
-                             "plain and persistent; prints whether Triton specialized them")
     parser.add_argument("--width-first", action="store_true",
                         help="each TMA convolution tile also with the spatial tile chosen "
                              "width first (the rule before the fewest computed rows)")
@@ -229,15 +213,6 @@ def main() -> None:
             if f"{key}p" in tiles and kk % config[2] == 0:  # one program per SM
                 _time_row(rows, name, f"tma {key} persistent", ops, fp16, tma.qgemm_tma, a,
                           wt, scales, bias, epi, config, None, True)
-        if args.ws:  # the t3 kernel's output, which each -ws tile should give exactly
-            plain = tma.qgemm_tma(a, wt, scales, bias, epi, TMA_CONFIGS["t3"]).int()
-        for key, config in WS_CONFIGS.items() if args.ws else ():
-            for persistent in (False, True):
-                run = (a, wt, scales, bias, epi, config, None, persistent, True)
-                label = f"tma {key} {config} ws{' persistent' if persistent else ''}"
-                with contextlib.suppress(Exception):  # a failed compile shows in the row
-                    label += f" d{(tma.qgemm_tma(*run).int() - plain).abs().max().item()}"
-                _time_row(rows, name, label, ops, fp16, tma.qgemm_tma, *run)
         for spec, config in held.items() if stationary.fits(kk) else ():
             _time_row(rows, name, f"stationary {spec}", ops, fp16, stationary.qgemm_stationary,
                       a, wt, scales, bias, epi, config)
@@ -249,8 +224,6 @@ def main() -> None:
                   w8.t(), one)
         _time_row(rows, name, f"tma fp8 t4 {TMA_CONFIGS['t4']}", ops, fp16, tma.qgemm_tma, a8,
                   w8, scales, bias, {**epi, "out_type": "fp8e4m3"}, TMA_CONFIGS["t4"])
-    if args.ws:
-        print(f"warp-specialized kernels compiled: {_specialized_count()}")
     if args.pool:
         _pool_rows(rows)
     if args.shortcut:

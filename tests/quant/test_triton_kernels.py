@@ -403,14 +403,11 @@ def test_tma_store_tactic_only_for_residual_layers(monkeypatch):
 @pytest.mark.parametrize("m,k,n,out_scale,act", [(37, 48, 32, 0.05, "Relu"),
                                                  (20, 64, 40, 0.0, "GeluTanh")])
 @pytest.mark.parametrize("name", ["int8-triton-gemm-tma-t1",
-                                  "int8-triton-gemm-tma-t4-persistent",
-                                  "int8-triton-gemm-tma-w2-ws",
-                                  "int8-triton-gemm-tma-w1-ws-persistent"])
+                                  "int8-triton-gemm-tma-t4-persistent"])
 def test_tma_gemm_tactic_matches_the_reference(m, k, n, out_scale, act, name, monkeypatch):
     """QGemm through the TMA kernel (plain 2-D boxes, one program per tile or per SM; a K
     tail that is not a whole block comes from the zero fill), with a 3-D input whose rows
-    are a strided view; -ws: warp-specialized where compiled (the interpreter runs the
-    same kernel without it)."""
+    are a strided view."""
     from kiln.kernels import LayerSpec, Target, get_tactic
 
     monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")

@@ -100,15 +100,14 @@ def _qgemm_tma_kernel(a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M,
                       N: tl.constexpr, K: tl.constexpr, HAS_BIAS: tl.constexpr,
                       RES_MODE: tl.constexpr, IS_FP8: tl.constexpr, ACT: tl.constexpr,
                       OUT_MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, WS: tl.constexpr = False,
-                      PDL: tl.constexpr = False):
+                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PDL: tl.constexpr = False):
     """QGemm over 2-D boxes of a [M, K] and w [N, K]; the epilogue reads the residual and
-    stores by pointer. WS: the K loop warp-specialized (see qgemm_tma)."""
+    stores by pointer."""
     wait_for_inputs(PDL)
     _qgemm_tile(tl.program_id(0), a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M,
                 stride_om, stride_rm, res_scale, res_zp, out_inv_scale, out_zp, p0, p1, N, K,
                 HAS_BIAS, RES_MODE, IS_FP8, ACT, OUT_MODE, BLOCK_M, BLOCK_N, BLOCK_K,
-                GROUP_M, WS)
+                GROUP_M)
 
 
 @triton.jit
@@ -118,26 +117,21 @@ def _qgemm_tma_persistent_kernel(
         HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr, IS_FP8: tl.constexpr,
         ACT: tl.constexpr, OUT_MODE: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-        PROGRAMS: tl.constexpr, INTERPRETED_TILES: tl.constexpr, WS: tl.constexpr = False,
-        PDL: tl.constexpr = False):
+        PROGRAMS: tl.constexpr, INTERPRETED_TILES: tl.constexpr, PDL: tl.constexpr = False):
     """_qgemm_tma_kernel as PROGRAMS programs (one per SM) that each walk every PROGRAMS-th
     tile: the loop over tiles is flattened into one software pipeline, so the next tile's
     loads are in flight while this one's epilogue runs, and the last wave is not a
     partial one of fresh launches (BERT-base's QKV at batch 32 is 2.2 waves of 128x256).
     Triton's interpreter takes no loop bound known only at run time: there the host passes
-    the tiles per program (INTERPRETED_TILES) and the same tile body runs in a fixed loop.
-    WS: the loop over tiles warp-specialized instead of flattened (Hopper's warp
-    specialization takes no flattened loop): a producer warp loads the next tile's boxes
-    while the others run this one's MMAs and epilogue."""
+    the tiles per program (INTERPRETED_TILES) and the same tile body runs in a fixed loop."""
     wait_for_inputs(PDL)
     tiles = tl.cdiv(M, BLOCK_M) * ((N + BLOCK_N - 1) // BLOCK_N)
     if INTERPRETED_TILES == 0:
-        for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=not WS,
-                             warp_specialize=WS):
+        for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=True):
             _qgemm_tile(tile, a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M,
                         stride_om, stride_rm, res_scale, res_zp, out_inv_scale, out_zp, p0,
                         p1, N, K, HAS_BIAS, RES_MODE, IS_FP8, ACT, OUT_MODE, BLOCK_M,
-                        BLOCK_N, BLOCK_K, GROUP_M, False)
+                        BLOCK_N, BLOCK_K, GROUP_M)
     else:
         for i in range(INTERPRETED_TILES):
             tile = tl.program_id(0) + i * PROGRAMS
@@ -145,7 +139,7 @@ def _qgemm_tma_persistent_kernel(
                 _qgemm_tile(tile, a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M,
                             stride_om, stride_rm, res_scale, res_zp, out_inv_scale, out_zp,
                             p0, p1, N, K, HAS_BIAS, RES_MODE, IS_FP8, ACT, OUT_MODE, BLOCK_M,
-                            BLOCK_N, BLOCK_K, GROUP_M, False)
+                            BLOCK_N, BLOCK_K, GROUP_M)
 
 
 @triton.jit
@@ -154,14 +148,14 @@ def _qgemm_tile(tile, a_desc, w_desc, out_ptr, scales_ptr, bias_ptr, res_ptr, M,
                 K: tl.constexpr, HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr,
                 IS_FP8: tl.constexpr, ACT: tl.constexpr, OUT_MODE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                GROUP_M: tl.constexpr, K_WS: tl.constexpr):
-    """One output tile of the GEMM: the K loop (K_WS: warp-specialized) and the epilogue."""
+                GROUP_M: tl.constexpr):
+    """One output tile of the persistent GEMM: the K loop and the epilogue."""
     pid_m, pid_n = _tile_of(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     if IS_FP8:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for k0 in tl.range(0, K, BLOCK_K, warp_specialize=K_WS):
+    for k0 in range(0, K, BLOCK_K):
         acc += tl.dot(a_desc.load([pid_m * BLOCK_M, k0]),
                       tl.trans(w_desc.load([pid_n * BLOCK_N, k0])))
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -267,17 +261,12 @@ def gemm_over_pixels(gemm: Callable[..., torch.Tensor], x: torch.Tensor,
 
 def qgemm_tma(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
               bias: torch.Tensor | None, epi: dict, config: tuple,
-              residual: torch.Tensor | None = None, persistent: bool = False,
-              warp_specialize: bool = False) -> torch.Tensor:
+              residual: torch.Tensor | None = None, persistent: bool = False) -> torch.Tensor:
     """As _int8_kernels.qgemm with zero point 0: a [M, K] int8 or float8 with rows
     contiguous and 16-byte aligned, w [N, K], residual rows [M, N] contiguous (a 1x1
     convolution's channels-last residual). Plain 2-D boxes (_qgemm_tma_kernel): viewing
     the rows as 1x1 images cost INT8 GEMMs 5-15% and FP8 ones up to 1.9x on the H100.
-    persistent: one program per SM walking the tiles (_qgemm_tma_persistent_kernel).
-    warp_specialize: Triton's automatic warp specialization (Hopper: 4-warp configs; it
-    declines 8 warps), of the K loop, or with persistent of the loop over tiles: the
-    TMA copies are issued by a warp of their own instead of between the MMAs of the
-    warps that wait on them. The interpreter ignores it."""
+    persistent: one program per SM walking the tiles (_qgemm_tma_persistent_kernel)."""
     block_m, block_n, block_k, warps, stages = config[:5]
     m, n, runtime, flags, out, (res, res_mode, stride_rm) = _gemm_io(a, w, epi, residual)
     k = a.shape[1]
@@ -293,10 +282,9 @@ def qgemm_tma(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
         programs = min(tiles, _processors(a.device))
         interpreted = triton.cdiv(tiles, programs) if a.device.type == "cpu" else 0
         _qgemm_tma_persistent_kernel[(programs,)](*args, **meta, PROGRAMS=programs,
-                                                  INTERPRETED_TILES=interpreted,
-                                                  WS=warp_specialize)
+                                                  INTERPRETED_TILES=interpreted)
     else:
-        _qgemm_tma_kernel[(tiles,)](*args, **meta, WS=warp_specialize)
+        _qgemm_tma_kernel[(tiles,)](*args, **meta)
     return out
 
 

@@ -33,10 +33,6 @@ TMA_CONFIGS = {"t1": (128, 64, 64, 4, 4), "t2": (128, 128, 64, 8, 4),
                "t3": (128, 128, 128, 8, 3), "t4": (128, 256, 128, 8, 3),
                "t5": (256, 128, 64, 8, 3), "t6": (64, 128, 128, 4, 4),
                "t7": (128, 256, 128, 8, 4), "t8": (256, 128, 128, 8, 3)}
-# The 2-D TMA GEMM with Triton's warp specialization (the -ws tactics): Hopper specializes
-# 4-warp kernels only, so these are 4-warp tiles.
-WS_CONFIGS = {"w1": (128, 128, 128, 4, 3), "w2": (128, 128, 64, 4, 4),
-              "w3": (128, 256, 64, 4, 3), "w4": (64, 256, 128, 4, 3)}
 # ... and with the residual and output tiles by TMA as well (a sixth field: True). On the
 # H100 this wins only where a residual is read (1x1 64->256 at 56x56 with an int8 residual
 # 0.089 -> 0.080 ms; without one 0.061 -> 0.065), so these are tactics for residual layers.
@@ -184,7 +180,6 @@ class _TritonGemmTMA(_TritonGemm):
     """The TMA kernel over the GEMM's rows as plain 2-D boxes (_int8_tma.qgemm_tma)."""
 
     persistent = False  # one program per SM walking the tiles (the -persistent tactics)
-    warp_specialize = False  # a producer warp issues the TMA copies (the -ws tactics)
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
         return (super().supports(layer, target) and _tma_ready(layer, target, "a_zero_point")
@@ -193,13 +188,12 @@ class _TritonGemmTMA(_TritonGemm):
     def launcher(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
                  sums: torch.Tensor | None, zp: int, epi: dict) -> Callable[..., Any]:
         k, config = kernels_tma(), self.config  # zp is 0 (supports): no weight sums
-        persistent, specialized = self.persistent, self.warp_specialize
+        persistent = self.persistent
 
         def launch(rows):
             if rows.stride(-1) != 1 or rows.stride(0) % 16 or rows.data_ptr() % 16:
                 rows = rows.contiguous()  # TMA rows start on 16-byte boundaries
-            return k.qgemm_tma(rows, weight, scales, bias, epi, config, persistent=persistent,
-                               warp_specialize=specialized)
+            return k.qgemm_tma(rows, weight, scales, bias, epi, config, persistent=persistent)
 
         return launch
 
@@ -297,8 +291,6 @@ TMA_LEVELS = {"t1": 0, "t3": 0, "t4": 2, "t6": 2, "t2": 4, "t5": 4, "t7": 4, "t8
 # FC1 0.028 -> 0.027 ms, a 1x1 128->512 layer with a residual 0.053 -> 0.045 where t6 takes
 # 0.039; t1 and t6 persistent lost everywhere, t1 by up to 1.8x): the wider searches only.
 PERSISTENT_LEVELS = {"t4": 4}
-# Not yet timed on a GPU: the widest search only, until they have been.
-WS_LEVELS = {"w1": 5, "w2": 5, "w3": 5, "w4": 5}
 
 
 def _register() -> None:
@@ -328,21 +320,10 @@ def _register() -> None:
         register_tactic(type(f"TritonQConvTMAPersistent_{key}", (_TritonConvTMAPersistent,), {
             "name": f"int8-triton-conv-tma-{key}-persistent", "config": TMA_CONFIGS[key],
             "priority": 50 + index, "min_level": PERSISTENT_LEVELS[key]}))
-    _register_warp_specialized()
     for index, (key, config) in enumerate(TMA_STORE_CONFIGS.items()):
         register_tactic(type(f"TritonQConvTMAStore_{key}", (_TritonConvTMAStore,), {
             "name": f"int8-triton-conv-tma-{key}", "config": config,
             "priority": 30 + index, "min_level": TMA_LEVELS[key]}))
-
-
-def _register_warp_specialized() -> None:
-    for index, (key, config) in enumerate(WS_CONFIGS.items()):
-        for suffix, base in (("", _TritonGemmTMA), ("-persistent", _TritonGemmTMAPersistent),
-                             ("-gelu-tanh-for-erf", _TritonGemmTMATanhForErf)):
-            register_tactic(type(f"{base.__name__[1:]}WS_{key}", (base,), {
-                "name": f"int8-triton-gemm-tma-{key}-ws{suffix}", "config": config,
-                "warp_specialize": True, "priority": 60 + index,
-                "min_level": WS_LEVELS[key]}))
 
 
 _register()
