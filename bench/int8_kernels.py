@@ -104,6 +104,10 @@ def main() -> None:
                         help="FP8 BERT GEMMs with each epilogue, and the quantize steps")
     parser.add_argument("--pool", action="store_true",
                         help="also ResNet-50's 3x3/2 max-pool at batch 64, int8 and fp16")
+    parser.add_argument("--patches", action="store_true",
+                        help="also ViT-B/16's patch embedding at batch 64 (16x16/16, 3->768): "
+                             "cuDNN and one GEMM in fp16, the gathering kernel and the "
+                             "patch GEMM tactics in int8")
     parser.add_argument("--shortcut", action="store_true",
                         help="also ResNet-50's bottleneck tails with their projections "
                              "(kiln.QConvShortcut): fused, and as two layers")
@@ -226,6 +230,8 @@ def main() -> None:
                   w8, scales, bias, {**epi, "out_type": "fp8e4m3"}, TMA_CONFIGS["t4"])
     if args.pool:
         _pool_rows(rows)
+    if args.patches:
+        _patches_rows(rows)
     if args.shortcut:
         _shortcut_rows(rows)
     print_table(rows)
@@ -279,6 +285,47 @@ def _shortcut_row(rows: list, name: str, x, sx, wt, swt, s: int) -> None:
         diff = int((shortcut.qconv_shortcut(*args).int() - want.int()).abs().max())
         _time_row(rows, name, f"fused {key} (max diff {diff})", ops, fp16,
                   shortcut.qconv_shortcut, *args)
+
+
+def _patches_rows(rows: list) -> None:
+    """ViT-B/16's patch embedding (a 16x16 stride-16 convolution of 3 channels, 224x224,
+    batch 64): cuDNN against the windows reordered into rows and one GEMM (conv-patches)
+    in fp16; in int8 the gathering kernel against the patch tactics' TMA GEMM
+    (int8_patches), each with its largest difference from the gathering kernel's output,
+    and the reordering copy alone."""
+    from kiln.kernels.torch.conv_patches import patch_rows
+
+    name, b, oc, p = "vit patches 16/16", 64, 768, 16
+    ops = 2 * b * (224 // p) ** 2 * oc * 3 * p * p
+    xf = torch.randn(b, 3, 224, 224, device="cuda", dtype=torch.half)
+    wf = torch.randn(oc, 3, p, p, device="cuda", dtype=torch.half)
+    fp16 = time_ms(F.conv2d, xf.contiguous(memory_format=torch.channels_last),
+                   wf.contiguous(memory_format=torch.channels_last), None, p)
+    rows.append((name, "cudnn fp16 (channels-last)", fp16, ops / fp16 / 1e9, 1.0))
+    _time_row(rows, name, "cudnn fp16 (nchw)", ops, fp16, F.conv2d, xf, wf, None, p)
+    _time_row(rows, name, "fp16 rows + one GEMM", ops, fp16,
+              lambda: F.linear(patch_rows(xf, p, p), wf.reshape(oc, -1)))
+    x, w = _ints((b, 3, 224, 224)), _ints((oc, 3, p, p))
+    scales = torch.rand(oc, device="cuda") * 3 / (5500 * (3 * p * p) ** 0.5)
+    bias = torch.rand(oc, device="cuda")
+    epi = {"out_scale": 0.05, "out_inv_scale": 20.0, "out_type": "int8"}
+    conv = ((p, p), (p, p), (0, 0, 0, 0), (1, 1), scales, bias)
+    taps = w.permute(0, 2, 3, 1).reshape(oc, -1).contiguous()
+    x_nhwc = x.contiguous(memory_format=torch.channels_last)
+    want = k.qconv2d(x_nhwc, taps, *conv, None, 0, epi, CONV_CONFIGS["a"]).float()
+    _time_row(rows, name, f"int8 gather a {CONV_CONFIGS['a']}", ops, fp16, k.qconv2d,
+              x_nhwc, taps, *conv, None, 0, epi, CONV_CONFIGS["a"])
+    _time_row(rows, name, "int8 rows alone", ops, fp16, patch_rows, x, p, p)
+    flat = w.reshape(oc, -1)
+
+    def patches(config):
+        y = tma.qgemm_tma(patch_rows(x, p, p), flat, scales, bias, epi, config)
+        return y.reshape(b, 224 // p, 224 // p, oc).permute(0, 3, 1, 2)
+
+    for key in ("t3", "t4", "t6"):
+        diff = (patches(TMA_CONFIGS[key]).float() - want).abs().max().item()
+        _time_row(rows, name, f"int8 patches {key} d{diff:.0f}", ops, fp16, patches,
+                  TMA_CONFIGS[key])
 
 
 def _pool_rows(rows: list) -> None:
