@@ -32,7 +32,8 @@ def _spec(w: np.ndarray, bias: np.ndarray | None, attrs: dict, residual: bool) -
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_matches_the_plain_convolution(case, layout):
+def test_matches_the_plain_convolution(case, layout, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # exact FP32 on the GPU
     shape, oc, window, bias, residual, act = case
     rng = np.random.default_rng(sum(shape) + oc)
     w = rng.standard_normal((oc, shape[1], *window)).astype(np.float32)
