@@ -210,7 +210,7 @@ def main() -> None:
                 continue
             ms = time_ms(k.qgemm, a, wt, scales, bias, None, 0, epi, config)
             rows.append((name, f"triton {key} {config}", ms, ops / ms / 1e9, fp16 / ms))
-        for key, config in {**TMA_CONFIGS, **extra}.items():
+        for key, config in {**TMA_CONFIGS, **TMA_STORE_CONFIGS, **extra}.items():
             if key in tiles and kk % config[2] == 0:
                 _time_row(rows, name, f"tma {key} {config}", ops, fp16, tma.qgemm_tma, a, wt,
                           scales, bias, epi, config)

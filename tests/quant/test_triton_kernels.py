@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from kiln.ops.quantized import combined_scales, qconv, qgemm
+from kiln.ops.quantized import combined_scales, epilogue, qconv, qgemm
 from tests.quant._triton_cases import DEVICE, FP8_OUT, SMALL, check_offered, fp8_conv_case
 from tests.quant._triton_cases import close as _close
 from tests.quant._triton_cases import epi as _epi
@@ -74,6 +74,81 @@ def test_tma_qgemm_kernel_matches_the_reference(case, persistent):
                         persistent=persistent)
     assert got.dtype == want.dtype and got.shape == want.shape
     _close(got, want)
+
+
+class _LaunchSpy:
+    """Stands in for a Triton kernel (kernel[grid](...)): records each launch's TMA_OUT,
+    then launches the kernel."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel, self.tma_out = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.tma_out.append(kwargs["TMA_OUT"])
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@pytest.mark.parametrize("case", [  # (M, K, N, out_scale, out dtype, residual, TMA taken)
+    (50, 64, 32, 0.05, "fp32", None, True),  # int8 out, 32-byte rows, a partial row tile
+    (33, 64, 48, 0.0, "fp32", None, True),  # float32 out
+    (40, 96, 24, 0.0, "fp16", "float", True),  # an fp16 residual read by TMA too
+    (70, 64, 32, 0.04, "fp32", "int8", True),  # an int8 residual
+    (37, 64, 40, 0.05, "fp32", None, False),  # 40-byte int8 rows: stored by pointer
+    (20, 64, 24, 0.0, "fp32", "int8", False),  # 24-byte int8 residual rows: by pointer
+], ids=str)
+@pytest.mark.parametrize("persistent", [False, True])
+def test_tma_qgemm_output_by_tma(case, persistent, monkeypatch):
+    """A sixth config field: the output (and residual) tiles by TMA where their rows start
+    on 16-byte boundaries, the edges clipped by the copy unit; else by pointer, the same
+    values either way."""
+    tma = pytest.importorskip("kiln.kernels.triton._int8_tma")
+    m, k, n, out_scale, out_dtype, residual, taken = case
+    rng = np.random.default_rng(m * n + k)
+    a, w = _ints(rng, (m, k), torch.int8), _ints(rng, (n, k), torch.int8)
+    w_scale = rng.uniform(0.001, 0.01, n).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    epi, r, extra = _epi(out_scale, activation="Relu", out_dtype=out_dtype), None, {}
+    if residual == "float":
+        r = torch.from_numpy(rng.standard_normal((m, n)).astype(np.float16))
+    elif residual == "int8":
+        r = _ints(rng, (m, n), torch.int8)
+        epi.update(residual_scale=0.03, residual_zero_point=0)
+        extra = {"residual_scale": 0.03}
+    acc = a.double() @ w.double().t()  # exact: |acc| < 2**53
+    want = epilogue(acc, torch.from_numpy(combined_scales(0.02, w_scale)),
+                    torch.from_numpy(bias), r, extra.get("residual_scale", 0.0), 0, "Relu",
+                    None, out_scale, 0, "int8", out_dtype)
+    name = "_qgemm_tma_persistent_kernel" if persistent else "_qgemm_tma_kernel"
+    spy = _LaunchSpy(getattr(tma, name))
+    monkeypatch.setattr(tma, name, spy)
+    got = tma.qgemm_tma(a.to(DEVICE), w.to(DEVICE),
+                        torch.from_numpy(combined_scales(0.02, w_scale)).to(DEVICE),
+                        torch.from_numpy(bias).to(DEVICE), epi, (*SMALL, True),
+                        None if r is None else r.to(DEVICE), persistent=persistent)
+    assert spy.tma_out == [taken]
+    assert got.dtype == want.dtype and got.shape == want.shape
+    _close(got, want)
+
+
+@pytest.mark.parametrize("n,attrs,offered", [
+    (32, {"out_scale": 0.05}, True), (40, {"out_scale": 0.05}, False),  # int8 rows
+    (40, {"out_dtype": "fp32"}, True), (36, {"out_dtype": "fp16"}, False),
+    (24, {"out_dtype": "fp16"}, True)])
+def test_tma_store_gemm_tiles_only_for_whole_line_rows(n, attrs, offered, monkeypatch):
+    """The -s GEMM tiles store by TMA, which takes rows of whole 16-byte lines; for other
+    layers they would be the plain tiles again, so they are not offered."""
+    from kiln.kernels import LayerSpec, Target, get_tactic
+
+    monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")
+    w = np.ones((n, 64), np.int8)
+    spec = LayerSpec("fc", "QGemm", "kiln", 1, ["a", "w"], ["y"],
+                     {"a_scale": 0.05, "a_zero_point": 0, "w_scale": 0.01, **attrs},
+                     constant_inputs={1: w}, input_dtypes=["int8", "int8"])
+    target = Target(torch.device(DEVICE), "int8")
+    assert get_tactic("int8-triton-gemm-tma-t4").supports(spec, target)
+    assert get_tactic("int8-triton-gemm-tma-t4s").supports(spec, target) == offered
 
 
 def _fp8_gemm_case(rng, m: int, k: int, n: int) -> tuple:
@@ -403,6 +478,7 @@ def test_tma_store_tactic_only_for_residual_layers(monkeypatch):
 @pytest.mark.parametrize("m,k,n,out_scale,act", [(37, 48, 32, 0.05, "Relu"),
                                                  (20, 64, 40, 0.0, "GeluTanh")])
 @pytest.mark.parametrize("name", ["int8-triton-gemm-tma-t1",
+                                  "int8-triton-gemm-tma-t4s",  # output tiles by TMA
                                   "int8-triton-gemm-tma-t4-persistent"])
 def test_tma_gemm_tactic_matches_the_reference(m, k, n, out_scale, act, name, monkeypatch):
     """QGemm through the TMA kernel (plain 2-D boxes, one program per tile or per SM; a K
@@ -437,23 +513,24 @@ def test_tma_gemm_tactic_matches_the_reference(m, k, n, out_scale, act, name, mo
     _close(got, qgemm(a.contiguous(), torch.from_numpy(w), **attrs))
 
 
+@pytest.mark.parametrize("tile,n", [("t1", 40), ("t4s", 48)])  # t4s: its output by TMA
 @pytest.mark.parametrize("shape", [(4, 33, 64), (130, 64)], ids=str)
-def test_tanh_form_gelu_tactic_stays_within_an_output_step_of_erf(shape):
-    """int8-triton-gemm-tma-t1-gelu-tanh-for-erf: an erf-GELU layer with INT8 output through
+def test_tanh_form_gelu_tactic_stays_within_an_output_step_of_erf(shape, tile, n):
+    """int8-triton-gemm-tma-*-gelu-tanh-for-erf: an erf-GELU layer with INT8 output through
     the tanh form gives the exact form's integers (a step apart at most, rarely); a layer
     with another activation is not its to take."""
     from kiln.kernels import LayerSpec, Target, get_tactic
 
     rng = np.random.default_rng(sum(shape))
     k = shape[-1]
-    w = rng.integers(-127, 128, (40, k)).astype(np.int8)
-    attrs = {"a_scale": 0.05, "a_zero_point": 0, "w_scale": rng.uniform(0.001, 0.01, 40)
-             .astype(np.float32), "bias": rng.standard_normal(40).astype(np.float32),
+    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    attrs = {"a_scale": 0.05, "a_zero_point": 0, "w_scale": rng.uniform(0.001, 0.01, n)
+             .astype(np.float32), "bias": rng.standard_normal(n).astype(np.float32),
              "activation": "GeluErf", "out_scale": 0.01, "out_zero_point": 0,
              "out_type": "int8"}
     spec = LayerSpec("fc1", "QGemm", "kiln", 1, ["a", "w"], ["y"], attrs,
                      constant_inputs={1: w}, input_dtypes=["int8", "int8"])
-    tactic = get_tactic("int8-triton-gemm-tma-t1-gelu-tanh-for-erf")
+    tactic = get_tactic(f"int8-triton-gemm-tma-{tile}-gelu-tanh-for-erf")
     device = torch.device(DEVICE)
     target = Target(device, "int8")
     assert tactic.supports(spec, target) == (DEVICE == "cuda")  # builds on the CPU use none
