@@ -5,6 +5,7 @@ count is also what runs). Triton's wheel carries ptxas and nvdisasm; device time
 scarce, so questions a compile can answer are answered here first.
 
     PYTHONPATH=. python tools/sm90_gemm_report.py [--tiles a,t3,t3s,t4,t4s] [--layers qkv,fc1]
+        [--fast-tanh]
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ _SCALARS = {"M": "i32", "stride_om": "i32", "stride_rm": "i32", "res_scale": "fp
             "p1": "fp32", "stride_am": "i32", "zp": "i32"}
 
 
-def compile_tile(tile: str, n: int, k: int, activation: str, out: str) -> Any:
-    """The kernel a QGemm tactic of this tile launches for the layer, compiled for sm_90a."""
+def compile_tile(tile: str, n: int, k: int, activation: str, out: str,
+                 fast_tanh: bool = False) -> Any:
+    """The kernel a QGemm tactic of this tile launches for the layer, compiled for sm_90a
+    (fast_tanh: the TMA kernel's tanh-instruction GELU)."""
     out_t = _TYPES[out]
     const = {"N": n, "K": k, "HAS_BIAS": True, "RES_MODE": 0, "IS_FP8": False,
              "ACT": ACTIVATIONS[activation], "OUT_MODE": OUT_MODES[out], "GROUP_M": 8,
@@ -56,7 +59,7 @@ def compile_tile(tile: str, n: int, k: int, activation: str, out: str) -> Any:
                "out_desc": f"tensordesc<{out_t}[{bm}, {bn}]>" if tma_out else stand_in,
                "res_desc": stand_in, "out_ptr": f"*{out_t}", "scales_ptr": "*fp32",
                "bias_ptr": "*fp32", "res_ptr": "*fp16"}
-        const["TMA_OUT"] = tma_out
+        const.update(TMA_OUT=tma_out, FAST_TANH=fast_tanh)
     const.update(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     params = kernel.arg_names
     sig.update({name: _SCALARS[name] for name in params if name in _SCALARS})
@@ -89,12 +92,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles", default="a,t3,t3s,t4,t4s,t6,t6s")
     parser.add_argument("--layers", default=",".join(LAYERS))
+    parser.add_argument("--fast-tanh", action="store_true",
+                        help="the TMA tiles' GELU by the tanh instruction")
     args = parser.parse_args()
     print(f"{'layer':6s} {'tile':5s} {'regs':>5s} {'stack':>6s} {'epilogue':>9s} "
           f"{'spills':>7s} {'STG':>5s}")
     for layer in args.layers.split(","):
         for tile in args.tiles.split(","):
-            costs = static_costs(compile_tile(tile, *LAYERS[layer]))
+            costs = static_costs(compile_tile(tile, *LAYERS[layer], args.fast_tanh))
             print(f"{layer:6s} {tile:5s} {costs['regs']:5d} {costs['stack']:6d} "
                   f"{costs['epilogue']:9d} {costs['spill stores']:7d} "
                   f"{costs['global stores']:5d}")

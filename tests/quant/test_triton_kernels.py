@@ -513,12 +513,15 @@ def test_tma_gemm_tactic_matches_the_reference(m, k, n, out_scale, act, name, mo
     _close(got, qgemm(a.contiguous(), torch.from_numpy(w), **attrs))
 
 
-@pytest.mark.parametrize("tile,n", [("t1", 40), ("t4s", 48)])  # t4s: its output by TMA
+@pytest.mark.parametrize("tile,n,form", [("t1", 40, ""),
+                                         ("t4s", 48, ""),  # its output by TMA
+                                         ("t4s", 32, "approx")])  # the GPU's tanh
 @pytest.mark.parametrize("shape", [(4, 33, 64), (130, 64)], ids=str)
-def test_tanh_form_gelu_tactic_stays_within_an_output_step_of_erf(shape, tile, n):
-    """int8-triton-gemm-tma-*-gelu-tanh-for-erf: an erf-GELU layer with INT8 output through
-    the tanh form gives the exact form's integers (a step apart at most, rarely); a layer
-    with another activation is not its to take."""
+def test_tanh_form_gelu_tactic_stays_within_an_output_step_of_erf(shape, tile, n, form):
+    """int8-triton-gemm-tma-*-gelu-tanh[-approx]-for-erf: an erf-GELU layer with INT8
+    output through the tanh form gives the exact form's integers (a step apart at most,
+    rarely); a layer with another activation is not its to take. The -approx form runs
+    the exponential form in the interpreter: its own arithmetic is checked on a GPU."""
     from kiln.kernels import LayerSpec, Target, get_tactic
 
     rng = np.random.default_rng(sum(shape))
@@ -530,7 +533,8 @@ def test_tanh_form_gelu_tactic_stays_within_an_output_step_of_erf(shape, tile, n
              "out_type": "int8"}
     spec = LayerSpec("fc1", "QGemm", "kiln", 1, ["a", "w"], ["y"], attrs,
                      constant_inputs={1: w}, input_dtypes=["int8", "int8"])
-    tactic = get_tactic(f"int8-triton-gemm-tma-{tile}-gelu-tanh-for-erf")
+    tactic = get_tactic(f"int8-triton-gemm-tma-{tile}-gelu-tanh{'-' if form else ''}{form}"
+                        "-for-erf")
     device = torch.device(DEVICE)
     target = Target(device, "int8")
     assert tactic.supports(spec, target) == (DEVICE == "cuda")  # builds on the CPU use none

@@ -101,14 +101,16 @@ def _qgemm_tma_kernel(a_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, b
                       HAS_BIAS: tl.constexpr, RES_MODE: tl.constexpr, IS_FP8: tl.constexpr,
                       ACT: tl.constexpr, OUT_MODE: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                      TMA_OUT: tl.constexpr = False, PDL: tl.constexpr = False):
+                      TMA_OUT: tl.constexpr = False, FAST_TANH: tl.constexpr = False,
+                      PDL: tl.constexpr = False):
     """QGemm over 2-D boxes of a [M, K] and w [N, K]; the epilogue reads the residual and
-    stores by pointer, or with TMA_OUT both by TMA (out_desc, res_desc)."""
+    stores by pointer, or with TMA_OUT both by TMA (out_desc, res_desc). FAST_TANH: a
+    tanh-form GELU by the GPU's tanh instruction (_int8_kernels._gelu_tanh_approx)."""
     wait_for_inputs(PDL)
     _qgemm_tile(tl.program_id(0), a_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr,
                 bias_ptr, res_ptr, M, stride_om, stride_rm, res_scale, res_zp, out_inv_scale,
                 out_zp, p0, p1, N, K, HAS_BIAS, RES_MODE, IS_FP8, ACT, OUT_MODE, BLOCK_M,
-                BLOCK_N, BLOCK_K, GROUP_M, TMA_OUT)
+                BLOCK_N, BLOCK_K, GROUP_M, TMA_OUT, FAST_TANH)
 
 
 @triton.jit
@@ -119,7 +121,8 @@ def _qgemm_tma_persistent_kernel(
         IS_FP8: tl.constexpr, ACT: tl.constexpr, OUT_MODE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         GROUP_M: tl.constexpr, PROGRAMS: tl.constexpr, INTERPRETED_TILES: tl.constexpr,
-        TMA_OUT: tl.constexpr = False, PDL: tl.constexpr = False):
+        TMA_OUT: tl.constexpr = False, FAST_TANH: tl.constexpr = False,
+        PDL: tl.constexpr = False):
     """_qgemm_tma_kernel as PROGRAMS programs (one per SM) that each walk every PROGRAMS-th
     tile: the loop over tiles is flattened into one software pipeline, so the next tile's
     loads are in flight while this one's epilogue runs, and the last wave is not a
@@ -133,7 +136,7 @@ def _qgemm_tma_persistent_kernel(
             _qgemm_tile(tile, a_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr,
                         bias_ptr, res_ptr, M, stride_om, stride_rm, res_scale, res_zp,
                         out_inv_scale, out_zp, p0, p1, N, K, HAS_BIAS, RES_MODE, IS_FP8, ACT,
-                        OUT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, TMA_OUT)
+                        OUT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, TMA_OUT, FAST_TANH)
     else:
         for i in range(INTERPRETED_TILES):
             tile = tl.program_id(0) + i * PROGRAMS
@@ -141,7 +144,8 @@ def _qgemm_tma_persistent_kernel(
                 _qgemm_tile(tile, a_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr,
                             bias_ptr, res_ptr, M, stride_om, stride_rm, res_scale, res_zp,
                             out_inv_scale, out_zp, p0, p1, N, K, HAS_BIAS, RES_MODE, IS_FP8,
-                            ACT, OUT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, TMA_OUT)
+                            ACT, OUT_MODE, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, TMA_OUT,
+                            FAST_TANH)
 
 
 @triton.jit
@@ -150,7 +154,8 @@ def _qgemm_tile(tile, a_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, b
                 p1, N: tl.constexpr, K: tl.constexpr, HAS_BIAS: tl.constexpr,
                 RES_MODE: tl.constexpr, IS_FP8: tl.constexpr, ACT: tl.constexpr,
                 OUT_MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, TMA_OUT: tl.constexpr):
+                BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, TMA_OUT: tl.constexpr,
+                FAST_TANH: tl.constexpr):
     """One output tile of the GEMM: the K loop and the epilogue. TMA_OUT: the residual tile
     read and the output tile written by TMA (the edges clipped by the copy unit) instead of
     by pointer, which spends per element a 64-bit address, a bounds test and a one- or
@@ -173,12 +178,12 @@ def _qgemm_tile(tile, a_desc, w_desc, out_desc, res_desc, out_ptr, scales_ptr, b
             r = res_desc.load([pid_m * BLOCK_M, pid_n * BLOCK_N])
         y = _epilogue(acc, rn, N, scales_ptr, bias_ptr, scales_ptr, r, 0, res_scale, res_zp,
                       out_inv_scale, out_zp, p0, p1, False, HAS_BIAS, RES_MODE, ACT,
-                      OUT_MODE, IS_FP8, K <= 256)
+                      OUT_MODE, IS_FP8, K <= 256, FAST_TANH)
         out_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], y)
     else:
         _finish(acc, rm, rm < M, rn, N, out_ptr, stride_om, scales_ptr, bias_ptr, scales_ptr,
                 res_ptr, stride_rm, 0, res_scale, res_zp, out_inv_scale, out_zp, p0, p1,
-                False, HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8, K <= 256)
+                False, HAS_BIAS, RES_MODE, ACT, OUT_MODE, IS_FP8, K <= 256, FAST_TANH)
 
 
 @functools.cache  # called at every launch, with a layer's fixed sizes
@@ -284,7 +289,8 @@ def qgemm_tma(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
     the rows as 1x1 images cost INT8 GEMMs 5-15% and FP8 ones up to 1.9x on the H100.
     persistent: one program per SM walking the tiles (_qgemm_tma_persistent_kernel).
     A sixth config field, true: the residual and output tiles by TMA too, where their rows
-    start on 16-byte boundaries (else by pointer)."""
+    start on 16-byte boundaries (else by pointer). epi["fast_tanh"]: a tanh-form GELU by
+    the GPU's tanh instruction (the interpreter keeps the exponential form)."""
     block_m, block_n, block_k, warps, stages = config[:5]
     m, n, runtime, flags, out, (res, res_mode, stride_rm) = _gemm_io(a, w, epi, residual)
     k = a.shape[1]
@@ -302,6 +308,7 @@ def qgemm_tma(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
     meta = dict(**runtime, N=n, K=k, HAS_BIAS=bias is not None, RES_MODE=res_mode,
                 IS_FP8=a.dtype == torch.float8_e4m3fn, **flags, BLOCK_M=block_m,
                 BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, TMA_OUT=tma_out,
+                FAST_TANH=bool(epi.get("fast_tanh")) and a.device.type == "cuda",
                 num_warps=warps, num_stages=stages)
     if persistent:
         programs = min(tiles, _processors(a.device))
