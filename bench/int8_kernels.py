@@ -19,6 +19,7 @@ from kiln.kernels.triton import _int8_kernels as k
 from kiln.kernels.triton import _int8_s2d as s2d
 from kiln.kernels.triton import _int8_stationary as stationary
 from kiln.kernels.triton import _int8_tma as tma
+from kiln.kernels.triton._int8_gluon import GLUON_CONFIGS, qgemm_gluon
 from kiln.kernels.triton.int8 import (
     CONV_CONFIGS,
     CONV_LEVELS,
@@ -104,6 +105,9 @@ def main() -> None:
                         help="FP8 BERT GEMMs with each epilogue, and the quantize steps")
     parser.add_argument("--pool", action="store_true",
                         help="also ResNet-50's 3x3/2 max-pool at batch 64, int8 and fp16")
+    parser.add_argument("--gluon", action="store_true",
+                        help="GEMMs: also the Gluon INT8 GEMM (an MMA kept in flight), each "
+                             "tile with its largest difference from the t3 kernel's output")
     parser.add_argument("--patches", action="store_true",
                         help="also ViT-B/16's patch embedding at batch 64 (16x16/16, 3->768): "
                              "cuDNN and one GEMM in fp16, the gathering kernel and the "
@@ -217,6 +221,16 @@ def main() -> None:
             if f"{key}p" in tiles and kk % config[2] == 0:  # one program per SM
                 _time_row(rows, name, f"tma {key} persistent", ops, fp16, tma.qgemm_tma, a,
                           wt, scales, bias, epi, config, None, True)
+        for key, config in GLUON_CONFIGS.items() if args.gluon else ():
+            want = tma.qgemm_tma(a, wt, scales, bias, epi, TMA_CONFIGS["t3"]).int()
+            label = f"gluon {key} {config}"
+            try:  # a tile that does not compile or run is a row, not a crash
+                got = qgemm_gluon(a, wt, scales, bias, epi, config).int()
+                label += f" d{(got - want).abs().max().item()}"
+            except Exception as exc:
+                print(f"{name} {label}: {type(exc).__name__}: {str(exc)[:160]}")
+            _time_row(rows, name, label, ops, fp16, qgemm_gluon, a, wt, scales, bias, epi,
+                      config)
         for spec, config in held.items() if stationary.fits(kk) else ():
             _time_row(rows, name, f"stationary {spec}", ops, fp16, stationary.qgemm_stationary,
                       a, wt, scales, bias, epi, config)

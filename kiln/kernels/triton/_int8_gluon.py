@@ -1,0 +1,196 @@
+"""An INT8 GEMM for Hopper written in Gluon (Triton's explicit layer), whose tensor-core
+MMAs stay in flight while the next K step's operands are checked in: EXPERIMENTAL, not a
+tactic yet (compiled for sm_90a only; not yet run on a GPU).
+
+Why Gluon: Triton 3.6's software pipeliner makes a wgmma asynchronous only where the
+accumulator is float32 ("Rule 2.1" of its WGMMAPipeline), so every INT8 K loop it builds
+waits for all of a step's MMAs to finish (`warp_group_dot_wait {pendings = 0}`) before the
+next step's loads and MMAs issue, while its FP16 and FP8 loops keep one step in flight.
+Here the loop is written out: a STAGES-deep ring of TMA copies into shared memory, each
+slot with its mbarrier; per K step one asynchronous warpgroup MMA, then a wait that leaves
+that one in flight (`num_outstanding=1`), which frees the previous step's slot for the
+copy STAGES - 1 steps ahead.
+
+The epilogue is QGemm's for the layers BERT-like encoders have: per-column factors and
+bias, no activation, ReLU or the tanh-form GELU (by the tanh instruction with FAST_TANH),
+then an int8 output requantized with zero point 0 (OUT_MODE 3) or a float16 one (1),
+written by TMA. Values are those of _int8_kernels._epilogue for these cases.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from kiln.kernels.triton._int8_kernels import ACTIVATIONS, OUT_MODES
+
+_OUT = {OUT_MODES["int8"]: (torch.int8, gl.int8), OUT_MODES["fp16"]: (torch.float16, gl.float16)}
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
+GLUON_CONFIGS = {"g3": (128, 128, 128, 8, 3), "g4": (128, 256, 128, 8, 3),
+                 "g4k64": (128, 256, 64, 8, 4)}
+
+
+def mma_layout(block_n: int, warps: int) -> gl.NVMMADistributedLayout:
+    """Warps along M (16 rows each), the widest int8 wgmma N (<= 224) dividing the tile."""
+    n = 224
+    while block_n % n:
+        n -= 16
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps, 1],
+                                     instr_shape=[16, n, 32])
+
+
+@gluon.jit
+def _gelu_tanh(y, FAST_TANH: gl.constexpr):
+    u = y * (0.7978845608028654 + 0.035677408136300125 * y * y)
+    if FAST_TANH:
+        t = gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [u],
+                                      dtype=gl.float32, is_pure=True, pack=1)
+    else:
+        t = 2.0 / (1.0 + gl.exp(-2.0 * u)) - 1.0
+    h = 0.5 * y
+    return h + h * t
+
+
+@gluon.jit
+def _qgemm_gluon_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_ptr, out_inv_scale,
+                        N: gl.constexpr, K: gl.constexpr, HAS_BIAS: gl.constexpr,
+                        ACT: gl.constexpr, OUT_MODE: gl.constexpr, FAST_TANH: gl.constexpr,
+                        STAGES: gl.constexpr, LAYOUT: gl.constexpr):
+    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+    BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    STEPS: gl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
+    tiles_n: gl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
+    pid = gl.program_id(0)
+    off_m = (pid // tiles_n) * BLOCK_M
+    off_n = (pid % tiles_n) * BLOCK_N
+
+    a_ring = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
+    w_ring = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for j in gl.static_range(STAGES):
+        mbarrier.init(ready.index(j), count=1)
+    step_bytes: gl.constexpr = a_desc.block_type.nbytes + w_desc.block_type.nbytes
+    for j in gl.static_range(STAGES - 1):  # the first steps' copies ahead of the loop
+        if j < STEPS:
+            mbarrier.expect(ready.index(j), step_bytes)
+            tma.async_copy_global_to_shared(a_desc, [off_m, j * BLOCK_K], ready.index(j),
+                                            a_ring.index(j))
+            tma.async_copy_global_to_shared(w_desc, [off_n, j * BLOCK_K], ready.index(j),
+                                            w_ring.index(j))
+
+    acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.int32, layout=LAYOUT)
+    for i in range(STEPS):
+        slot = i % STAGES
+        mbarrier.wait(ready.index(slot), phase=(i // STAGES) & 1)
+        acc = warpgroup_mma(a_ring.index(slot), w_ring.index(slot).permute((1, 0)), acc,
+                            is_async=True)
+        # this step's MMA stays in flight; the previous one is done, so its slot takes the
+        # copy STAGES - 1 steps ahead
+        acc, _, _ = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_ring.index(slot),
+                                                                w_ring.index(slot)))
+        ahead = i + STAGES - 1
+        if ahead < STEPS:
+            t = ahead % STAGES
+            mbarrier.expect(ready.index(t), step_bytes)
+            tma.async_copy_global_to_shared(a_desc, [off_m, ahead * BLOCK_K], ready.index(t),
+                                            a_ring.index(t))
+            tma.async_copy_global_to_shared(w_desc, [off_n, ahead * BLOCK_K], ready.index(t),
+                                            w_ring.index(t))
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+    for j in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(j))
+
+    rn = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, LAYOUT))
+    scales = gl.load(scales_ptr + rn, mask=rn < N, other=0.0)
+    y = acc.to(gl.float32) * gl.expand_dims(scales, 0)
+    if HAS_BIAS:
+        y = y + gl.expand_dims(gl.load(bias_ptr + rn, mask=rn < N, other=0.0), 0)
+    if ACT == 1:
+        y = gl.maximum(y, 0.0)
+    elif ACT == 6:
+        y = _gelu_tanh(y, FAST_TANH)
+    if OUT_MODE == 3:  # saturated, then rounded half to even by adding 1.5 * 2**23
+        q = gl.minimum(gl.maximum(y * out_inv_scale, -128.0), 127.0)
+        out = ((q + 12582912.0).to(gl.int32, bitcast=True) - 0x4B400000).to(gl.int8)
+    else:
+        out = y.to(gl.float16)
+    out_smem = gl.allocate_shared_memory(out_desc.dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
+    out_smem.store(out)
+    fence_async_shared()
+    tma.async_copy_shared_to_global(out_desc, [off_m, off_n], out_smem)
+    tma.store_wait(pendings=0)
+
+
+def supported(epi: dict, n: int, k: int) -> bool:
+    """The layers this kernel takes: int8 (zero point 0) or fp16 outputs whose rows are
+    whole 16-byte lines, no residual, none/ReLU/tanh-form GELU, K in whole 32-byte steps."""
+    out_mode = OUT_MODES[epi["out_type"]] if epi.get("out_scale") else OUT_MODES.get(
+        epi.get("out_dtype", "fp32"))
+    size = 1 if out_mode == OUT_MODES["int8"] else 2
+    return (out_mode in _OUT and not epi.get("out_zero_point") and k % 32 == 0
+            and (n * size) % 16 == 0 and not epi.get("residual_scale")
+            and epi.get("activation", "") in ("", "Relu", "GeluTanh"))
+
+
+def qgemm_gluon(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
+                bias: torch.Tensor | None, epi: dict, config: tuple) -> torch.Tensor:
+    """a [M, K] int8 (rows 16-byte aligned), w [N, K] int8; config (BLOCK_M, BLOCK_N,
+    BLOCK_K, warps, stages); epi as QGemm's, within supported()."""
+    block_m, block_n, block_k, warps, stages = config[:5]
+    m, k = a.shape
+    n = w.shape[0]
+    if not supported(epi, n, k):
+        raise ValueError(f"qgemm_gluon: epilogue {epi} with N {n}, K {k} is not one it takes")
+    out_mode = OUT_MODES[epi["out_type"]] if epi.get("out_scale") else OUT_MODES[
+        epi.get("out_dtype", "fp32")]
+    out_torch, out_gl = _OUT[out_mode]
+    out = torch.empty((m, n), dtype=out_torch, device=a.device)
+
+    def descriptor(t, block, dtype):
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
+                                gl.NVMMASharedLayout.get_default_for(block, dtype))
+
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+    _qgemm_gluon_kernel[grid](
+        descriptor(a, [block_m, block_k], gl.int8), descriptor(w, [block_n, block_k], gl.int8),
+        descriptor(out, [block_m, block_n], out_gl), scales,
+        bias if bias is not None else scales, float(epi.get("out_inv_scale", 1.0)),
+        N=n, K=k, HAS_BIAS=bias is not None, ACT=ACTIVATIONS[epi.get("activation", "")],
+        OUT_MODE=out_mode, FAST_TANH=bool(epi.get("fast_tanh")), STAGES=stages,
+        LAYOUT=mma_layout(block_n, warps), num_warps=warps)
+    return out
+
+
+def compile_for_hopper_offline(config: tuple, const: dict, fast_tanh: bool = False):
+    """The kernel for config and the epilogue constants (N, K, HAS_BIAS, ACT, OUT_MODE)
+    compiled for sm_90a without a GPU (kiln.kernels.triton.sm90)."""
+    from kiln.kernels.triton.sm90 import compile_for_hopper
+
+    block_m, block_n, block_k, warps, stages = config
+    out_gl = _OUT[const["OUT_MODE"]][1]
+
+    def desc(shape, dtype, name):
+        layout = gl.NVMMASharedLayout.get_default_for(shape, dtype)
+        return f"tensordesc<{name}[{shape[0]}, {shape[1]}],{layout!r}>"
+
+    sig = {"a_desc": desc([block_m, block_k], gl.int8, "i8"),
+           "w_desc": desc([block_n, block_k], gl.int8, "i8"),
+           "out_desc": desc([block_m, block_n], out_gl, "i8" if out_gl == gl.int8 else "fp16"),
+           "scales_ptr": "*fp32", "bias_ptr": "*fp32", "out_inv_scale": "fp32"}
+    constants = {**const, "FAST_TANH": fast_tanh, "STAGES": stages,
+                 "LAYOUT": mma_layout(block_n, warps)}
+    sig.update({name: "constexpr" for name in constants})
+    params = _qgemm_gluon_kernel.arg_names
+    return compile_for_hopper(_qgemm_gluon_kernel, {p: sig[p] for p in params}, constants,
+                              warps, stages)

@@ -1,0 +1,62 @@
+"""The Gluon INT8 GEMM (kiln/kernels/triton/_int8_gluon.py) against kiln's reference QGemm.
+Gluon kernels do not run in Triton's interpreter: the values are checked on a Hopper GPU
+only; what it takes is checked everywhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kiln.ops.quantized import combined_scales, qgemm
+from tests.quant._triton_cases import close, ints
+
+pytest.importorskip("triton")
+gluon_gemm = pytest.importorskip("kiln.kernels.triton._int8_gluon")
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0)
+
+
+def _epi(out_scale: float, activation: str, out_dtype: str = "fp16", **extra) -> dict:
+    epi = {"activation": activation, "out_type": "int8", "out_dtype": out_dtype, **extra}
+    if out_scale:
+        epi.update(out_scale=out_scale, out_inv_scale=1.0 / out_scale)
+    return epi
+
+
+@pytest.mark.skipif(not HOPPER, reason="Gluon's Hopper kernel: a GPU of compute capability 9.0")
+@pytest.mark.parametrize("case", [  # (M, K, N, out_scale, activation, tile)
+    (200, 256, 256, 0.05, "Relu", "g3"),  # rows past the last whole tile
+    (130, 96, 48, 0.0, "", "g3"),  # K and N shorter than a tile: the copy unit's zero fill
+    (256, 768, 512, 0.02, "GeluTanh", "g4"),
+    (96, 384, 256, 0.0, "GeluTanh", "g4k64"),  # float16 out, four stages
+], ids=str)
+def test_gluon_gemm_matches_the_reference(case):
+    m, k, n, out_scale, act, tile = case
+    rng = np.random.default_rng(m + k + n)
+    a, w = ints(rng, (m, k)), ints(rng, (n, k))
+    w_scale = rng.uniform(0.0005, 0.002, n).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    want = qgemm(a, w, a_scale=0.02, w_scale=w_scale, bias=bias, out_scale=out_scale,
+                 activation=act, out_dtype="fp16")
+    got = gluon_gemm.qgemm_gluon(
+        a.cuda(), w.cuda(), torch.from_numpy(combined_scales(0.02, w_scale)).cuda(),
+        torch.from_numpy(bias).cuda(), _epi(out_scale, act), gluon_gemm.GLUON_CONFIGS[tile])
+    assert got.dtype == want.dtype and got.shape == want.shape
+    close(got, want)
+
+
+@pytest.mark.parametrize("epi,n,k,taken", [
+    (_epi(0.05, "Relu"), 64, 128, True), (_epi(0.0, "GeluTanh"), 24, 96, True),
+    (_epi(0.05, "Sigmoid"), 64, 128, False),  # an activation it does not compute
+    (_epi(0.05, "", out_zero_point=3), 64, 128, False),
+    (_epi(0.0, "", out_dtype="fp32"), 64, 128, False),
+    (_epi(0.05, "Relu"), 40, 128, False),  # 40-byte rows: no TMA store
+    (_epi(0.05, "Relu"), 64, 100, False),  # K not in whole 32-byte steps
+    (_epi(0.05, "Relu", residual_scale=0.1), 64, 128, False)])
+def test_gluon_gemm_takes_what_it_computes(epi, n, k, taken):
+    assert gluon_gemm.supported(epi, n, k) == taken
+    if not taken:
+        with pytest.raises(ValueError, match="not one it takes"):
+            gluon_gemm.qgemm_gluon(torch.zeros(8, k, dtype=torch.int8),
+                                   torch.zeros(n, k, dtype=torch.int8), torch.ones(n), None,
+                                   epi, gluon_gemm.GLUON_CONFIGS["g3"])
