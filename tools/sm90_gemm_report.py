@@ -1,7 +1,7 @@
 """Compile kiln's INT8 GEMM kernels for the H100 (sm_90a) on any machine, no GPU needed, and
 print what each tile costs statically for BERT-base's GEMMs: registers, spilled bytes,
 the instructions a thread runs after its last tensor-core MMA (the epilogue), and how
-many MMA groups the K loop leaves in flight at its wait (kiln/kernels/triton/sm90.py).
+many MMA groups the K loop leaves in flight at its wait (kiln/kernels/triton/_sm90.py).
 
     PYTHONPATH=. python tools/sm90_gemm_report.py [--tiles a,t3,t3s,t4,t4s,g4] [--layers qkv,fc1]
         [--fast-tanh]
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from kiln.kernels.triton.sm90 import compile_gemm, mma_groups_in_flight, static_costs
+from kiln.kernels.triton._sm90 import compile_gemm, mma_groups_in_flight, static_costs
 
 # BERT-base at batch 32, sequence 128, as its INT8 engine runs them: (N, K, activation,
 # output type); M does not enter the compiled code

@@ -1,5 +1,5 @@
 """Kiln's INT8 GEMM kernels compiled for the H100 (sm_90a) on this machine, no GPU needed
-(kiln/kernels/triton/sm90.py): the properties their compiles showed, held as tests, so a
+(kiln/kernels/triton/_sm90.py): the properties their compiles showed, held as tests, so a
 change that loses them fails here rather than in a benchmark on a lent GPU."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 import pytest
 
 pytest.importorskip("triton")
-sm90 = pytest.importorskip("kiln.kernels.triton.sm90")
+sm90 = pytest.importorskip("kiln.kernels.triton._sm90")
 pytestmark = pytest.mark.skipif(not sm90.tools_present(),
                                 reason="this Triton carries no ptxas/nvdisasm")
 
@@ -20,7 +20,7 @@ FC1 = (3072, 768, "GeluTanh", "int8")  # BERT-base's, as its INT8 engine runs th
 FC2 = (768, 3072, "", "fp16")
 _PROBE = """
 import json, sys
-from kiln.kernels.triton import sm90
+from kiln.kernels.triton import _sm90 as sm90
 tile, layer, fast = json.loads(sys.argv[1])
 c = sm90.compile_gemm(tile, *layer, fast_tanh=fast)
 print(json.dumps({**sm90.static_costs(c), "in flight": sm90.mma_groups_in_flight(c),

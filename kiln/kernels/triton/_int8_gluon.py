@@ -174,8 +174,8 @@ def qgemm_gluon(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
 
 def compile_for_hopper_offline(config: tuple, const: dict, fast_tanh: bool = False):
     """The kernel for config and the epilogue constants (N, K, HAS_BIAS, ACT, OUT_MODE)
-    compiled for sm_90a without a GPU (kiln.kernels.triton.sm90)."""
-    from kiln.kernels.triton.sm90 import compile_for_hopper
+    compiled for sm_90a without a GPU (kiln.kernels.triton._sm90)."""
+    from kiln.kernels.triton._sm90 import compile_for_hopper
 
     block_m, block_n, block_k, warps, stages = config
     out_gl = _OUT[const["OUT_MODE"]][1]
