@@ -29,6 +29,7 @@ def _epi(out_scale: float, activation: str, out_dtype: str = "fp16", **extra) ->
     (130, 96, 48, 0.0, "", "g3"),  # K and N shorter than a tile: the copy unit's zero fill
     (256, 768, 512, 0.02, "GeluTanh", "g4"),
     (96, 384, 256, 0.0, "GeluTanh", "g4k64"),  # float16 out, four stages
+    (150, 512, 128, 0.05, "Relu", "g6"),  # one warpgroup, 64-row tiles
 ], ids=str)
 def test_gluon_gemm_matches_the_reference(case):
     m, k, n, out_scale, act, tile = case

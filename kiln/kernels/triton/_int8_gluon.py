@@ -35,9 +35,11 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from kiln.kernels.triton._int8_kernels import ACTIVATIONS, OUT_MODES
 
 _OUT = {OUT_MODES["int8"]: (torch.int8, gl.int8), OUT_MODES["fp16"]: (torch.float16, gl.float16)}
-# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); g3k64 and g6 leave room for two programs
+# an SM, so that one's epilogue runs beside the other's K loop
 GLUON_CONFIGS = {"g3": (128, 128, 128, 8, 3), "g4": (128, 256, 128, 8, 3),
-                 "g4k64": (128, 256, 64, 8, 4)}
+                 "g4k64": (128, 256, 64, 8, 4), "g3k64": (128, 128, 64, 8, 4),
+                 "g6": (64, 128, 128, 4, 4)}
 
 
 def mma_layout(block_n: int, warps: int) -> gl.NVMMADistributedLayout:
