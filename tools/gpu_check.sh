@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one device call, step by step, each with its own time limit:
 #   tests        the test suite on CUDA (real models on the GPU too), conformance aside
+#                (TESTS_TIMEOUT, default 330 s)
 #                (TESTS="tests/quant tests/cli" for a part)
 #   conformance  the ONNX node tests on CUDA (KILN_CONFORMANCE_CUDA=1), counts at the end
 #   int8         bench/peers.py INT8/FP8/FP16 engines on ResNet-50 and BERT
@@ -31,7 +32,7 @@ tally() { # name, log: the pytest summary line
 for step in "$@"; do
   case $step in
     tests)
-      timeout 330 python3 -m pytest -n 8 -q -p no:cacheprovider --timeout 240 -o addopts= \
+      timeout "${TESTS_TIMEOUT:-330}" python3 -m pytest -n 8 -q -p no:cacheprovider --timeout 240 -o addopts= \
         --ignore=tests/conformance --maxfail=40 ${TESTS:-tests} 2>&1 | tee "$OUT/tests.log" | tail -40
       tally tests "$OUT/tests.log" ;;
     conformance)
