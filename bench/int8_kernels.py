@@ -105,9 +105,10 @@ def main() -> None:
                         help="FP8 BERT GEMMs with each epilogue, and the quantize steps")
     parser.add_argument("--pool", action="store_true",
                         help="also ResNet-50's 3x3/2 max-pool at batch 64, int8 and fp16")
-    parser.add_argument("--gluon", action="store_true",
-                        help="GEMMs: also the Gluon INT8 GEMM (an MMA kept in flight), each "
-                             "tile with its largest difference from the t3 kernel's output")
+    parser.add_argument("--gluon", default="",
+                        help="GEMMs: also these tiles of the Gluon INT8 GEMM (an MMA kept in "
+                             "flight; GLUON_CONFIGS keys, or 'all'), each with its largest "
+                             "difference from the t3 kernel's output")
     parser.add_argument("--patches", action="store_true",
                         help="also ViT-B/16's patch embedding at batch 64 (16x16/16, 3->768): "
                              "cuDNN and one GEMM in fp16, the gathering kernel and the "
@@ -221,7 +222,9 @@ def main() -> None:
             if f"{key}p" in tiles and kk % config[2] == 0:  # one program per SM
                 _time_row(rows, name, f"tma {key} persistent", ops, fp16, tma.qgemm_tma, a,
                           wt, scales, bias, epi, config, None, True)
-        for key, config in GLUON_CONFIGS.items() if args.gluon else ():
+        for key, config in GLUON_CONFIGS.items():
+            if args.gluon != "all" and key not in args.gluon.split(","):
+                continue
             want = tma.qgemm_tma(a, wt, scales, bias, epi, TMA_CONFIGS["t3"]).int()
             label = f"gluon {key} {config}"
             try:  # a tile that does not compile or run is a row, not a crash

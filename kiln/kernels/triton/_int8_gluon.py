@@ -37,9 +37,11 @@ from kiln.kernels.triton._int8_kernels import ACTIVATIONS, OUT_MODES
 _OUT = {OUT_MODES["int8"]: (torch.int8, gl.int8), OUT_MODES["fp16"]: (torch.float16, gl.float16)}
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); g3k64 and g6 leave room for two programs
 # an SM, so that one's epilogue runs beside the other's K loop
+# g3p, g4p: one program an SM (a sixth field, true: _qgemm_gluon_persistent_kernel)
 GLUON_CONFIGS = {"g3": (128, 128, 128, 8, 3), "g4": (128, 256, 128, 8, 3),
                  "g4k64": (128, 256, 64, 8, 4), "g3k64": (128, 128, 64, 8, 4),
-                 "g6": (64, 128, 128, 4, 4)}
+                 "g6": (64, 128, 128, 4, 4), "g3p": (128, 128, 128, 8, 3, True),
+                 "g4p": (128, 256, 128, 8, 3, True)}
 
 
 def mma_layout(block_n: int, warps: int) -> gl.NVMMADistributedLayout:
@@ -113,6 +115,19 @@ def _qgemm_gluon_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_ptr, out_inv_
     for j in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(j))
 
+    out_smem = gl.allocate_shared_memory(out_desc.dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
+    _store_tile(acc, off_m, off_n, out_desc, out_smem, scales_ptr, bias_ptr, out_inv_scale, N,
+                HAS_BIAS, ACT, OUT_MODE, FAST_TANH, LAYOUT)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _store_tile(acc, off_m, off_n, out_desc, out_smem, scales_ptr, bias_ptr, out_inv_scale,
+                N: gl.constexpr, HAS_BIAS: gl.constexpr, ACT: gl.constexpr,
+                OUT_MODE: gl.constexpr, FAST_TANH: gl.constexpr, LAYOUT: gl.constexpr):
+    """The epilogue of one tile, written to out_smem and from there by TMA (not waited
+    for: the caller waits before out_smem is written again)."""
+    BLOCK_N: gl.constexpr = out_desc.block_type.shape[1]
     rn = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, LAYOUT))
     scales = gl.load(scales_ptr + rn, mask=rn < N, other=0.0)
     y = acc.to(gl.float32) * gl.expand_dims(scales, 0)
@@ -127,11 +142,83 @@ def _qgemm_gluon_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_ptr, out_inv_
         out = ((q + 12582912.0).to(gl.int32, bitcast=True) - 0x4B400000).to(gl.int8)
     else:
         out = y.to(gl.float16)
-    out_smem = gl.allocate_shared_memory(out_desc.dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
     out_smem.store(out)
     fence_async_shared()
     tma.async_copy_shared_to_global(out_desc, [off_m, off_n], out_smem)
+
+
+@gluon.jit
+def _issue_step(step, pid, a_desc, w_desc, a_ring, w_ring, ready,
+                PROGRAMS: gl.constexpr, TILES_N: gl.constexpr, STEPS: gl.constexpr,
+                STAGES: gl.constexpr):
+    """The TMA copies of a program's flat K step `step` (its tile step // STEPS, among the
+    program's tiles pid, pid + PROGRAMS, ...), into ring slot step % STAGES."""
+    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+    BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    tile = pid + (step // STEPS) * PROGRAMS
+    k = (step % STEPS) * BLOCK_K
+    slot = step % STAGES
+    mbarrier.expect(ready.index(slot), a_desc.block_type.nbytes + w_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(a_desc, [(tile // TILES_N) * BLOCK_M, k],
+                                    ready.index(slot), a_ring.index(slot))
+    tma.async_copy_global_to_shared(w_desc, [(tile % TILES_N) * BLOCK_N, k],
+                                    ready.index(slot), w_ring.index(slot))
+
+
+@gluon.jit
+def _qgemm_gluon_persistent_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_ptr,
+                                   out_inv_scale, M, N: gl.constexpr, K: gl.constexpr,
+                                   HAS_BIAS: gl.constexpr, ACT: gl.constexpr,
+                                   OUT_MODE: gl.constexpr, FAST_TANH: gl.constexpr,
+                                   STAGES: gl.constexpr, LAYOUT: gl.constexpr,
+                                   PROGRAMS: gl.constexpr):
+    """_qgemm_gluon_kernel as PROGRAMS programs (one an SM) each walking every PROGRAMS-th
+    tile, its K steps numbered across its tiles: the copies run STAGES - 1 steps ahead over
+    tile boundaries, so the next tile's first operands arrive while this one's epilogue
+    runs, and its TMA store is waited for only before the next one."""
+    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+    BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    STEPS: gl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
+    TILES_N: gl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
+    pid = gl.program_id(0)
+    my_tiles = (gl.cdiv(M, BLOCK_M) * TILES_N - pid + PROGRAMS - 1) // PROGRAMS
+    total = my_tiles * STEPS
+
+    a_ring = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
+    w_ring = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    out_smem = gl.allocate_shared_memory(out_desc.dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
+    for j in gl.static_range(STAGES):
+        mbarrier.init(ready.index(j), count=1)
+    for j in gl.static_range(STAGES - 1):
+        if j < total:
+            _issue_step(j, pid, a_desc, w_desc, a_ring, w_ring, ready, PROGRAMS, TILES_N,
+                        STEPS, STAGES)
+    step = 0
+    for t in range(my_tiles):
+        tile = pid + t * PROGRAMS
+        acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.int32, layout=LAYOUT)
+        for _ in range(STEPS):
+            slot = step % STAGES
+            mbarrier.wait(ready.index(slot), phase=(step // STAGES) & 1)
+            acc = warpgroup_mma(a_ring.index(slot), w_ring.index(slot).permute((1, 0)), acc,
+                                is_async=True)
+            acc, _, _ = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_ring.index(slot),
+                                                                    w_ring.index(slot)))
+            if step + STAGES - 1 < total:
+                _issue_step(step + STAGES - 1, pid, a_desc, w_desc, a_ring, w_ring, ready,
+                            PROGRAMS, TILES_N, STEPS, STAGES)
+            step += 1
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        tma.store_wait(pendings=0)  # the previous tile's store has read out_smem
+        _store_tile(acc, (tile // TILES_N) * BLOCK_M, (tile % TILES_N) * BLOCK_N, out_desc,
+                    out_smem, scales_ptr, bias_ptr, out_inv_scale, N, HAS_BIAS, ACT, OUT_MODE,
+                    FAST_TANH, LAYOUT)
     tma.store_wait(pendings=0)
+    for j in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(j))
 
 
 def supported(epi: dict, n: int, k: int) -> bool:
@@ -163,14 +250,20 @@ def qgemm_gluon(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
         return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
                                 gl.NVMMASharedLayout.get_default_for(block, dtype))
 
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
-    _qgemm_gluon_kernel[grid](
-        descriptor(a, [block_m, block_k], gl.int8), descriptor(w, [block_n, block_k], gl.int8),
-        descriptor(out, [block_m, block_n], out_gl), scales,
-        bias if bias is not None else scales, float(epi.get("out_inv_scale", 1.0)),
-        N=n, K=k, HAS_BIAS=bias is not None, ACT=ACTIVATIONS[epi.get("activation", "")],
-        OUT_MODE=out_mode, FAST_TANH=bool(epi.get("fast_tanh")), STAGES=stages,
-        LAYOUT=mma_layout(block_n, warps), num_warps=warps)
+    args = (descriptor(a, [block_m, block_k], gl.int8),
+            descriptor(w, [block_n, block_k], gl.int8),
+            descriptor(out, [block_m, block_n], out_gl), scales,
+            bias if bias is not None else scales, float(epi.get("out_inv_scale", 1.0)))
+    meta = dict(N=n, K=k, HAS_BIAS=bias is not None,
+                ACT=ACTIVATIONS[epi.get("activation", "")], OUT_MODE=out_mode,
+                FAST_TANH=bool(epi.get("fast_tanh")), STAGES=stages,
+                LAYOUT=mma_layout(block_n, warps), num_warps=warps)
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    if len(config) > 5 and config[5]:
+        programs = min(tiles, torch.cuda.get_device_properties(a.device).multi_processor_count)
+        _qgemm_gluon_persistent_kernel[(programs,)](*args, m, **meta, PROGRAMS=programs)
+    else:
+        _qgemm_gluon_kernel[(tiles,)](*args, **meta)
     return out
 
 
@@ -179,7 +272,9 @@ def compile_for_hopper_offline(config: tuple, const: dict, fast_tanh: bool = Fal
     compiled for sm_90a without a GPU (kiln.kernels.triton._sm90)."""
     from kiln.kernels.triton._sm90 import compile_for_hopper
 
-    block_m, block_n, block_k, warps, stages = config
+    block_m, block_n, block_k, warps, stages = config[:5]
+    persistent = len(config) > 5 and config[5]
+    kernel = _qgemm_gluon_persistent_kernel if persistent else _qgemm_gluon_kernel
     out_gl = _OUT[const["OUT_MODE"]][1]
 
     def desc(shape, dtype, name):
@@ -192,7 +287,9 @@ def compile_for_hopper_offline(config: tuple, const: dict, fast_tanh: bool = Fal
            "scales_ptr": "*fp32", "bias_ptr": "*fp32", "out_inv_scale": "fp32"}
     constants = {**const, "FAST_TANH": fast_tanh, "STAGES": stages,
                  "LAYOUT": mma_layout(block_n, warps)}
+    if persistent:
+        sig["M"] = "i32"
+        constants["PROGRAMS"] = 132  # the H100's SMs
     sig.update({name: "constexpr" for name in constants})
-    params = _qgemm_gluon_kernel.arg_names
-    return compile_for_hopper(_qgemm_gluon_kernel, {p: sig[p] for p in params}, constants,
+    return compile_for_hopper(kernel, {p: sig[p] for p in kernel.arg_names}, constants,
                               warps, stages)
