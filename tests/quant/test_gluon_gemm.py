@@ -63,3 +63,63 @@ def test_gluon_gemm_takes_what_it_computes(epi, n, k, taken):
             gluon_gemm.qgemm_gluon(torch.zeros(8, k, dtype=torch.int8),
                                    torch.zeros(n, k, dtype=torch.int8), torch.ones(n), None,
                                    epi, gluon_gemm.GLUON_CONFIGS["g3"])
+
+
+def _fc_spec(rng, n: int, k: int, activation: str, out_scale: float = 0.01):
+    from kiln.kernels import LayerSpec
+
+    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    attrs = {"a_scale": 0.05, "a_zero_point": 0, "activation": activation,
+             "w_scale": rng.uniform(0.0005, 0.002, n).astype(np.float32),
+             "bias": rng.standard_normal(n).astype(np.float32), "out_type": "int8"}
+    if out_scale:
+        attrs.update(out_scale=out_scale, out_zero_point=0)
+    return LayerSpec("fc", "QGemm", "kiln", 1, ["a", "w"], ["y"], attrs,
+                     constant_inputs={1: w}, input_dtypes=["int8", "int8"]), w
+
+
+def test_gluon_tactics_are_offered_only_when_asked_for(monkeypatch):
+    """Registered always (an engine built with them loads), offered to the tuner only
+    with KILN_EXPERIMENTAL_GLUON=1, on a Hopper GPU, for the layers the kernel takes; the
+    erf form computes the tanh form by the tanh instruction."""
+    from kiln.kernels import Target, get_tactic
+
+    spec, _ = _fc_spec(np.random.default_rng(1), 64, 128, "Relu")
+    erf_spec, _ = _fc_spec(np.random.default_rng(2), 64, 128, "GeluErf")
+    plain, erf = get_tactic("int8-gluon-gemm-g4"), get_tactic(
+        "int8-gluon-gemm-g4-gelu-tanh-approx-for-erf")
+    assert erf.epilogue(erf_spec)["activation"] == "GeluTanh"
+    assert erf.epilogue(erf_spec)["fast_tanh"] and "fast_tanh" not in plain.epilogue(spec)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    target = Target(device, "int8")
+    monkeypatch.delenv("KILN_EXPERIMENTAL_GLUON", raising=False)
+    assert not plain.supports(spec, target)
+    monkeypatch.setenv("KILN_EXPERIMENTAL_GLUON", "1")
+    assert plain.supports(spec, target) == HOPPER
+    assert not plain.supports(erf_spec, target) and erf.supports(erf_spec, target) == HOPPER
+    assert not erf.supports(spec, target)
+
+
+@pytest.mark.skipif(not HOPPER, reason="Gluon's Hopper kernel: a GPU of compute capability 9.0")
+@pytest.mark.parametrize("name,activation", [("int8-gluon-gemm-g3p", "Relu"),
+                                             ("int8-gluon-gemm-g4", ""),
+                                             ("int8-gluon-gemm-g4-gelu-tanh-approx-for-erf",
+                                              "GeluErf")])
+def test_gluon_tactic_matches_the_reference(name, activation, monkeypatch):
+    """Bound as an engine binds it, on a 3-D input whose rows are a strided view; the erf
+    form stays within an output step of erf (rarely a step apart)."""
+    from kiln.kernels import Target, get_tactic
+
+    monkeypatch.setenv("KILN_EXPERIMENTAL_GLUON", "1")
+    rng = np.random.default_rng(len(name))
+    spec, w = _fc_spec(rng, 96, 256, activation)
+    tactic, device = get_tactic(name), torch.device("cuda")
+    assert tactic.supports(spec, Target(device, "int8"))
+    tensors = {k: t.to(device) for k, t in tactic.prepare(spec, Target(device, "int8")).items()}
+    wide = ints(rng, (2, 150, 256 + 16))
+    a = wide[..., 16:]
+    got = tactic.bind(spec, tensors, device)(a.to(device)).cpu()
+    want = qgemm(a.contiguous(), torch.from_numpy(w), **spec.attrs)
+    assert got.shape == want.shape
+    diff = (got.int() - want.int()).abs()
+    assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.02

@@ -1,6 +1,7 @@
 """An INT8 GEMM for Hopper written in Gluon (Triton's explicit layer), whose tensor-core
-MMAs stay in flight while the next K step's operands are checked in: EXPERIMENTAL, not a
-tactic yet (compiled for sm_90a only; not yet run on a GPU).
+MMAs stay in flight while the next K step's operands are checked in: EXPERIMENTAL (compiled
+for sm_90a only, not yet run on a GPU; its tactics, int8_gluon.py, are offered only with
+KILN_EXPERIMENTAL_GLUON=1).
 
 Why Gluon: Triton 3.6's software pipeliner makes a wgmma asynchronous only where the
 accumulator is float32 ("Rule 2.1" of its WGMMAPipeline), so every INT8 K loop it builds
@@ -33,15 +34,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kiln.kernels.triton._int8_kernels import ACTIVATIONS, OUT_MODES
+from kiln.kernels.triton.int8_gluon import GLUON_CONFIGS  # noqa: F401 (its tiles, here too)
 
 _OUT = {OUT_MODES["int8"]: (torch.int8, gl.int8), OUT_MODES["fp16"]: (torch.float16, gl.float16)}
-# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); g3k64 and g6 leave room for two programs
-# an SM, so that one's epilogue runs beside the other's K loop
-# g3p, g4p: one program an SM (a sixth field, true: _qgemm_gluon_persistent_kernel)
-GLUON_CONFIGS = {"g3": (128, 128, 128, 8, 3), "g4": (128, 256, 128, 8, 3),
-                 "g4k64": (128, 256, 64, 8, 4), "g3k64": (128, 128, 64, 8, 4),
-                 "g6": (64, 128, 128, 4, 4), "g3p": (128, 128, 128, 8, 3, True),
-                 "g4p": (128, 256, 128, 8, 3, True)}
 
 
 def mma_layout(block_n: int, warps: int) -> gl.NVMMADistributedLayout:

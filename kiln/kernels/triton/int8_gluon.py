@@ -1,0 +1,83 @@
+"""QGemm tactics over the Gluon INT8 GEMM (kiln/kernels/triton/_int8_gluon.py), whose K loop
+keeps an MMA in flight. EXPERIMENTAL: offered to the tuner only with
+KILN_EXPERIMENTAL_GLUON=1 until the kernel has run on a GPU; registered always, so that an
+engine built with them loads and runs without the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from kiln.kernels.registry import LayerSpec, Target, register_tactic
+from kiln.kernels.triton.int8 import _tma_ready, _TritonGemm, epilogue_attrs
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages[, persistent]); g3k64 and g6 leave room for two
+# programs an SM, so that one's epilogue runs beside the other's K loop; g3p and g4p are
+# one program an SM (_qgemm_gluon_persistent_kernel)
+GLUON_CONFIGS = {"g3": (128, 128, 128, 8, 3), "g4": (128, 256, 128, 8, 3),
+                 "g4k64": (128, 256, 64, 8, 4), "g3k64": (128, 128, 64, 8, 4),
+                 "g6": (64, 128, 128, 4, 4), "g3p": (128, 128, 128, 8, 3, True),
+                 "g4p": (128, 256, 128, 8, 3, True)}
+GLUON_TILES = ("g3", "g4", "g3p", "g4p")  # offered as tactics
+
+
+def gluon_kernels():
+    from kiln.kernels.triton import _int8_gluon
+
+    return _int8_gluon
+
+
+class _GluonGemm(_TritonGemm):
+    erf_as_tanh = False  # the -gelu-tanh-approx-for-erf forms
+
+    def epilogue(self, layer: LayerSpec) -> dict:
+        epi = epilogue_attrs(layer)
+        if self.erf_as_tanh:
+            epi.update(activation="GeluTanh", fast_tanh=True)
+        return epi
+
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        if os.environ.get("KILN_EXPERIMENTAL_GLUON") != "1" or target.device.type != "cuda":
+            return False
+        if torch.cuda.get_device_capability(target.device) < (9, 0):
+            return False
+        if not super().supports(layer, target) or not _tma_ready(layer, target, "a_zero_point"):
+            return False
+        w = layer.constant_inputs[1]
+        if w.dtype.name == "float8_e4m3fn":
+            return False
+        activation = layer.attrs.get("activation", "")
+        if self.erf_as_tanh != (activation == "GeluErf"):
+            return False
+        if self.erf_as_tanh and not layer.attrs.get("out_scale"):
+            return False  # the tanh instruction's error only under an output step
+        return gluon_kernels().supported(self.epilogue(layer), w.shape[0], w.shape[1])
+
+    def bind(self, layer: LayerSpec, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[..., Any]:
+        weight, scales, bias = tensors["weight"], tensors["scales"], tensors.get("bias")
+        epi, config, k = self.epilogue(layer), self.config, gluon_kernels()
+
+        def run(a, _w=None):
+            rows = a.reshape(-1, a.shape[-1])
+            if rows.stride(-1) != 1 or rows.stride(0) % 16 or rows.data_ptr() % 16:
+                rows = rows.contiguous()  # TMA rows start on 16-byte boundaries
+            y = k.qgemm_gluon(rows, weight, scales, bias, epi, config)
+            return y.reshape(*a.shape[:-1], weight.shape[0])
+
+        return run
+
+
+def _register() -> None:
+    for index, key in enumerate(GLUON_TILES):
+        for suffix, erf in (("", False), ("-gelu-tanh-approx-for-erf", True)):
+            register_tactic(type(f"GluonQGemm_{key}{'_erf' if erf else ''}", (_GluonGemm,), {
+                "name": f"int8-gluon-gemm-{key}{suffix}", "config": GLUON_CONFIGS[key],
+                "erf_as_tanh": erf, "priority": 60 + index, "min_level": 1}))
+
+
+_register()
