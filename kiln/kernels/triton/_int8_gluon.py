@@ -15,7 +15,9 @@ copy STAGES - 1 steps ahead.
 The epilogue is QGemm's for the layers BERT-like encoders have: per-column factors and
 bias, no activation, ReLU or the tanh-form GELU (by the tanh instruction with FAST_TANH),
 then an int8 output requantized with zero point 0 (OUT_MODE 3) or a float16 one (1),
-written by TMA. Values are those of _int8_kernels._epilogue for these cases.
+written by TMA. Its arithmetic is the reference's order (kiln/ops/quantized.epilogue:
+factors, bias, activation, then the output step), where the Triton epilogue folds the
+output step into the factors first: the two may round an element a step apart.
 """
 
 from __future__ import annotations
