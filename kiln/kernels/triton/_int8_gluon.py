@@ -6,7 +6,7 @@ KILN_EXPERIMENTAL_GLUON=1).
 Why Gluon: Triton 3.6's software pipeliner makes a wgmma asynchronous only where the
 accumulator is float32 ("Rule 2.1" of its WGMMAPipeline), so every INT8 K loop it builds
 waits for all of a step's MMAs to finish (`warp_group_dot_wait {pendings = 0}`) before the
-next step's loads and MMAs issue, while its FP16 and FP8 loops keep one step in flight.
+next step's loads and MMAs issue, while its FP16 loops keep one step in flight.
 Here the loop is written out: a STAGES-deep ring of TMA copies into shared memory, each
 slot with its mbarrier; per K step one asynchronous warpgroup MMA, then a wait that leaves
 that one in flight (`num_outstanding=1`), which frees the previous step's slot for the
