@@ -123,3 +123,17 @@ def test_gluon_tactic_matches_the_reference(name, activation, monkeypatch):
     assert got.shape == want.shape
     diff = (got.int() - want.int()).abs()
     assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.02
+
+
+@pytest.mark.parametrize("config,ok", [
+    ((128, 256, 128, 8, 3), True), ((64, 128, 128, 4, 4, True), True),
+    ((128, 128, 128, 4, 3), False),  # 4 warps of 16 rows cover 64, not 128
+    ((128, 128, 128, 8, 1), False),  # one slot: the refill would overwrite the MMA's operands
+    ((128, 120, 128, 8, 3), False)])  # no int8 MMA width divides 120
+def test_gluon_tiles_are_checked(config, ok):
+    assert all(gluon_gemm.check_config(c) is None for c in gluon_gemm.GLUON_CONFIGS.values())
+    if ok:
+        gluon_gemm.check_config(config)
+    else:
+        with pytest.raises(ValueError, match="BLOCK_M = 16 x warps"):
+            gluon_gemm.check_config(config)

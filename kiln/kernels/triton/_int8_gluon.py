@@ -41,6 +41,14 @@ from kiln.kernels.triton.int8_gluon import GLUON_CONFIGS  # noqa: F401 (its tile
 _OUT = {OUT_MODES["int8"]: (torch.int8, gl.int8), OUT_MODES["fp16"]: (torch.float16, gl.float16)}
 
 
+def check_config(config: tuple) -> None:
+    """A tile this kernel takes: warps along M at 16 rows each, at least two ring slots."""
+    block_m, block_n, _, warps, stages = config[:5]
+    if block_m != 16 * warps or stages < 2 or block_n % 16:
+        raise ValueError(f"Gluon int8 GEMM: tile {config} wants BLOCK_M = 16 x warps, "
+                         "BLOCK_N a multiple of 16 and at least 2 stages")
+
+
 def mma_layout(block_n: int, warps: int) -> gl.NVMMADistributedLayout:
     """Warps along M (16 rows each), the widest int8 wgmma N (<= 224) dividing the tile."""
     n = 224
@@ -81,6 +89,7 @@ def _qgemm_gluon_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_ptr, out_inv_
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for j in gl.static_range(STAGES):
         mbarrier.init(ready.index(j), count=1)
+    fence_async_shared()  # the barriers initialized before the copy unit uses them
     step_bytes: gl.constexpr = a_desc.block_type.nbytes + w_desc.block_type.nbytes
     for j in gl.static_range(STAGES - 1):  # the first steps' copies ahead of the loop
         if j < STEPS:
@@ -145,15 +154,14 @@ def _store_tile(acc, off_m, off_n, out_desc, out_smem, scales_ptr, bias_ptr, out
 
 
 @gluon.jit
-def _issue_step(step, pid, a_desc, w_desc, a_ring, w_ring, ready,
-                PROGRAMS: gl.constexpr, TILES_N: gl.constexpr, STEPS: gl.constexpr,
-                STAGES: gl.constexpr):
+def _issue_step(step, pid, programs, a_desc, w_desc, a_ring, w_ring, ready,
+                TILES_N: gl.constexpr, STEPS: gl.constexpr, STAGES: gl.constexpr):
     """The TMA copies of a program's flat K step `step` (its tile step // STEPS, among the
-    program's tiles pid, pid + PROGRAMS, ...), into ring slot step % STAGES."""
+    program's tiles pid, pid + programs, ...), into ring slot step % STAGES."""
     BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
-    tile = pid + (step // STEPS) * PROGRAMS
+    tile = pid + (step // STEPS) * programs
     k = (step % STEPS) * BLOCK_K
     slot = step % STAGES
     mbarrier.expect(ready.index(slot), a_desc.block_type.nbytes + w_desc.block_type.nbytes)
@@ -168,19 +176,20 @@ def _qgemm_gluon_persistent_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_pt
                                    out_inv_scale, M, N: gl.constexpr, K: gl.constexpr,
                                    HAS_BIAS: gl.constexpr, ACT: gl.constexpr,
                                    OUT_MODE: gl.constexpr, FAST_TANH: gl.constexpr,
-                                   STAGES: gl.constexpr, LAYOUT: gl.constexpr,
-                                   PROGRAMS: gl.constexpr):
-    """_qgemm_gluon_kernel as PROGRAMS programs (one an SM) each walking every PROGRAMS-th
-    tile, its K steps numbered across its tiles: the copies run STAGES - 1 steps ahead over
-    tile boundaries, so the next tile's first operands arrive while this one's epilogue
-    runs, and its TMA store is waited for only before the next one."""
+                                   STAGES: gl.constexpr, LAYOUT: gl.constexpr):
+    """_qgemm_gluon_kernel as one program an SM (at most), each walking every programs-th
+    tile (a run-time count, so that no tile count compiles a kernel of its own), its K
+    steps numbered across its tiles: the copies run STAGES - 1 steps ahead over tile
+    boundaries, so the next tile's first operands arrive while this one's epilogue runs,
+    and its TMA store is waited for only before the next one."""
     BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
     STEPS: gl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
     TILES_N: gl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
     pid = gl.program_id(0)
-    my_tiles = (gl.cdiv(M, BLOCK_M) * TILES_N - pid + PROGRAMS - 1) // PROGRAMS
+    programs = gl.num_programs(0)
+    my_tiles = (gl.cdiv(M, BLOCK_M) * TILES_N - pid + programs - 1) // programs
     total = my_tiles * STEPS
 
     a_ring = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
@@ -189,13 +198,14 @@ def _qgemm_gluon_persistent_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_pt
     out_smem = gl.allocate_shared_memory(out_desc.dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
     for j in gl.static_range(STAGES):
         mbarrier.init(ready.index(j), count=1)
+    fence_async_shared()  # the barriers initialized before the copy unit uses them
     for j in gl.static_range(STAGES - 1):
         if j < total:
-            _issue_step(j, pid, a_desc, w_desc, a_ring, w_ring, ready, PROGRAMS, TILES_N,
+            _issue_step(j, pid, programs, a_desc, w_desc, a_ring, w_ring, ready, TILES_N,
                         STEPS, STAGES)
     step = 0
     for t in range(my_tiles):
-        tile = pid + t * PROGRAMS
+        tile = pid + t * programs
         acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.int32, layout=LAYOUT)
         for _ in range(STEPS):
             slot = step % STAGES
@@ -205,8 +215,8 @@ def _qgemm_gluon_persistent_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_pt
             acc, _, _ = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_ring.index(slot),
                                                                     w_ring.index(slot)))
             if step + STAGES - 1 < total:
-                _issue_step(step + STAGES - 1, pid, a_desc, w_desc, a_ring, w_ring, ready,
-                            PROGRAMS, TILES_N, STEPS, STAGES)
+                _issue_step(step + STAGES - 1, pid, programs, a_desc, w_desc, a_ring, w_ring,
+                            ready, TILES_N, STEPS, STAGES)
             step += 1
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
         tma.store_wait(pendings=0)  # the previous tile's store has read out_smem
@@ -233,6 +243,7 @@ def qgemm_gluon(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
                 bias: torch.Tensor | None, epi: dict, config: tuple) -> torch.Tensor:
     """a [M, K] int8 (rows 16-byte aligned), w [N, K] int8; config (BLOCK_M, BLOCK_N,
     BLOCK_K, warps, stages); epi as QGemm's, within supported()."""
+    check_config(config)
     block_m, block_n, block_k, warps, stages = config[:5]
     m, k = a.shape
     n = w.shape[0]
@@ -258,7 +269,7 @@ def qgemm_gluon(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     if len(config) > 5 and config[5]:
         programs = min(tiles, torch.cuda.get_device_properties(a.device).multi_processor_count)
-        _qgemm_gluon_persistent_kernel[(programs,)](*args, m, **meta, PROGRAMS=programs)
+        _qgemm_gluon_persistent_kernel[(programs,)](*args, m, **meta)
     else:
         _qgemm_gluon_kernel[(tiles,)](*args, **meta)
     return out
@@ -269,6 +280,7 @@ def compile_for_hopper_offline(config: tuple, const: dict, fast_tanh: bool = Fal
     compiled for sm_90a without a GPU (kiln.kernels.triton._sm90)."""
     from kiln.kernels.triton._sm90 import compile_for_hopper
 
+    check_config(config)
     block_m, block_n, block_k, warps, stages = config[:5]
     persistent = len(config) > 5 and config[5]
     kernel = _qgemm_gluon_persistent_kernel if persistent else _qgemm_gluon_kernel
@@ -286,7 +298,6 @@ def compile_for_hopper_offline(config: tuple, const: dict, fast_tanh: bool = Fal
                  "LAYOUT": mma_layout(block_n, warps)}
     if persistent:
         sig["M"] = "i32"
-        constants["PROGRAMS"] = 132  # the H100's SMs
     sig.update({name: "constexpr" for name in constants})
     return compile_for_hopper(kernel, {p: sig[p] for p in kernel.arg_names}, constants,
                               warps, stages)
