@@ -79,45 +79,17 @@ def _qgemm_gluon_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_ptr, out_inv_
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
     STEPS: gl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
-    tiles_n: gl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
-    pid = gl.program_id(0)
-    off_m = (pid // tiles_n) * BLOCK_M
-    off_n = (pid % tiles_n) * BLOCK_N
+    TILES_N: gl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
+    pid = gl.program_id(0)  # the tile; a program of one tile, its steps 0 .. STEPS - 1
+    off_m = (pid // TILES_N) * BLOCK_M
+    off_n = (pid % TILES_N) * BLOCK_N
 
     a_ring = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
     w_ring = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for j in gl.static_range(STAGES):
-        mbarrier.init(ready.index(j), count=1)
-    fence_async_shared()  # the barriers initialized before the copy unit uses them
-    step_bytes: gl.constexpr = a_desc.block_type.nbytes + w_desc.block_type.nbytes
-    for j in gl.static_range(STAGES - 1):  # the first steps' copies ahead of the loop
-        if j < STEPS:
-            mbarrier.expect(ready.index(j), step_bytes)
-            tma.async_copy_global_to_shared(a_desc, [off_m, j * BLOCK_K], ready.index(j),
-                                            a_ring.index(j))
-            tma.async_copy_global_to_shared(w_desc, [off_n, j * BLOCK_K], ready.index(j),
-                                            w_ring.index(j))
-
-    acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.int32, layout=LAYOUT)
-    for i in range(STEPS):
-        slot = i % STAGES
-        mbarrier.wait(ready.index(slot), phase=(i // STAGES) & 1)
-        acc = warpgroup_mma(a_ring.index(slot), w_ring.index(slot).permute((1, 0)), acc,
-                            is_async=True)
-        # this step's MMA stays in flight; the previous one is done, so its slot takes the
-        # copy STAGES - 1 steps ahead
-        acc, _, _ = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_ring.index(slot),
-                                                                w_ring.index(slot)))
-        ahead = i + STAGES - 1
-        if ahead < STEPS:
-            t = ahead % STAGES
-            mbarrier.expect(ready.index(t), step_bytes)
-            tma.async_copy_global_to_shared(a_desc, [off_m, ahead * BLOCK_K], ready.index(t),
-                                            a_ring.index(t))
-            tma.async_copy_global_to_shared(w_desc, [off_n, ahead * BLOCK_K], ready.index(t),
-                                            w_ring.index(t))
-    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+    _start_ring(STEPS, pid, 1, a_desc, w_desc, a_ring, w_ring, ready, TILES_N, STEPS, STAGES)
+    acc, _ = _tile_product(0, STEPS, pid, 1, a_desc, w_desc, a_ring, w_ring, ready, LAYOUT,
+                           TILES_N, STEPS, STAGES)
     for j in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(j))
 
@@ -172,6 +144,47 @@ def _issue_step(step, pid, programs, a_desc, w_desc, a_ring, w_ring, ready,
 
 
 @gluon.jit
+def _start_ring(total, pid, programs, a_desc, w_desc, a_ring, w_ring, ready,
+                TILES_N: gl.constexpr, STEPS: gl.constexpr, STAGES: gl.constexpr):
+    """The ring's barriers initialized, and the copies of the first STAGES - 1 of the
+    program's `total` flat K steps issued."""
+    for j in gl.static_range(STAGES):
+        mbarrier.init(ready.index(j), count=1)
+    fence_async_shared()  # the barriers initialized before the copy unit uses them
+    for j in gl.static_range(STAGES - 1):
+        if j < total:
+            _issue_step(j, pid, programs, a_desc, w_desc, a_ring, w_ring, ready, TILES_N,
+                        STEPS, STAGES)
+
+
+@gluon.jit
+def _tile_product(step, total, pid, programs, a_desc, w_desc, a_ring, w_ring, ready,
+                  LAYOUT: gl.constexpr, TILES_N: gl.constexpr, STEPS: gl.constexpr,
+                  STAGES: gl.constexpr):
+    """One tile's K loop from the program's flat step `step`: per step one asynchronous
+    MMA, left in flight by a wait that retires the previous one, whose ring slot then
+    takes the copy STAGES - 1 steps ahead (into the next tile where the steps run over).
+    Returns the finished int32 accumulator and the next flat step."""
+    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.int32, layout=LAYOUT)
+    step = gl.to_tensor(step)  # a run-time counter also where the caller passes a constant
+    for _ in range(STEPS):
+        slot = step % STAGES
+        mbarrier.wait(ready.index(slot), phase=(step // STAGES) & 1)
+        acc = warpgroup_mma(a_ring.index(slot), w_ring.index(slot).permute((1, 0)), acc,
+                            is_async=True)
+        acc, _, _ = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_ring.index(slot),
+                                                                w_ring.index(slot)))
+        if step + STAGES - 1 < total:
+            _issue_step(step + STAGES - 1, pid, programs, a_desc, w_desc, a_ring, w_ring,
+                        ready, TILES_N, STEPS, STAGES)
+        step += 1
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+    return acc, step
+
+
+@gluon.jit
 def _qgemm_gluon_persistent_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_ptr,
                                    out_inv_scale, M, N: gl.constexpr, K: gl.constexpr,
                                    HAS_BIAS: gl.constexpr, ACT: gl.constexpr,
@@ -196,29 +209,13 @@ def _qgemm_gluon_persistent_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_pt
     w_ring = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     out_smem = gl.allocate_shared_memory(out_desc.dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
-    for j in gl.static_range(STAGES):
-        mbarrier.init(ready.index(j), count=1)
-    fence_async_shared()  # the barriers initialized before the copy unit uses them
-    for j in gl.static_range(STAGES - 1):
-        if j < total:
-            _issue_step(j, pid, programs, a_desc, w_desc, a_ring, w_ring, ready, TILES_N,
-                        STEPS, STAGES)
+    _start_ring(total, pid, programs, a_desc, w_desc, a_ring, w_ring, ready, TILES_N, STEPS,
+                STAGES)
     step = 0
     for t in range(my_tiles):
         tile = pid + t * programs
-        acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.int32, layout=LAYOUT)
-        for _ in range(STEPS):
-            slot = step % STAGES
-            mbarrier.wait(ready.index(slot), phase=(step // STAGES) & 1)
-            acc = warpgroup_mma(a_ring.index(slot), w_ring.index(slot).permute((1, 0)), acc,
-                                is_async=True)
-            acc, _, _ = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_ring.index(slot),
-                                                                    w_ring.index(slot)))
-            if step + STAGES - 1 < total:
-                _issue_step(step + STAGES - 1, pid, programs, a_desc, w_desc, a_ring, w_ring,
-                            ready, TILES_N, STEPS, STAGES)
-            step += 1
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        acc, step = _tile_product(step, total, pid, programs, a_desc, w_desc, a_ring, w_ring,
+                                  ready, LAYOUT, TILES_N, STEPS, STAGES)
         tma.store_wait(pendings=0)  # the previous tile's store has read out_smem
         _store_tile(acc, (tile // TILES_N) * BLOCK_M, (tile % TILES_N) * BLOCK_N, out_desc,
                     out_smem, scales_ptr, bias_ptr, out_inv_scale, N, HAS_BIAS, ACT, OUT_MODE,
