@@ -54,6 +54,23 @@ def fp8_conv_case(rng, x_shape: tuple, w_shape: tuple, attrs: dict) -> tuple:
     return x, w, bias, scales, want
 
 
+def qgemm_spec(rng, n: int, k: int, activation: str, out_scale: float = 0.01,
+               w_scale: tuple[float, float] = (0.001, 0.01)) -> tuple:
+    """A QGemm layer of random int8 weights [n, k] (returned too), per-column weight scales
+    drawn from w_scale, a bias and the activation, on int8 input (scale 0.05, zero point 0);
+    an int8 output with out_scale, else a float32 one."""
+    from kiln.kernels import LayerSpec
+
+    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    attrs = {"a_scale": 0.05, "a_zero_point": 0, "activation": activation,
+             "w_scale": rng.uniform(*w_scale, n).astype(np.float32),
+             "bias": rng.standard_normal(n).astype(np.float32), "out_type": "int8"}
+    if out_scale:
+        attrs.update(out_scale=out_scale, out_zero_point=0)
+    return LayerSpec("fc", "QGemm", "kiln", 1, ["a", "w"], ["y"], attrs,
+                     constant_inputs={1: w}, input_dtypes=["int8", "int8"]), w
+
+
 def check_offered(tactic_name: str, spec, offered: bool, args: tuple, want) -> None:
     """The tactic is offered for the layer spec on DEVICE exactly when `offered`; where it
     is, it is prepared, bound and run as an engine would on args (4-D tensors moved to

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from kiln.ops.quantized import combined_scales, qgemm
-from tests.quant._triton_cases import close, ints
+from tests.quant._triton_cases import close, ints, qgemm_spec
 
 pytest.importorskip("triton")
 gluon_gemm = pytest.importorskip("kiln.kernels.triton._int8_gluon")
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0)
+W_SCALE = (0.0005, 0.002)  # K up to 768: outputs of a few steps, not all saturated
 
 
 def _epi(out_scale: float, activation: str, out_dtype: str = "fp16", **extra) -> dict:
@@ -65,27 +66,14 @@ def test_gluon_gemm_takes_what_it_computes(epi, n, k, taken):
                                    epi, gluon_gemm.GLUON_CONFIGS["g3"])
 
 
-def _fc_spec(rng, n: int, k: int, activation: str, out_scale: float = 0.01):
-    from kiln.kernels import LayerSpec
-
-    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
-    attrs = {"a_scale": 0.05, "a_zero_point": 0, "activation": activation,
-             "w_scale": rng.uniform(0.0005, 0.002, n).astype(np.float32),
-             "bias": rng.standard_normal(n).astype(np.float32), "out_type": "int8"}
-    if out_scale:
-        attrs.update(out_scale=out_scale, out_zero_point=0)
-    return LayerSpec("fc", "QGemm", "kiln", 1, ["a", "w"], ["y"], attrs,
-                     constant_inputs={1: w}, input_dtypes=["int8", "int8"]), w
-
-
 def test_gluon_tactics_are_offered_only_when_asked_for(monkeypatch):
     """Registered always (an engine built with them loads), offered to the tuner only
     with KILN_EXPERIMENTAL_GLUON=1, on a Hopper GPU, for the layers the kernel takes; the
     erf form computes the tanh form by the tanh instruction."""
     from kiln.kernels import Target, get_tactic
 
-    spec, _ = _fc_spec(np.random.default_rng(1), 64, 128, "Relu")
-    erf_spec, _ = _fc_spec(np.random.default_rng(2), 64, 128, "GeluErf")
+    spec, _ = qgemm_spec(np.random.default_rng(1), 64, 128, "Relu", w_scale=W_SCALE)
+    erf_spec, _ = qgemm_spec(np.random.default_rng(2), 64, 128, "GeluErf", w_scale=W_SCALE)
     plain, erf = get_tactic("int8-gluon-gemm-g4"), get_tactic(
         "int8-gluon-gemm-g4-gelu-tanh-approx-for-erf")
     assert erf.epilogue(erf_spec)["activation"] == "GeluTanh"
@@ -112,7 +100,7 @@ def test_gluon_tactic_matches_the_reference(name, activation, monkeypatch):
 
     monkeypatch.setenv("KILN_EXPERIMENTAL_GLUON", "1")
     rng = np.random.default_rng(len(name))
-    spec, w = _fc_spec(rng, 96, 256, activation)
+    spec, w = qgemm_spec(rng, 96, 256, activation, w_scale=W_SCALE)
     tactic, device = get_tactic(name), torch.device("cuda")
     assert tactic.supports(spec, Target(device, "int8"))
     tensors = {k: t.to(device) for k, t in tactic.prepare(spec, Target(device, "int8")).items()}

@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from kiln.ops.quantized import combined_scales, epilogue, qconv, qgemm
-from tests.quant._triton_cases import DEVICE, FP8_OUT, SMALL, check_offered, fp8_conv_case
+from tests.quant._triton_cases import (
+    DEVICE,
+    FP8_OUT,
+    SMALL,
+    check_offered,
+    fp8_conv_case,
+    qgemm_spec,
+)
 from tests.quant._triton_cases import close as _close
 from tests.quant._triton_cases import epi as _epi
 from tests.quant._triton_cases import ints as _ints
@@ -484,18 +491,12 @@ def test_tma_gemm_tactic_matches_the_reference(m, k, n, out_scale, act, name, mo
     """QGemm through the TMA kernel (plain 2-D boxes, one program per tile or per SM; a K
     tail that is not a whole block comes from the zero fill), with a 3-D input whose rows
     are a strided view."""
-    from kiln.kernels import LayerSpec, Target, get_tactic
+    from kiln.kernels import Target, get_tactic
 
     monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")
     rng = np.random.default_rng(m + k)
-    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
-    attrs = {"a_scale": 0.05, "a_zero_point": 0, "activation": act,
-             "w_scale": rng.uniform(0.001, 0.01, n).astype(np.float32),
-             "bias": rng.standard_normal(n).astype(np.float32), "out_type": "int8"}
-    if out_scale:
-        attrs.update(out_scale=out_scale, out_zero_point=0)
-    spec = LayerSpec("fc", "QGemm", "kiln", 1, ["a", "w"], ["y"], attrs,
-                     constant_inputs={1: w}, input_dtypes=["int8", "int8"])
+    spec, w = qgemm_spec(rng, n, k, act, out_scale)
+    attrs = spec.attrs
     device = torch.device(DEVICE)
     tactic = get_tactic(name)
     if name.endswith("persistent") and not out_scale:  # float output: more shared memory
@@ -522,26 +523,18 @@ def test_tanh_form_gelu_tactic_stays_within_an_output_step_of_erf(shape, tile, n
     output through the tanh form gives the exact form's integers (a step apart at most,
     rarely); a layer with another activation is not its to take. The -approx form runs
     the exponential form in the interpreter: its own arithmetic is checked on a GPU."""
-    from kiln.kernels import LayerSpec, Target, get_tactic
+    from kiln.kernels import Target, get_tactic
 
     rng = np.random.default_rng(sum(shape))
-    k = shape[-1]
-    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
-    attrs = {"a_scale": 0.05, "a_zero_point": 0, "w_scale": rng.uniform(0.001, 0.01, n)
-             .astype(np.float32), "bias": rng.standard_normal(n).astype(np.float32),
-             "activation": "GeluErf", "out_scale": 0.01, "out_zero_point": 0,
-             "out_type": "int8"}
-    spec = LayerSpec("fc1", "QGemm", "kiln", 1, ["a", "w"], ["y"], attrs,
-                     constant_inputs={1: w}, input_dtypes=["int8", "int8"])
+    spec, w = qgemm_spec(rng, n, shape[-1], "GeluErf")
+    attrs = spec.attrs
     tactic = get_tactic(f"int8-triton-gemm-tma-{tile}-gelu-tanh{'-' if form else ''}{form}"
                         "-for-erf")
     device = torch.device(DEVICE)
     target = Target(device, "int8")
     assert tactic.supports(spec, target) == (DEVICE == "cuda")  # builds on the CPU use none
-    relu = LayerSpec("fc", "QGemm", "kiln", 1, ["a", "w"], ["y"],
-                     {**attrs, "activation": "Relu"}, constant_inputs={1: w},
-                     input_dtypes=["int8", "int8"])
-    assert not tactic.supports(relu, target)
+    assert not tactic.supports(dataclasses.replace(spec, attrs={**attrs, "activation": "Relu"}),
+                               target)
     tensors = {k: t.to(device) for k, t in tactic.prepare(spec, target).items()}
     a = _ints(rng, shape, torch.int8)
     got = tactic.bind(spec, tensors, device)(a.to(device))
