@@ -42,13 +42,18 @@ def tools_present() -> bool:
     return all(os.path.exists(_tool(name)) for name in ("ptxas", "cuobjdump", "nvdisasm"))
 
 
-def sass(compiled: Any) -> list[str]:
-    """The kernel's machine instructions, one per line."""
+def _read_cubin(compiled: Any, tool: str, *flags: str) -> str:
+    """What one of the NVIDIA tools prints for the compiled kernel's cubin."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
-        text = subprocess.run([_tool("nvdisasm"), "-c", f.name], capture_output=True,
-                              text=True, check=True).stdout
+        return subprocess.run([_tool(tool), *flags, f.name], capture_output=True, text=True,
+                              check=True).stdout
+
+
+def sass(compiled: Any) -> list[str]:
+    """The kernel's machine instructions, one per line."""
+    text = _read_cubin(compiled, "nvdisasm", "-c")
     return [re.sub(r"^\s+/\*[0-9a-f]+\*/\s+", "", line) for line in text.splitlines()
             if re.match(r"\s+/\*[0-9a-f]+\*/", line)]
 
@@ -56,11 +61,7 @@ def sass(compiled: Any) -> list[str]:
 def static_costs(compiled: Any) -> dict[str, int]:
     """Registers, stack bytes, and the epilogue's instruction, spill-store and global-store
     counts (after the last MMA)."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", f.name],
-                               capture_output=True, text=True, check=True).stdout
+    usage = _read_cubin(compiled, "cuobjdump", "--dump-resource-usage")
     regs, stack = (int(v) for v in re.search(r"REG:(\d+) STACK:(\d+)", usage).groups())
     lines = sass(compiled)
     last_mma = max((i for i, line in enumerate(lines) if "MMA" in line), default=0)
