@@ -66,10 +66,9 @@ def test_gluon_gemm_takes_what_it_computes(epi, n, k, taken):
                                    epi, gluon_gemm.GLUON_CONFIGS["g3"])
 
 
-def test_gluon_tactics_are_offered_only_when_asked_for(monkeypatch):
-    """Registered always (an engine built with them loads), offered to the tuner only
-    with KILN_EXPERIMENTAL_GLUON=1, on a Hopper GPU, for the layers the kernel takes; the
-    erf form computes the tanh form by the tanh instruction."""
+def test_gluon_tactics_are_offered_on_hopper_only():
+    """Offered to the tuner on a Hopper GPU only, for the layers the kernel takes; the erf
+    form computes the tanh form by the tanh instruction."""
     from kiln.kernels import Target, get_tactic
 
     spec, _ = qgemm_spec(np.random.default_rng(1), 64, 128, "Relu", w_scale=W_SCALE)
@@ -80,9 +79,6 @@ def test_gluon_tactics_are_offered_only_when_asked_for(monkeypatch):
     assert erf.epilogue(erf_spec)["fast_tanh"] and "fast_tanh" not in plain.epilogue(spec)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     target = Target(device, "int8")
-    monkeypatch.delenv("KILN_EXPERIMENTAL_GLUON", raising=False)
-    assert not plain.supports(spec, target)
-    monkeypatch.setenv("KILN_EXPERIMENTAL_GLUON", "1")
     assert plain.supports(spec, target) == HOPPER
     assert not plain.supports(erf_spec, target) and erf.supports(erf_spec, target) == HOPPER
     assert not erf.supports(spec, target)
@@ -93,12 +89,11 @@ def test_gluon_tactics_are_offered_only_when_asked_for(monkeypatch):
                                              ("int8-gluon-gemm-g4", ""),
                                              ("int8-gluon-gemm-g4-gelu-tanh-approx-for-erf",
                                               "GeluErf")])
-def test_gluon_tactic_matches_the_reference(name, activation, monkeypatch):
+def test_gluon_tactic_matches_the_reference(name, activation):
     """Bound as an engine binds it, on a 3-D input whose rows are a strided view; the erf
     form stays within an output step of erf (rarely a step apart)."""
     from kiln.kernels import Target, get_tactic
 
-    monkeypatch.setenv("KILN_EXPERIMENTAL_GLUON", "1")
     rng = np.random.default_rng(len(name))
     spec, w = qgemm_spec(rng, 96, 256, activation, w_scale=W_SCALE)
     tactic, device = get_tactic(name), torch.device("cuda")

@@ -1,7 +1,6 @@
 """An INT8 GEMM for Hopper written in Gluon (Triton's explicit layer), whose tensor-core
-MMAs stay in flight while the next K step's operands are checked in: EXPERIMENTAL (compiled
-for sm_90a only, not yet run on a GPU; its tactics, int8_gluon.py, are offered only with
-KILN_EXPERIMENTAL_GLUON=1).
+MMAs stay in flight while the next K step's operands are checked in (sm_90a only; its
+tactics are int8_gluon.py's).
 
 Why Gluon: Triton 3.6's software pipeliner makes a wgmma asynchronous only where the
 accumulator is float32 ("Rule 2.1" of its WGMMAPipeline), so every INT8 K loop it builds
@@ -35,6 +34,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from kiln.kernels.triton import _pdl
 from kiln.kernels.triton._int8_kernels import ACTIVATIONS, OUT_MODES
 from kiln.kernels.triton.int8_gluon import GLUON_CONFIGS  # noqa: F401 (its tiles, here too)
 
@@ -71,10 +71,22 @@ def _gelu_tanh(y, FAST_TANH: gl.constexpr):
 
 
 @gluon.jit
+def _wait_for_inputs(PDL: gl.constexpr):
+    """kiln.kernels.triton._pdl.wait_for_inputs in Gluon: the kernel before has finished
+    (griddepcontrol.wait), then the next may be scheduled."""
+    if PDL:
+        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [],
+                                  dtype=gl.int32, is_pure=False, pack=1)
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [],
+                                  dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
 def _qgemm_gluon_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_ptr, out_inv_scale,
                         N: gl.constexpr, K: gl.constexpr, HAS_BIAS: gl.constexpr,
                         ACT: gl.constexpr, OUT_MODE: gl.constexpr, FAST_TANH: gl.constexpr,
-                        STAGES: gl.constexpr, LAYOUT: gl.constexpr):
+                        STAGES: gl.constexpr, LAYOUT: gl.constexpr, PDL: gl.constexpr):
+    _wait_for_inputs(PDL)
     BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
@@ -189,12 +201,14 @@ def _qgemm_gluon_persistent_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_pt
                                    out_inv_scale, M, N: gl.constexpr, K: gl.constexpr,
                                    HAS_BIAS: gl.constexpr, ACT: gl.constexpr,
                                    OUT_MODE: gl.constexpr, FAST_TANH: gl.constexpr,
-                                   STAGES: gl.constexpr, LAYOUT: gl.constexpr):
+                                   STAGES: gl.constexpr, LAYOUT: gl.constexpr,
+                                   PDL: gl.constexpr):
     """_qgemm_gluon_kernel as one program an SM (at most), each walking every programs-th
     tile (a run-time count, so that no tile count compiles a kernel of its own), its K
     steps numbered across its tiles: the copies run STAGES - 1 steps ahead over tile
     boundaries, so the next tile's first operands arrive while this one's epilogue runs,
     and its TMA store is waited for only before the next one."""
+    _wait_for_inputs(PDL)
     BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
@@ -262,7 +276,7 @@ def qgemm_gluon(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
     meta = dict(N=n, K=k, HAS_BIAS=bias is not None,
                 ACT=ACTIVATIONS[epi.get("activation", "")], OUT_MODE=out_mode,
                 FAST_TANH=bool(epi.get("fast_tanh")), STAGES=stages,
-                LAYOUT=mma_layout(block_n, warps), num_warps=warps)
+                LAYOUT=mma_layout(block_n, warps), num_warps=warps, **_pdl.launch(a.device))
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     if len(config) > 5 and config[5]:
         programs = min(tiles, torch.cuda.get_device_properties(a.device).multi_processor_count)
@@ -292,7 +306,7 @@ def compile_for_hopper_offline(config: tuple, const: dict, fast_tanh: bool = Fal
            "out_desc": desc([block_m, block_n], out_gl, "i8" if out_gl == gl.int8 else "fp16"),
            "scales_ptr": "*fp32", "bias_ptr": "*fp32", "out_inv_scale": "fp32"}
     constants = {**const, "FAST_TANH": fast_tanh, "STAGES": stages,
-                 "LAYOUT": mma_layout(block_n, warps)}
+                 "LAYOUT": mma_layout(block_n, warps), "PDL": True}
     if persistent:
         sig["M"] = "i32"
     sig.update({name: "constexpr" for name in constants})

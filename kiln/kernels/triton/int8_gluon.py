@@ -1,12 +1,10 @@
 """QGemm tactics over the Gluon INT8 GEMM (kiln/kernels/triton/_int8_gluon.py), whose K loop
-keeps an MMA in flight. EXPERIMENTAL: offered to the tuner only with
-KILN_EXPERIMENTAL_GLUON=1 until the kernel has run on a GPU; registered always, so that an
-engine built with them loads and runs without the variable.
+keeps an MMA in flight: offered to the tuner on Hopper GPUs (compute capability 9.x),
+where they ran first on 2026-12-07 and took 33 of BERT-base's 48 GEMMs by timing.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -41,9 +39,8 @@ class _GluonGemm(_TritonGemm):
         return epi
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
-        if os.environ.get("KILN_EXPERIMENTAL_GLUON") != "1" or target.device.type != "cuda":
-            return False
-        if torch.cuda.get_device_capability(target.device) < (9, 0):
+        if target.device.type != "cuda" or torch.cuda.get_device_capability(
+                target.device)[0] != 9:
             return False
         if not super().supports(layer, target) or not _tma_ready(layer, target, "a_zero_point"):
             return False
