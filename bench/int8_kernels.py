@@ -458,28 +458,39 @@ def epilogues() -> None:
 
 
 def attention() -> None:
-    """BERT-base's attention at batch 32, sequence 128 (12 heads of 64; q, k and v strided
-    views of the QKV GEMM's [B, S, 2304] output; a padding mask of -10000 on the last 16
-    keys): each int8-triton-attention tactic bound as an engine binds it (int8 output in
-    'bshd') against SDPA in FP16 on the same views. Each row's label gives the kernel's
-    largest difference from the reference op on the same GPU tensors, in output steps and
-    dequantized (0, rarely 1 or 2 steps, expected: tests/quant/test_triton_int8_attention.py).
-    """
+    """Each int8-triton-attention tactic bound as an engine binds it (q, k and v strided
+    views of a QKV GEMM's [B, S, 3 * H * D] output, int8 output in 'bshd') against SDPA in
+    FP16 on the same views, at two shapes: BERT-base at batch 32 (sequence 128, a padding
+    mask of -10000 on the last 16 keys) and ViT-B/16 at batch 64 (197 tokens, no mask).
+    Each row's label gives the kernel's largest difference from the reference op on the
+    same GPU tensors, in output steps and dequantized (0, rarely 1 or 2 steps, expected:
+    tests/quant/test_triton_int8_attention.py)."""
+    rows: list = []
+    for name, b, s, masked in (("bert attention", 32, 128, True),
+                               ("vit attention", 64, 197, False)):
+        _attention_rows(rows, name, b, 12, s, 64, masked)
+    print_table(rows)
+
+
+def _attention_rows(rows: list, name: str, b: int, h: int, s: int, d: int,
+                    masked: bool) -> None:
     from kiln.kernels import LayerSpec, get_tactic
     from kiln.kernels.triton.int8_attention import ATTENTION_CONFIGS
     from kiln.ops.qattention import qattention
 
-    b, h, s, d = 32, 12, 128, 64
-    name, ops = "bert attention", 4 * b * h * s * s * d
+    ops = 4 * b * h * s * s * d
     qkv8 = _ints((b, s, 3 * h * d))
     q, k, v = (qkv8[..., i * h * d:(i + 1) * h * d].view(b, s, h, d) for i in range(3))
-    mask = torch.zeros(b, 1, 1, s, device="cuda")
-    mask[..., -16:] = -10000.0
+    mask = None
+    if masked:
+        mask = torch.zeros(b, 1, 1, s, device="cuda")
+        mask[..., -16:] = -10000.0
     qkv = torch.randn(b, s, 3 * h * d, device="cuda", dtype=torch.half)
     qf, kf, vf = (qkv[..., i * h * d:(i + 1) * h * d].view(b, s, h, d).transpose(1, 2)
                   for i in range(3))
-    fp16 = time_ms(F.scaled_dot_product_attention, qf, kf, vf, mask.half())
-    rows = [(name, "torch sdpa fp16", fp16, ops / fp16 / 1e9, 1.0)]
+    fp16 = time_ms(F.scaled_dot_product_attention, qf, kf, vf,
+                   mask.half() if masked else None)
+    rows.append((name, "torch sdpa fp16", fp16, ops / fp16 / 1e9, 1.0))
     attrs = {"q_scale": 0.02, "k_scale": 0.02, "v_scale": 0.05, "q_layout": "bshd",
              "k_layout": "bshd", "v_layout": "bshd", "out_layout": "bshd", "out_scale": 0.06,
              "out_zero_point": 0, "out_type": "int8"}
@@ -497,9 +508,8 @@ def attention() -> None:
             continue
         label = f"{tactic.name} d{diff} ({diff * attrs['out_scale']:.2f})"  # steps, value
         _time_row(rows, name, label, ops, fp16, run, q, k, v, mask)
-        # what reading and adding the mask costs (a row of its own, not checked)
-        _time_row(rows, name, f"{tactic.name} without the mask", ops, fp16, run, q, k, v)
-    print_table(rows)
+        if masked:  # what reading and adding the mask costs (a row of its own, not checked)
+            _time_row(rows, name, f"{tactic.name} without the mask", ops, fp16, run, q, k, v)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def _build(path, precision: str, swap: bool = True):
     with pytest.MonkeyPatch.context() as patch:
         if not swap:
             patch.setattr(quantize_before_maxpool, "move_quantize_before",
-                           lambda graph, node: False)
+                           lambda graph, node, through=(): False)
         return build_engine(str(path), config)
 
 

@@ -166,7 +166,8 @@ def _spec(q_shape: tuple, k_shape: tuple, v_shape: tuple, attrs: dict,
     ("int8-triton-attention-128w8", ("bhsd", "bhsd", "bhsd"), None, "int8", "bhsd"),
     ("int8-triton-attention-64w4-recip", ("bshd", "bshd", "bshd"), "pad", "int8", "bshd"),
     ("int8-triton-attention-128w8-recip", ("bhsd", "bhsd", "bhsd"), "blocked", "fp16",
-     "bhsd")])
+     "bhsd"),
+    ("int8-triton-attention-32w4-recip", ("bshd", "bshd", "bshd"), "pad", "int8", "bshd")])
 def test_tactic_matches_the_reference(name, layouts, kind, output, out_layout, monkeypatch):
     """Bound through the registry as an engine binds it: inputs in the layer's layouts (a
     pre-transposed key among them), the output allocated in its out_layout."""

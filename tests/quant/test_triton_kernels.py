@@ -288,6 +288,31 @@ def test_quantize_and_dequantize_kernels(qtype, zp):
         want, scale=0.1, zero_point=zp, out_dtype="fp16").numpy())
 
 
+@pytest.mark.parametrize("view", ["transposed", "sliced"])
+def test_quantize_tactics_take_views_that_do_not_fill_their_storage(view):
+    """A permuted view (MultiheadAttention's sequence-first order) or a slice of columns is
+    copied to rows first; the bytes are the reference's."""
+    from kiln.kernels import LayerSpec, get_tactic
+    from kiln.ops.quantized import dequantize, quantize
+
+    rng = np.random.default_rng(len(view))
+    base = torch.from_numpy(rng.standard_normal((5, 3, 24)).astype(np.float32) * 3)
+    x = base.transpose(0, 1) if view == "transposed" else base[..., 4:20]
+    assert not kernels.dense(x)
+    device, attrs = torch.device(DEVICE), {"scale": 0.05, "zero_point": 3}
+    def bind(name, op, **extra):
+        spec = LayerSpec(op, op, "kiln", 1, ["x"], ["y"], {**attrs, **extra})
+        return get_tactic(name).bind(spec, {}, device)
+
+    got = bind("quantize-triton", "Quantize")(x.to(DEVICE))
+    want = quantize(x, scale=0.05, zero_point=3, to="int8")
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got.cpu().numpy(), want.numpy())
+    back = bind("dequantize-triton", "Dequantize", out_dtype="fp16")(got.transpose(0, 1).to(DEVICE))
+    np.testing.assert_array_equal(back.cpu().numpy(), dequantize(
+        want.transpose(0, 1), scale=0.05, zero_point=3, out_dtype="fp16").numpy())
+
+
 @FP8_OUT
 def test_fp8_layers_requantize_to_fp8():
     rng = np.random.default_rng(14)

@@ -22,9 +22,11 @@ from kiln.ops.qattention import score_factor, softmax_scale, value_factor
 from kiln.ops.quantized import inverse_scale
 
 # (BLOCK_M, warps, probabilities by the reciprocal of the row sum instead of a division)
+# 32w4-recip: at more than 128 keys (ViT-B/16's 197 take a tile of 256) 64w4 holds 255
+# registers a thread, two programs an SM; 32 rows hold 166, three (compiled for sm_90a)
 ATTENTION_CONFIGS = {"64w4": (64, 4, False), "128w4": (128, 4, False),
                      "128w8": (128, 8, False), "64w4-recip": (64, 4, True),
-                     "128w8-recip": (128, 8, True)}
+                     "128w8-recip": (128, 8, True), "32w4-recip": (32, 4, True)}
 HEAD_DIMS = (32, 64, 128)  # the whole head dim is one tile of the kernel
 MAX_KEYS = 256  # so are all the keys of a head: its scores stay in registers
 _LAYOUTS = ("bhsd", "bshd", "bhds")
