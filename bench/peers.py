@@ -56,6 +56,8 @@ class Case:
     notes: list[str] = field(default_factory=list)
     # --profile: every layer as [name, op, tactic, ms], per engine (in the --out JSON)
     profiles: dict[str, list] = field(default_factory=dict)
+    # --profile: the tuner's ms per candidate tactic, per layer, per engine (in the JSON)
+    tuning: dict[str, dict] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- models
@@ -209,15 +211,17 @@ def allocated(device: str) -> int:
     return torch.cuda.memory_allocated()
 
 
-def fresh_base(device: str) -> int:
+def fresh_base(device: str, keep_workspaces: bool = False) -> int:
     """What is allocated before a peer starts, after dropping the cuBLAS workspaces earlier
     peers left (one per stream used, 32 MiB and up on Hopper), so that each peer pays for
-    the workspaces it needs itself. Only between peers: no graph using them replays again."""
+    the workspaces it needs itself. Only between peers none of whose graphs replays again:
+    keep_workspaces where one will (--rounds: a graph replaying on a freed workspace
+    writes into memory another tensor holds, or faults)."""
     if device == "cuda":
         torch.cuda.synchronize()
         gc.collect()
         clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
-        if clear is not None:
+        if clear is not None and not keep_workspaces:
             clear()
     return allocated(device)
 
@@ -328,7 +332,7 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
         engine = build_engine(onnx_bytes, config)
         label = f"kiln_{choice}"
         case.build_s[label] = time.perf_counter() - t0
-        base = fresh_base(device)
+        base = fresh_base(device, keep_workspaces=bool(kept))
         context = ExecutionContext(engine)
         case.memory_mb[f"{label}_on_device_at_load"] = (allocated(device) - base) / 2**20
         ms, mb = measure(lambda c=context: c.run(feeds), device, base)
@@ -352,6 +356,7 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
         _note_precision_choice(label, engine, case)
         if PROFILE:
             _print_profile(label, case, profile_layers(context, feeds, replayed=True))
+            _print_tuning(label, engine, case)
         if context.graphs is not None and context.graphs.failures:
             case.notes.append(f"{label}: CUDA graph capture failed: "
                               f"{next(iter(context.graphs.failures.values()))[:200]}")
@@ -431,6 +436,25 @@ def _print_profile(label: str, case: Case, layers: list) -> None:
               f"{100 * sum(times) / total:5.1f}%")
     for t in sorted(layers, key=lambda t: -t.ms)[:6]:
         print(f"    slowest {t.name[:40]:40s} {t.op:12s} {t.tactic:26s} {t.ms:.3f} ms")
+
+
+def _print_tuning(label: str, engine, case: Case) -> None:
+    """Per op kind with several candidates, the tuner's mean ms per tactic over the layers
+    that timed it (the chosen tactic's layers on its own line in the profile above), and
+    the tactics the tuner could not run."""
+    by_op: dict[str, dict[str, list[float]]] = {}
+    for layer in engine.layers():
+        timings = layer.get("timings") or {}
+        case.tuning.setdefault(label, {})[layer["name"]] = timings
+        for tactic, ms in timings.items():
+            by_op.setdefault(layer["op"], {}).setdefault(tactic, []).append(ms)
+    for op, tactics in sorted(by_op.items()):
+        if len(tactics) > 1:
+            means = sorted((sum(t) / len(t), name) for name, t in tactics.items())
+            print(f"    tuner {op}: " + ", ".join(f"{name} {ms:.3f}" for ms, name in means[:8]))
+    skipped = engine.plan["build"].get("tuning", {}).get("skipped")
+    if skipped:
+        print(f"    tuner skipped: {str(skipped)[:600]}")
 
 
 def reference_fp32(model: torch.nn.Module, inputs: tuple, device: str) -> torch.Tensor:
