@@ -33,6 +33,7 @@ def _epi(out_scale: float, activation: str, out_dtype: str = "fp16", **extra) ->
     (150, 512, 128, 0.05, "Relu", "g6"),  # one warpgroup, 64-row tiles
     (2048, 256, 1152, 0.05, "GeluTanh", "g3p"),  # 144 tiles: some programs take two
     (300, 384, 512, 0.0, "Relu", "g4p"),  # float16 out through the persistent kernel
+    (4100, 256, 768, 0.0, "", "g6p"),  # 65 x 6 tiles over the SMs: uneven shares
 ], ids=str)
 def test_gluon_gemm_matches_the_reference(case):
     m, k, n, out_scale, act, tile = case

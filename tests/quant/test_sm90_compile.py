@@ -55,7 +55,7 @@ def test_tanh_instruction_shortens_the_gelu_epilogue():
 
 
 @pytest.mark.parametrize("layer", [FC1, FC2], ids=["fc1", "fc2"])
-@pytest.mark.parametrize("tile", ["g3", "g4", "g4p"])
+@pytest.mark.parametrize("tile", ["g3", "g4", "g4p", "g6p"])
 def test_gluon_gemm_keeps_an_mma_in_flight(layer, tile):
     """The Gluon INT8 GEMM's K loop waits until one MMA group is left in flight (then none
     after the loop), where Triton 3.6's pipeliner makes int32-accumulator MMAs wait for
