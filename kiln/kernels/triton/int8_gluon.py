@@ -15,14 +15,16 @@ from kiln.kernels.triton.int8 import _tma_ready, _TritonGemm, epilogue_attrs
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages[, persistent]); g3k64 and g6 leave room for two
 # programs an SM, so that one's epilogue runs beside the other's K loop; g3p, g4p and g6p
-# are one program an SM (_qgemm_gluon_persistent_kernel). g6's 64-row tiles are for the
-# grids that 128-row tiles fill badly: BERT-base's N = 768 GEMMs at 4096 rows make 192
-# tiles of 128 x 128 for 132 SMs (two rounds, the second 45% full), 384 of 64 x 128
+# are one program an SM (_qgemm_gluon_persistent_kernel). Offered as tactics: the tiles
+# that won a layer of BERT-base or ViT-B/16 on the H100 (bench/RESULTS.md, 2026-12-07,
+# sixteenth session). The 64-row g6/g6p, meant for grids that 128-row tiles fill badly
+# (BERT's N = 768 GEMMs: 1.45 rounds of 128 x 128 tiles over 132 SMs, 2.9 of 64 x 128),
+# lost there (FC2 0.025 / 0.021 ms against g3's 0.019): kept for bench/int8_kernels.py.
 GLUON_CONFIGS = {"g3": (128, 128, 128, 8, 3), "g4": (128, 256, 128, 8, 3),
                  "g4k64": (128, 256, 64, 8, 4), "g3k64": (128, 128, 64, 8, 4),
                  "g6": (64, 128, 128, 4, 4), "g3p": (128, 128, 128, 8, 3, True),
                  "g4p": (128, 256, 128, 8, 3, True), "g6p": (64, 128, 128, 4, 4, True)}
-GLUON_TILES = ("g3", "g4", "g3p", "g4p", "g6", "g6p")  # offered as tactics
+GLUON_TILES = ("g3", "g4", "g3p", "g4p")
 
 
 def gluon_kernels():
