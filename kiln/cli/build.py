@@ -108,6 +108,8 @@ def _print_quantization(quant: dict) -> None:
     console.print(f"quantized {quant.get('quantized_layers', 0)} layers ({source})")
     if "attention_int8" in quant:
         console.print(f"attention in INT8: {quant['attention_int8']}")
+    if "embeddings_int8" in quant:
+        console.print(f"embedding tables in INT8 (weights only): {quant['embeddings_int8']}")
     if "cache_written" in quant:
         console.print(f"wrote calibration cache {quant['cache_written']}")
     for layer, why in (quant.get("skipped") or {}).items():

@@ -19,6 +19,8 @@ that tactics may store re-laid-out.
 - QConv:      act(conv(x, w) * scales + bias + residual), x/w quantized
 - QGemm:      act(a @ w^T * scales + bias), w stored [N, K]
 - QMatMul:    a @ b with both quantized per tensor (activation x activation)
+- GatherDequantize: rows of an int8 table (weights only, a scale per row) as floats,
+              made by kiln/quant/quantize_embeddings.py
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 
 from kiln.ops.conv import conv
 from kiln.ops.fused import activate
+from kiln.ops.gather import gather
 from kiln.ops.registry import KILN_DOMAIN, register
 from kiln.quant import arith
 
@@ -57,6 +60,14 @@ def quantize(x, *, scale: Any = 1.0, zero_point: Any = 0, axis: int = 1,
 def dequantize(q, *, scale: Any = 1.0, zero_point: Any = 0, axis: int = 1,
                out_dtype: str = "fp32") -> torch.Tensor:
     return arith.dequantize(q, scale, zero_point, axis, _FLOAT[out_dtype])
+
+
+@register("GatherDequantize", 1, domain=KILN_DOMAIN)
+def gather_dequantize(table: torch.Tensor, scales: torch.Tensor,
+                      indices: torch.Tensor) -> torch.Tensor:
+    """Gather(table * scales, indices) along rows, table int8 [V, E] and scales [V, 1] in
+    the output's float type: a row's integers times its scale, one rounding."""
+    return gather(table, indices).to(scales.dtype) * gather(scales, indices)
 
 
 def centered(q: torch.Tensor, zero_point: int, dtype: torch.dtype) -> torch.Tensor:

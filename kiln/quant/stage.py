@@ -4,7 +4,8 @@
                                    unfused FP32 graph (or the cache read instead)
     apply     (after the passes)   Q/DQ inserted from the thresholds, lowered to INT8/FP8
                                    layers (explicit Q/DQ models were lowered by the passes);
-                                   INT8 attention over the INT8 GEMMs' q, k and v
+                                   INT8 attention over the INT8 GEMMs' q, k and v; large
+                                   embedding tables INT8, weights only
     finalize  (after precision)    quantized layers learn their float output type and are
                                    marked int8/fp8 for `kiln inspect`
 """
@@ -32,6 +33,7 @@ from kiln.quant.calibrators import Calibrator
 from kiln.quant.insert_qdq import insert_qdq, layer_tensors, quantizable_layers
 from kiln.quant.names import remember_names
 from kiln.quant.quantize_attention import quantize_attention
+from kiln.quant.quantize_embeddings import quantize_embeddings
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
            "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
@@ -131,6 +133,9 @@ def apply(graph: Graph, plan: QuantizationPlan | None, ctx: PassContext) -> None
             plan.report["attention_int8"] = f"{done} of {seen}"
             skipped.update(stayed)
             _lower(graph, ctx)  # the attention requantizes for the layer after it
+        done, seen = quantize_embeddings(graph, overrides)
+        if seen:
+            plan.report["embeddings_int8"] = f"{done} of {seen}"
     fuse_layernorm_quantize(graph, ctx)
     fuse_projection_shortcut(graph, ctx)
     if skipped:
