@@ -28,13 +28,14 @@ class TextClassifier(nn.Module):
         super().__init__()
         torch.manual_seed(11)
         self.words = nn.Embedding(VOCAB, WIDTH)
-        self.positions = nn.Embedding(TOKENS, WIDTH)  # a small table: stays float
+        self.positions = nn.Embedding(TOKENS, WIDTH)
+        self.kinds = nn.Embedding(3, WIDTH)  # a small table: stays float
         self.norm = nn.LayerNorm(WIDTH)
         self.hidden = nn.Linear(WIDTH, 128)
         self.head = nn.Linear(128, 6)
 
     def forward(self, ids):
-        h = self.norm(self.words(ids) + self.positions.weight)
+        h = self.norm(self.words(ids) + self.positions.weight + self.kinds(ids % 3))
         return self.head(torch.relu(self.hidden(h)).mean(1))
 
 
@@ -72,9 +73,10 @@ def _table_layer(engine) -> dict | None:
 @pytest.mark.parametrize("batch", [1, 5])
 def test_int8_table_keeps_the_answers(model, batch):
     engine = _build(model)
-    # the word table is quantized; the 12-row position table is under MIN_ELEMENTS
-    assert VOCAB * WIDTH >= MIN_ELEMENTS > TOKENS * WIDTH
+    # the word table is quantized; the 3-row table of kinds is under MIN_ELEMENTS
+    assert VOCAB * WIDTH >= MIN_ELEMENTS > 3 * WIDTH
     assert engine.plan["build"]["quantization"]["embeddings_int8"] == "1 of 1"
+    assert [layer["op"] for layer in engine.layers()].count("Gather") == 1
     layer = _table_layer(engine)
     assert layer is not None
     table = engine.tensors[f"const/{layer['inputs'][0]}"]
