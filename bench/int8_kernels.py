@@ -222,10 +222,11 @@ def main() -> None:
             if f"{key}p" in tiles and kk % config[2] == 0:  # one program per SM
                 _time_row(rows, name, f"tma {key} persistent", ops, fp16, tma.qgemm_tma, a,
                           wt, scales, bias, epi, config, None, True)
-        for key, config in GLUON_CONFIGS.items():
-            if args.gluon != "all" and key not in args.gluon.split(","):
-                continue
-            want = tma.qgemm_tma(a, wt, scales, bias, epi, TMA_CONFIGS["t3"]).int()
+        gluon = {key: config for key, config in GLUON_CONFIGS.items()
+                 if args.gluon == "all" or key in args.gluon.split(",")}
+        want = tma.qgemm_tma(a, wt, scales, bias, epi, TMA_CONFIGS["t3"]).int() if gluon \
+            else None  # the reference output, once per GEMM
+        for key, config in gluon.items():
             label = f"gluon {key} {config}"
             try:  # a tile that does not compile or run is a row, not a crash
                 got = qgemm_gluon(a, wt, scales, bias, epi, config).int()
