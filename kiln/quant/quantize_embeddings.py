@@ -19,6 +19,7 @@ import numpy as np
 from kiln.ir import Graph, Node
 from kiln.passes._match import const
 from kiln.passes.lower_qdq import forced_float
+from kiln.quant import arith
 
 MIN_ELEMENTS = 1 << 20  # 4 MiB of float32
 
@@ -38,12 +39,10 @@ def quantize_embeddings(graph: Graph, overrides: dict[str, str]) -> tuple[int, i
 
 
 def per_row(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 table, float32 scales [V, 1]): each row over its own max |value| / 127, a row
-    of zeros with scale 1."""
-    amax = np.abs(table).max(axis=1, keepdims=True).astype(np.float32)
-    scales = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-    q = np.clip(np.rint(table / scales), -127, 127).astype(np.int8)
-    return q, scales
+    """(int8 table, float32 scales [V, 1]): each row symmetric over its own max |value|,
+    as weights are quantized per output channel."""
+    q, scales = arith.quantize_weight(table, axis=0)
+    return q, scales.reshape(-1, 1)
 
 
 def _table(node: Node) -> np.ndarray | None:

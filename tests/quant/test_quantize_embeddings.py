@@ -104,7 +104,7 @@ def test_rows_come_back_within_half_a_step(shape):
     rng = np.random.default_rng(shape[0])
     table = (rng.standard_normal(shape) * rng.uniform(0.01, 5, (shape[0], 1))).astype(
         np.float32)
-    table[1] = 0.0  # a row of zeros: scale 1, zeros back
+    table[1] = 0.0  # a row of zeros: zeros back
     q, scales = per_row(table)
     assert q.dtype == np.int8 and np.abs(q).max() <= 127 and scales.shape == (shape[0], 1)
     ids = torch.from_numpy(rng.integers(-shape[0], shape[0], (3, 4)))
