@@ -314,8 +314,9 @@ TMA_LEVELS = {"t1": 0, "t3": 0, "t4": 2, "t6": 2, "t2": 4, "t5": 4, "t7": 4, "t8
               "t1s": 0, "t4s": 2, "t6s": 2, "t2s": 4, "t3s": 4, "t5s": 4, "t7s": 5, "t8s": 5}
 # QGemm's tiles with the output (and residual) by TMA: compiled for the H100 their
 # epilogues take a third to a half fewer instructions (BERT-base's FC2 at t4 466 a thread
-# against 1475, FC1 with GELU 3331 against 4946, without the spills), not yet timed on a
-# GPU, so from the default level's timed search on, beside the plain tiles.
+# against 1475, FC1 with GELU 3331 against 4946, without the spills); on the H100 t3s won
+# BERT's QKV and out-projections (bench/RESULTS.md), so t3s/t4s are in the default level's
+# timed search, beside the plain tiles.
 GEMM_STORE_LEVELS = {"t1s": 4, "t2s": 4, "t3s": 2, "t4s": 2, "t5s": 4, "t6s": 4, "t7s": 5,
                      "t8s": 5}
 # Persistent variants pay only with the large t4 tile, and little (H100, batch 32/64: BERT's
