@@ -34,6 +34,10 @@ def _epi(out_scale: float, activation: str, out_dtype: str = "fp16", **extra) ->
     (2048, 256, 1152, 0.05, "GeluTanh", "g3p"),  # 144 tiles: some programs take two
     (300, 384, 512, 0.0, "Relu", "g4p"),  # float16 out through the persistent kernel
     (4100, 256, 768, 0.0, "", "g6p"),  # 65 x 6 tiles over the SMs: uneven shares
+    (300, 256, 768, 0.05, "Relu", "g5"),  # 128 + 64 columns a tile
+    (200, 512, 208, 0.0, "GeluTanh", "g5"),  # the second part's columns mostly past N
+    (130, 384, 112, 0.05, "", "g5"),  # the second part wholly past N (its zero fill)
+    (4100, 256, 2304, 0.05, "GeluTanh", "g5p"),  # 33 x 12 tiles, persistent
 ], ids=str)
 def test_gluon_gemm_matches_the_reference(case):
     m, k, n, out_scale, act, tile = case
@@ -88,6 +92,7 @@ def test_gluon_tactics_are_offered_on_hopper_only():
 @pytest.mark.skipif(not HOPPER, reason="Gluon's Hopper kernel: a GPU of compute capability 9.0")
 @pytest.mark.parametrize("name,activation", [("int8-gluon-gemm-g3p", "Relu"),
                                              ("int8-gluon-gemm-g4", ""),
+                                             ("int8-gluon-gemm-g5", "Relu"),
                                              ("int8-gluon-gemm-g4-gelu-tanh-approx-for-erf",
                                               "GeluErf")])
 def test_gluon_tactic_matches_the_reference(name, activation):
@@ -111,6 +116,8 @@ def test_gluon_tactic_matches_the_reference(name, activation):
 
 @pytest.mark.parametrize("config,ok", [
     ((128, 256, 128, 8, 3), True), ((64, 128, 128, 4, 4, True), True),
+    ((128, 192, 128, 8, 3), True), ((128, 96, 64, 8, 4), True),  # 128 + 64, 64 + 32
+    ((128, 224, 128, 8, 3), False),  # 128 + 96: no power of two for the second part
     ((128, 128, 128, 4, 3), False),  # 4 warps of 16 rows cover 64, not 128
     ((128, 128, 128, 8, 1), False),  # one slot: the refill would overwrite the MMA's operands
     ((128, 120, 128, 8, 3), False)])  # no int8 MMA width divides 120

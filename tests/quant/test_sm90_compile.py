@@ -64,3 +64,15 @@ def test_gluon_gemm_keeps_an_mma_in_flight(layer, tile):
     assert costs["in flight"][0] == 1
     assert costs["stack"] == 0 and costs["global stores"] == 0
     assert "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8" in costs["ptx"]
+
+
+@pytest.mark.parametrize("tile", ["g5", "g5p"])
+def test_gluon_192_column_tile_is_two_mmas_per_step(tile):
+    """A 128 x 192 tile is a 128-column and a 64-column MMA per K step, each its own group:
+    the wait that leaves two in flight retires the previous step's pair (whose ring slot
+    the next copy then overwrites), never one of them alone."""
+    costs = compiled(tile, FC2)
+    assert costs["in flight"] == [2, 0]
+    assert costs["ptx"].count("wgmma.commit_group") == 2
+    assert "m64n128k32.s32.s8.s8" in costs["ptx"] and "m64n64k32.s32.s8.s8" in costs["ptx"]
+    assert costs["stack"] == 0 and costs["global stores"] == 0

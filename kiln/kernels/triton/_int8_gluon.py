@@ -42,11 +42,29 @@ _OUT = {OUT_MODES["int8"]: (torch.int8, gl.int8), OUT_MODES["fp16"]: (torch.floa
 
 
 def check_config(config: tuple) -> None:
-    """A tile this kernel takes: warps along M at 16 rows each, at least two ring slots."""
+    """A tile this kernel takes: warps along M at 16 rows each, at least two ring slots,
+    columns in one or two powers of two (column_parts)."""
     block_m, block_n, _, warps, stages = config[:5]
-    if block_m != 16 * warps or stages < 2 or block_n % 16:
+    if block_m != 16 * warps or stages < 2 or block_n % 16 or _parts(block_n) is None:
         raise ValueError(f"Gluon int8 GEMM: tile {config} wants BLOCK_M = 16 x warps, "
-                         "BLOCK_N a multiple of 16 and at least 2 stages")
+                         "BLOCK_N a multiple of 16 made of one or two powers of two "
+                         "(128, 192 = 128 + 64) and at least 2 stages")
+
+
+def _parts(block_n: int) -> tuple[int, int] | None:
+    first = 1 << (block_n.bit_length() - 1)
+    rest = block_n - first
+    return (first, rest) if rest & (rest - 1) == 0 else None
+
+
+def column_parts(block_n: int) -> tuple[int, int]:
+    """A tile's columns as the MMAs that compute them: one power of two (rest 0), or a
+    power of two and a smaller one (192 = 128 + 64). Gluon's tensors are powers of two
+    along each axis; a 192-column tile is two accumulators side by side. Why 192: BERT's
+    N = 768 GEMMs over 4096 rows make 128 tiles of 128 x 192 (one round of 132 SMs)
+    against 96 of 128 x 256 or 192 of 128 x 128 (1.45 rounds)."""
+    check_config((16, block_n, 32, 1, 2))
+    return _parts(block_n)
 
 
 def mma_layout(block_n: int, warps: int) -> gl.NVMMADistributedLayout:
@@ -82,41 +100,89 @@ def _wait_for_inputs(PDL: gl.constexpr):
 
 
 @gluon.jit
-def _qgemm_gluon_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_ptr, out_inv_scale,
-                        N: gl.constexpr, K: gl.constexpr, HAS_BIAS: gl.constexpr,
-                        ACT: gl.constexpr, OUT_MODE: gl.constexpr, FAST_TANH: gl.constexpr,
-                        STAGES: gl.constexpr, LAYOUT: gl.constexpr, PDL: gl.constexpr):
+def _qgemm_gluon_kernel(a_desc, w_desc, w1_desc, out_desc, out1_desc, scales_ptr, bias_ptr,
+                        out_inv_scale, N: gl.constexpr, K: gl.constexpr,
+                        BLOCK_N: gl.constexpr, HAS_BIAS: gl.constexpr, ACT: gl.constexpr,
+                        OUT_MODE: gl.constexpr, FAST_TANH: gl.constexpr,
+                        STAGES: gl.constexpr, LAYOUT: gl.constexpr, LAYOUT1: gl.constexpr,
+                        PDL: gl.constexpr):
+    """BLOCK_N: the tile's columns; w1_desc, out1_desc: its second column part after the
+    first w_desc.block_type.shape[0] (column_parts), or None."""
     _wait_for_inputs(PDL)
-    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
-    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
     STEPS: gl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
     TILES_N: gl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
     pid = gl.program_id(0)  # the tile; a program of one tile, its steps 0 .. STEPS - 1
-    off_m = (pid // TILES_N) * BLOCK_M
-    off_n = (pid % TILES_N) * BLOCK_N
 
-    a_ring = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
-    w_ring = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    _start_ring(STEPS, pid, 1, a_desc, w_desc, a_ring, w_ring, ready, TILES_N, STEPS, STAGES)
-    acc, _ = _tile_product(0, STEPS, pid, 1, a_desc, w_desc, a_ring, w_ring, ready, LAYOUT,
-                           TILES_N, STEPS, STAGES)
+    a_ring, w_ring, w1_ring, ready = _rings(a_desc, w_desc, w1_desc, STAGES)
+    _start_ring(STEPS, pid, 1, a_desc, w_desc, w1_desc, a_ring, w_ring, w1_ring, ready,
+                TILES_N, BLOCK_N, STEPS, STAGES)
+    acc, acc1, _ = _tile_product(0, STEPS, pid, 1, a_desc, w_desc, w1_desc, a_ring, w_ring,
+                                 w1_ring, ready, LAYOUT, LAYOUT1, TILES_N, BLOCK_N, STEPS,
+                                 STAGES)
     for j in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(j))
+    out_smem, out1_smem = _out_buffers(out_desc, out1_desc)
+    _store_parts(acc, acc1, pid, TILES_N, BLOCK_N, out_desc, out1_desc, out_smem, out1_smem,
+                 scales_ptr, bias_ptr, out_inv_scale, N, HAS_BIAS, ACT, OUT_MODE, FAST_TANH,
+                 LAYOUT, LAYOUT1)
+    tma.store_wait(pendings=0)
 
-    out_smem = gl.allocate_shared_memory(out_desc.dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
+
+@gluon.jit
+def _rings(a_desc, w_desc, w1_desc, STAGES: gl.constexpr):
+    """The STAGES-slot rings of A and W tiles (W in its one or two column parts; w1_ring is
+    w_ring where there is no second) and their copy barriers."""
+    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+    BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+    BLOCK_N0: gl.constexpr = w_desc.block_type.shape[0]
+    a_ring = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
+    w_ring = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N0, BLOCK_K], w_desc.layout)
+    if w1_desc is None:
+        w1_ring = w_ring
+    else:
+        BLOCK_N1: gl.constexpr = w1_desc.block_type.shape[0]
+        w1_ring = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N1, BLOCK_K],
+                                            w1_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    return a_ring, w_ring, w1_ring, ready
+
+
+@gluon.jit
+def _out_buffers(out_desc, out1_desc):
+    out_smem = gl.allocate_shared_memory(out_desc.dtype, out_desc.block_type.shape,
+                                         out_desc.layout)
+    if out1_desc is None:
+        out1_smem = out_smem
+    else:
+        out1_smem = gl.allocate_shared_memory(out1_desc.dtype, out1_desc.block_type.shape,
+                                              out1_desc.layout)
+    return out_smem, out1_smem
+
+
+@gluon.jit
+def _store_parts(acc, acc1, tile, TILES_N: gl.constexpr, BLOCK_N: gl.constexpr, out_desc,
+                 out1_desc, out_smem, out1_smem, scales_ptr, bias_ptr, out_inv_scale,
+                 N: gl.constexpr, HAS_BIAS: gl.constexpr, ACT: gl.constexpr, OUT_MODE: gl.constexpr,
+                 FAST_TANH: gl.constexpr, LAYOUT: gl.constexpr, LAYOUT1: gl.constexpr):
+    """The epilogue of tile `tile`, part by part (_store_tile)."""
+    BLOCK_M: gl.constexpr = out_desc.block_type.shape[0]
+    BLOCK_N0: gl.constexpr = out_desc.block_type.shape[1]
+    off_m = (tile // TILES_N) * BLOCK_M
+    off_n = (tile % TILES_N) * BLOCK_N
     _store_tile(acc, off_m, off_n, out_desc, out_smem, scales_ptr, bias_ptr, out_inv_scale, N,
                 HAS_BIAS, ACT, OUT_MODE, FAST_TANH, LAYOUT)
-    tma.store_wait(pendings=0)
+    if out1_desc is not None:
+        _store_tile(acc1, off_m, off_n + BLOCK_N0, out1_desc, out1_smem, scales_ptr, bias_ptr,
+                    out_inv_scale, N, HAS_BIAS, ACT, OUT_MODE, FAST_TANH, LAYOUT1)
 
 
 @gluon.jit
 def _store_tile(acc, off_m, off_n, out_desc, out_smem, scales_ptr, bias_ptr, out_inv_scale,
                 N: gl.constexpr, HAS_BIAS: gl.constexpr, ACT: gl.constexpr,
                 OUT_MODE: gl.constexpr, FAST_TANH: gl.constexpr, LAYOUT: gl.constexpr):
-    """The epilogue of one tile, written to out_smem and from there by TMA (not waited
-    for: the caller waits before out_smem is written again)."""
+    """The epilogue of one tile (or column part), written to out_smem and from there by TMA
+    (not waited for: the caller waits before out_smem is written again)."""
     BLOCK_N: gl.constexpr = out_desc.block_type.shape[1]
     rn = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, LAYOUT))
     scales = gl.load(scales_ptr + rn, mask=rn < N, other=0.0)
@@ -138,26 +204,34 @@ def _store_tile(acc, off_m, off_n, out_desc, out_smem, scales_ptr, bias_ptr, out
 
 
 @gluon.jit
-def _issue_step(step, pid, programs, a_desc, w_desc, a_ring, w_ring, ready,
-                TILES_N: gl.constexpr, STEPS: gl.constexpr, STAGES: gl.constexpr):
+def _issue_step(step, pid, programs, a_desc, w_desc, w1_desc, a_ring, w_ring, w1_ring, ready,
+                TILES_N: gl.constexpr, BLOCK_N: gl.constexpr, STEPS: gl.constexpr,
+                STAGES: gl.constexpr):
     """The TMA copies of a program's flat K step `step` (its tile step // STEPS, among the
     program's tiles pid, pid + programs, ...), into ring slot step % STAGES."""
     BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
-    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    BLOCK_N0: gl.constexpr = w_desc.block_type.shape[0]
     tile = pid + (step // STEPS) * programs
     k = (step % STEPS) * BLOCK_K
     slot = step % STAGES
-    mbarrier.expect(ready.index(slot), a_desc.block_type.nbytes + w_desc.block_type.nbytes)
+    off_n = (tile % TILES_N) * BLOCK_N
+    if w1_desc is None:
+        mbarrier.expect(ready.index(slot), a_desc.block_type.nbytes + w_desc.block_type.nbytes)
+    else:
+        mbarrier.expect(ready.index(slot), a_desc.block_type.nbytes + w_desc.block_type.nbytes
+                        + w1_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(w1_desc, [off_n + BLOCK_N0, k], ready.index(slot),
+                                        w1_ring.index(slot))
     tma.async_copy_global_to_shared(a_desc, [(tile // TILES_N) * BLOCK_M, k],
                                     ready.index(slot), a_ring.index(slot))
-    tma.async_copy_global_to_shared(w_desc, [(tile % TILES_N) * BLOCK_N, k],
-                                    ready.index(slot), w_ring.index(slot))
+    tma.async_copy_global_to_shared(w_desc, [off_n, k], ready.index(slot), w_ring.index(slot))
 
 
 @gluon.jit
-def _start_ring(total, pid, programs, a_desc, w_desc, a_ring, w_ring, ready,
-                TILES_N: gl.constexpr, STEPS: gl.constexpr, STAGES: gl.constexpr):
+def _start_ring(total, pid, programs, a_desc, w_desc, w1_desc, a_ring, w_ring, w1_ring, ready,
+                TILES_N: gl.constexpr, BLOCK_N: gl.constexpr, STEPS: gl.constexpr,
+                STAGES: gl.constexpr):
     """The ring's barriers initialized, and the copies of the first STAGES - 1 of the
     program's `total` flat K steps issued."""
     for j in gl.static_range(STAGES):
@@ -165,43 +239,62 @@ def _start_ring(total, pid, programs, a_desc, w_desc, a_ring, w_ring, ready,
     fence_async_shared()  # the barriers initialized before the copy unit uses them
     for j in gl.static_range(STAGES - 1):
         if j < total:
-            _issue_step(j, pid, programs, a_desc, w_desc, a_ring, w_ring, ready, TILES_N,
-                        STEPS, STAGES)
+            _issue_step(j, pid, programs, a_desc, w_desc, w1_desc, a_ring, w_ring, w1_ring,
+                        ready, TILES_N, BLOCK_N, STEPS, STAGES)
 
 
 @gluon.jit
-def _tile_product(step, total, pid, programs, a_desc, w_desc, a_ring, w_ring, ready,
-                  LAYOUT: gl.constexpr, TILES_N: gl.constexpr, STEPS: gl.constexpr,
+def _tile_product(step, total, pid, programs, a_desc, w_desc, w1_desc, a_ring, w_ring,
+                  w1_ring, ready, LAYOUT: gl.constexpr, LAYOUT1: gl.constexpr,
+                  TILES_N: gl.constexpr, BLOCK_N: gl.constexpr, STEPS: gl.constexpr,
                   STAGES: gl.constexpr):
     """One tile's K loop from the program's flat step `step`: per step one asynchronous
-    MMA, left in flight by a wait that retires the previous one, whose ring slot then
-    takes the copy STAGES - 1 steps ahead (into the next tile where the steps run over).
-    Returns the finished int32 accumulator and the next flat step."""
+    MMA per column part, left in flight by a wait that retires the previous step's,
+    whose ring slot then takes the copy STAGES - 1 steps ahead (into the next tile where
+    the steps run over). Returns the finished int32 accumulators (the second is the first
+    where the tile has one part) and the next flat step."""
     BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
-    acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.int32, layout=LAYOUT)
+    BLOCK_N0: gl.constexpr = w_desc.block_type.shape[0]
+    acc = gl.zeros((BLOCK_M, BLOCK_N0), dtype=gl.int32, layout=LAYOUT)
+    if w1_desc is None:
+        acc1 = acc
+    else:
+        BLOCK_N1: gl.constexpr = w1_desc.block_type.shape[0]
+        acc1 = gl.zeros((BLOCK_M, BLOCK_N1), dtype=gl.int32, layout=LAYOUT1)
     step = gl.to_tensor(step)  # a run-time counter also where the caller passes a constant
     for _ in range(STEPS):
         slot = step % STAGES
         mbarrier.wait(ready.index(slot), phase=(step // STAGES) & 1)
         acc = warpgroup_mma(a_ring.index(slot), w_ring.index(slot).permute((1, 0)), acc,
                             is_async=True)
-        acc, _, _ = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_ring.index(slot),
-                                                                w_ring.index(slot)))
+        if w1_desc is None:
+            acc, _, _ = warpgroup_mma_wait(num_outstanding=1, deps=(
+                acc, a_ring.index(slot), w_ring.index(slot)))
+        else:
+            # each MMA its own group: leaving two in flight retires the previous step's
+            acc1 = warpgroup_mma(a_ring.index(slot), w1_ring.index(slot).permute((1, 0)),
+                                 acc1, is_async=True)
+            acc, acc1, _, _, _ = warpgroup_mma_wait(num_outstanding=2, deps=(
+                acc, acc1, a_ring.index(slot), w_ring.index(slot), w1_ring.index(slot)))
         if step + STAGES - 1 < total:
-            _issue_step(step + STAGES - 1, pid, programs, a_desc, w_desc, a_ring, w_ring,
-                        ready, TILES_N, STEPS, STAGES)
+            _issue_step(step + STAGES - 1, pid, programs, a_desc, w_desc, w1_desc, a_ring,
+                        w_ring, w1_ring, ready, TILES_N, BLOCK_N, STEPS, STAGES)
         step += 1
-    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
-    return acc, step
+    if w1_desc is None:
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        acc1 = acc
+    else:
+        acc, acc1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, acc1))
+    return acc, acc1, step
 
 
 @gluon.jit
-def _qgemm_gluon_persistent_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_ptr,
-                                   out_inv_scale, M, N: gl.constexpr, K: gl.constexpr,
-                                   HAS_BIAS: gl.constexpr, ACT: gl.constexpr,
-                                   OUT_MODE: gl.constexpr, FAST_TANH: gl.constexpr,
-                                   STAGES: gl.constexpr, LAYOUT: gl.constexpr,
+def _qgemm_gluon_persistent_kernel(a_desc, w_desc, w1_desc, out_desc, out1_desc, scales_ptr,
+                                   bias_ptr, out_inv_scale, M, N: gl.constexpr,
+                                   K: gl.constexpr, BLOCK_N: gl.constexpr, HAS_BIAS: gl.constexpr,
+                                   ACT: gl.constexpr, OUT_MODE: gl.constexpr,
+                                   FAST_TANH: gl.constexpr, STAGES: gl.constexpr,
+                                   LAYOUT: gl.constexpr, LAYOUT1: gl.constexpr,
                                    PDL: gl.constexpr):
     """_qgemm_gluon_kernel as one program an SM (at most), each walking every programs-th
     tile (a run-time count, so that no tile count compiles a kernel of its own), its K
@@ -211,7 +304,6 @@ def _qgemm_gluon_persistent_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_pt
     _wait_for_inputs(PDL)
     BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
-    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
     STEPS: gl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
     TILES_N: gl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
     pid = gl.program_id(0)
@@ -219,21 +311,19 @@ def _qgemm_gluon_persistent_kernel(a_desc, w_desc, out_desc, scales_ptr, bias_pt
     my_tiles = (gl.cdiv(M, BLOCK_M) * TILES_N - pid + programs - 1) // programs
     total = my_tiles * STEPS
 
-    a_ring = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
-    w_ring = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    out_smem = gl.allocate_shared_memory(out_desc.dtype, [BLOCK_M, BLOCK_N], out_desc.layout)
-    _start_ring(total, pid, programs, a_desc, w_desc, a_ring, w_ring, ready, TILES_N, STEPS,
-                STAGES)
+    a_ring, w_ring, w1_ring, ready = _rings(a_desc, w_desc, w1_desc, STAGES)
+    out_smem, out1_smem = _out_buffers(out_desc, out1_desc)
+    _start_ring(total, pid, programs, a_desc, w_desc, w1_desc, a_ring, w_ring, w1_ring, ready,
+                TILES_N, BLOCK_N, STEPS, STAGES)
     step = 0
     for t in range(my_tiles):
-        tile = pid + t * programs
-        acc, step = _tile_product(step, total, pid, programs, a_desc, w_desc, a_ring, w_ring,
-                                  ready, LAYOUT, TILES_N, STEPS, STAGES)
-        tma.store_wait(pendings=0)  # the previous tile's store has read out_smem
-        _store_tile(acc, (tile // TILES_N) * BLOCK_M, (tile % TILES_N) * BLOCK_N, out_desc,
-                    out_smem, scales_ptr, bias_ptr, out_inv_scale, N, HAS_BIAS, ACT, OUT_MODE,
-                    FAST_TANH, LAYOUT)
+        acc, acc1, step = _tile_product(step, total, pid, programs, a_desc, w_desc, w1_desc,
+                                        a_ring, w_ring, w1_ring, ready, LAYOUT, LAYOUT1,
+                                        TILES_N, BLOCK_N, STEPS, STAGES)
+        tma.store_wait(pendings=0)  # the previous tile's stores have read out_smem
+        _store_parts(acc, acc1, pid + t * programs, TILES_N, BLOCK_N, out_desc, out1_desc, out_smem,
+                     out1_smem, scales_ptr, bias_ptr, out_inv_scale, N, HAS_BIAS, ACT,
+                     OUT_MODE, FAST_TANH, LAYOUT, LAYOUT1)
     tma.store_wait(pendings=0)
     for j in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(j))
@@ -264,19 +354,21 @@ def qgemm_gluon(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
         epi.get("out_dtype", "fp32")]
     out_torch, out_gl = _OUT[out_mode]
     out = torch.empty((m, n), dtype=out_torch, device=a.device)
+    n0, n1 = column_parts(block_n)
 
     def descriptor(t, block, dtype):
         return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
                                 gl.NVMMASharedLayout.get_default_for(block, dtype))
 
-    args = (descriptor(a, [block_m, block_k], gl.int8),
-            descriptor(w, [block_n, block_k], gl.int8),
-            descriptor(out, [block_m, block_n], out_gl), scales,
+    args = (descriptor(a, [block_m, block_k], gl.int8), descriptor(w, [n0, block_k], gl.int8),
+            descriptor(w, [n1, block_k], gl.int8) if n1 else None,
+            descriptor(out, [block_m, n0], out_gl),
+            descriptor(out, [block_m, n1], out_gl) if n1 else None, scales,
             bias if bias is not None else scales, float(epi.get("out_inv_scale", 1.0)))
-    meta = dict(N=n, K=k, HAS_BIAS=bias is not None,
+    meta = dict(N=n, K=k, BLOCK_N=block_n, HAS_BIAS=bias is not None,
                 ACT=ACTIVATIONS[epi.get("activation", "")], OUT_MODE=out_mode,
-                FAST_TANH=bool(epi.get("fast_tanh")), STAGES=stages,
-                LAYOUT=mma_layout(block_n, warps), num_warps=warps, **_pdl.launch(a.device))
+                FAST_TANH=bool(epi.get("fast_tanh")), STAGES=stages, **_layouts(block_n, warps),
+                num_warps=warps, **_pdl.launch(a.device))
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     if len(config) > 5 and config[5]:
         programs = min(tiles, torch.cuda.get_device_properties(a.device).multi_processor_count)
@@ -284,6 +376,13 @@ def qgemm_gluon(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
     else:
         _qgemm_gluon_kernel[(tiles,)](*args, **meta)
     return out
+
+
+def _layouts(block_n: int, warps: int) -> dict:
+    """LAYOUT and LAYOUT1, the accumulators' layouts of the tile's column parts (LAYOUT1 is
+    LAYOUT's where there is no second part)."""
+    n0, n1 = column_parts(block_n)
+    return {"LAYOUT": mma_layout(n0, warps), "LAYOUT1": mma_layout(n1 or n0, warps)}
 
 
 def compile_for_hopper_offline(config: tuple, const: dict, fast_tanh: bool = False):
@@ -297,16 +396,24 @@ def compile_for_hopper_offline(config: tuple, const: dict, fast_tanh: bool = Fal
     kernel = _qgemm_gluon_persistent_kernel if persistent else _qgemm_gluon_kernel
     out_gl = _OUT[const["OUT_MODE"]][1]
 
+    n0, n1 = column_parts(block_n)
+
     def desc(shape, dtype, name):
         layout = gl.NVMMASharedLayout.get_default_for(shape, dtype)
         return f"tensordesc<{name}[{shape[0]}, {shape[1]}],{layout!r}>"
 
+    out_t = "i8" if out_gl == gl.int8 else "fp16"
     sig = {"a_desc": desc([block_m, block_k], gl.int8, "i8"),
-           "w_desc": desc([block_n, block_k], gl.int8, "i8"),
-           "out_desc": desc([block_m, block_n], out_gl, "i8" if out_gl == gl.int8 else "fp16"),
+           "w_desc": desc([n0, block_k], gl.int8, "i8"),
+           "out_desc": desc([block_m, n0], out_gl, out_t),
            "scales_ptr": "*fp32", "bias_ptr": "*fp32", "out_inv_scale": "fp32"}
-    constants = {**const, "FAST_TANH": fast_tanh, "STAGES": stages,
-                 "LAYOUT": mma_layout(block_n, warps), "PDL": True}
+    constants = {**const, "BLOCK_N": block_n, "FAST_TANH": fast_tanh, "STAGES": stages,
+                 **_layouts(block_n, warps), "PDL": True}
+    if n1:
+        sig.update(w1_desc=desc([n1, block_k], gl.int8, "i8"),
+                   out1_desc=desc([block_m, n1], out_gl, out_t))
+    else:
+        constants.update(w1_desc=None, out1_desc=None)
     if persistent:
         sig["M"] = "i32"
     sig.update({name: "constexpr" for name in constants})

@@ -20,11 +20,15 @@ from kiln.kernels.triton.int8 import _tma_ready, _TritonGemm, epilogue_attrs
 # sixteenth session). The 64-row g6/g6p, meant for grids that 128-row tiles fill badly
 # (BERT's N = 768 GEMMs: 1.45 rounds of 128 x 128 tiles over 132 SMs, 2.9 of 64 x 128),
 # lost there (FC2 0.025 / 0.021 ms against g3's 0.019): kept for bench/int8_kernels.py.
+# g5/g5p: 128 x 192 tiles (two MMAs, 128 + 64 columns) for the same grids: BERT's N = 768
+# GEMMs make 128 of them (one round of 132 SMs) and its QKV (N = 2304) 384 (2.9 rounds).
 GLUON_CONFIGS = {"g3": (128, 128, 128, 8, 3), "g4": (128, 256, 128, 8, 3),
                  "g4k64": (128, 256, 64, 8, 4), "g3k64": (128, 128, 64, 8, 4),
                  "g6": (64, 128, 128, 4, 4), "g3p": (128, 128, 128, 8, 3, True),
-                 "g4p": (128, 256, 128, 8, 3, True), "g6p": (64, 128, 128, 4, 4, True)}
-GLUON_TILES = ("g3", "g4", "g3p", "g4p")
+                 "g4p": (128, 256, 128, 8, 3, True), "g6p": (64, 128, 128, 4, 4, True),
+                 "g5": (128, 192, 128, 8, 3), "g5p": (128, 192, 128, 8, 3, True),
+                 "g5k64": (128, 192, 64, 8, 4)}
+GLUON_TILES = ("g3", "g4", "g3p", "g4p", "g5", "g5p")
 
 
 def gluon_kernels():
