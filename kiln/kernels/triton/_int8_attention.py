@@ -86,6 +86,10 @@ def _qattention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, H, SQ, SKV,
                 mask=row_ok[:, None], other=0)
     kt = tl.load(k_ptr + b * skb + h * skh + rd[:, None] * skd + rn[None, :] * sks,
                  mask=key_ok[None, :], other=0)  # [D, BLOCK_N]
+    # v's copy issued before the scores are computed: its latency is hidden behind the
+    # first product and the softmax rather than exposed after them
+    v = tl.load(v_ptr + b * svb + h * svh + rn[:, None] * svs + rd[None, :] * svd,
+                mask=key_ok[:, None], other=0)
     # |acc| <= D * 128 * 128 <= 2**21: converted without the slow instruction
     s = _small_int_float(tl.dot(q, kt)) * factor
     if HAS_MASK and MASK_ROW:
@@ -97,8 +101,6 @@ def _qattention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, H, SQ, SKV,
     if not EVEN_KEYS:
         s = tl.where(key_ok[None, :], s, float("-inf"))
     pq = _probability_steps(s, STEPS, RECIPROCAL)
-    v = tl.load(v_ptr + b * svb + h * svh + rn[:, None] * svs + rd[None, :] * svd,
-                mask=key_ok[:, None], other=0)
     o = tl.dot(pq, v).to(tl.float32) * v_factor
     if OUT_MODE == 3:
         out = _saturated_steps(o * out_inv_scale, 0, 3, False)
