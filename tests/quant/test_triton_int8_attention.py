@@ -167,7 +167,14 @@ def _spec(q_shape: tuple, k_shape: tuple, v_shape: tuple, attrs: dict,
     ("int8-triton-attention-64w4-recip", ("bshd", "bshd", "bshd"), "pad", "int8", "bshd"),
     ("int8-triton-attention-128w8-recip", ("bhsd", "bhsd", "bhsd"), "blocked", "fp16",
      "bhsd"),
-    ("int8-triton-attention-32w4-recip", ("bshd", "bshd", "bshd"), "pad", "int8", "bshd")])
+    ("int8-triton-attention-32w4-recip", ("bshd", "bshd", "bshd"), "pad", "int8", "bshd"),
+    # persistent: 6 blocks over 2 programs here (the interpreter counts 2 SMs), so each
+    # program walks 3 blocks; and over 4 (two walk 2, two walk 1)
+    ("int8-triton-attention-128w8-recip-p1", ("bshd", "bshd", "bshd"), "pad", "int8", "bshd"),
+    ("int8-triton-attention-128w8-recip-p2", ("bhsd", "bhds", "bhsd"), "blocked", "fp16",
+     "bhsd"),
+    ("int8-triton-attention-64w4-recip-p4", ("bshd", "bshd", "bshd"), "bool", "int8",
+     "bshd")])
 def test_tactic_matches_the_reference(name, layouts, kind, output, out_layout, monkeypatch):
     """Bound through the registry as an engine binds it: inputs in the layer's layouts (a
     pre-transposed key among them), the output allocated in its out_layout."""

@@ -61,23 +61,62 @@ def _probability_steps(s, STEPS: tl.constexpr, RECIPROCAL: tl.constexpr):
 
 
 @triton.jit
-def _qattention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, H, SQ, SKV,
+def _qattention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, H, SQ, SKV, UNITS,
                        sqb, sqh, sqs, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
                        smb, smh, sms, smn, sob, soh, sos, sod, factor, v_factor,
                        out_inv_scale, D: tl.constexpr, HAS_MASK: tl.constexpr,
                        OUT_MODE: tl.constexpr, STEPS: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, RECIPROCAL: tl.constexpr = False,
                        EVEN_KEYS: tl.constexpr = False, MASK_ROW: tl.constexpr = False,
+                       PERSISTENT: tl.constexpr = False, INTERPRETED_UNITS: tl.constexpr = 0,
                        PDL: tl.constexpr = False):
-    """EVEN_KEYS: SKV == BLOCK_N, no key column to mask off; MASK_ROW: one mask row for all
-    queries of a head (a padding mask), loaded once per program instead of per score."""
+    """UNITS: (batch * head, BLOCK_M query rows) blocks, one a program, or with PERSISTENT
+    every num_programs-th from the program's own, in a loop whose loads the pipeliner
+    issues a block ahead (num_stages 2), so that the next block's q, k and v arrive during
+    this one's products and softmax. EVEN_KEYS: SKV == BLOCK_N, no key column to mask off;
+    MASK_ROW: one mask row for all queries of a head (a padding mask), loaded once per
+    block instead of per score. Triton's interpreter takes no loop bound known only at run
+    time: there the host passes the blocks per program (INTERPRETED_UNITS)."""
     wait_for_inputs(PDL)
+    if PERSISTENT and INTERPRETED_UNITS > 0:
+        for i in range(INTERPRETED_UNITS):
+            unit = tl.program_id(0) + i * tl.num_programs(0)
+            if unit < UNITS:
+                _attend_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, unit, H, SQ, SKV, sqb,
+                              sqh, sqs, sqd, skb, skh, sks, skd, svb, svh, svs, svd, smb, smh,
+                              sms, smn, sob, soh, sos, sod, factor, v_factor, out_inv_scale,
+                              D, HAS_MASK, OUT_MODE, STEPS, BLOCK_M, BLOCK_N, RECIPROCAL,
+                              EVEN_KEYS, MASK_ROW)
+    elif PERSISTENT:
+        for unit in tl.range(tl.program_id(0), UNITS, tl.num_programs(0)):
+            _attend_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, unit, H, SQ, SKV, sqb, sqh,
+                          sqs, sqd, skb, skh, sks, skd, svb, svh, svs, svd, smb, smh, sms,
+                          smn, sob, soh, sos, sod, factor, v_factor, out_inv_scale, D,
+                          HAS_MASK, OUT_MODE, STEPS, BLOCK_M, BLOCK_N, RECIPROCAL, EVEN_KEYS,
+                          MASK_ROW)
+    else:
+        _attend_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, tl.program_id(0), H, SQ, SKV,
+                      sqb, sqh, sqs, sqd, skb, skh, sks, skd, svb, svh, svs, svd, smb, smh,
+                      sms, smn, sob, soh, sos, sod, factor, v_factor, out_inv_scale, D,
+                      HAS_MASK, OUT_MODE, STEPS, BLOCK_M, BLOCK_N, RECIPROCAL, EVEN_KEYS,
+                      MASK_ROW)
+
+
+@triton.jit
+def _attend_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, unit, H, SQ, SKV,
+                  sqb, sqh, sqs, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
+                  smb, smh, sms, smn, sob, soh, sos, sod, factor, v_factor,
+                  out_inv_scale, D: tl.constexpr, HAS_MASK: tl.constexpr,
+                  OUT_MODE: tl.constexpr, STEPS: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, RECIPROCAL: tl.constexpr, EVEN_KEYS: tl.constexpr,
+                  MASK_ROW: tl.constexpr):
+    """The attention of one block of query rows of one head."""
     # the query blocks of one head are neighbours, so they share K and V in L2
     blocks_m = tl.cdiv(SQ, BLOCK_M)
-    bh = tl.program_id(0) // blocks_m
+    bh = unit // blocks_m
     b = bh // H
     h = bh % H
-    rm = (tl.program_id(0) % blocks_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rm = (unit % blocks_m) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.arange(0, BLOCK_N)
     rd = tl.arange(0, D)
     row_ok = rm < SQ
@@ -129,6 +168,22 @@ def key_tile(keys: int) -> int:
     return max(MIN_KEY_TILE, triton.next_power_of_2(keys))
 
 
+def _programs(units: int, per_sm: int, warps: int,
+              device: torch.device) -> tuple[int, int, dict]:
+    """(programs, blocks per program for the interpreter, launch options): a program a
+    block, or for per_sm programs an SM at most that many, their registers capped so that
+    they fit an SM's 64K together (at 128 keys the persistent kernel asks for 130 and takes
+    128 without spills, compiled for sm_90a)."""
+    if not per_sm:
+        return units, 0, {}
+    sms = torch.cuda.get_device_properties(device).multi_processor_count \
+        if device.type == "cuda" else 2
+    programs = min(units, per_sm * sms)
+    interpreted = 0 if device.type == "cuda" else triton.cdiv(units, programs)
+    regs = 65536 // (per_sm * warps * 32) // 8 * 8
+    return programs, interpreted, {"maxnreg": regs} if regs < 255 else {}
+
+
 def _mask_args(mask: torch.Tensor | None, shape: tuple[int, int, int, int],
                dummy: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     """The additive mask broadcast to [B, H, Sq, Skv] (stride 0 along the axes it lacks)
@@ -145,12 +200,14 @@ def _mask_args(mask: torch.Tensor | None, shape: tuple[int, int, int, int],
 def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    mask: torch.Tensor | None, out: torch.Tensor, *, factor: float,
                    v_factor: float, out_inv_scale: float | None, block_m: int,
-                   warps: int, reciprocal: bool = False) -> torch.Tensor:
+                   warps: int, reciprocal: bool = False, per_sm: int = 0) -> torch.Tensor:
     """q [B, H, Sq, D], k and v [B, H, Skv, D] (int8, any strides), mask broadcastable to
     [B, H, Sq, Skv] (additive float or bool, or None); writes out, a [B, H, Sq, D] view of
     any strides: int8 requantized with out_inv_scale, or float32/float16/bfloat16.
     reciprocal: the probabilities as exponentials times the reciprocal of their sum
-    rather than divided by it (a step of 1/127 moves in rare rows, as the tests bound)."""
+    rather than divided by it (a step of 1/127 moves in rare rows, as the tests bound).
+    per_sm: 0 for a program per block of query rows; else at most per_sm programs an SM,
+    each walking its share of the blocks with the next block's loads issued ahead."""
     batch, heads, s_q, d = q.shape
     s_kv = k.shape[2]
     check_shapes(d, s_kv)
@@ -164,14 +221,17 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if out_mode == OUT_MODES["int8"] and out_inv_scale is None:
         raise ValueError("int8 attention kernel: an int8 output needs out_inv_scale")
     bias, mask_strides = _mask_args(mask, (batch, heads, s_q, s_kv), q)
-    grid = (triton.cdiv(s_q, block_m) * batch * heads,)
+    units = triton.cdiv(s_q, block_m) * batch * heads
+    programs, interpreted, options = _programs(units, per_sm, warps, q.device)
     # no fused multiply-adds: each product rounds on its own as in the reference, where
     # p * 127 + 1.5 * 2**23 as one fma would round the probability's steps differently
-    _qattention_kernel[grid](
-        q, k, v, bias, out, heads, s_q, s_kv, *q.stride(), *k.stride(), *v.stride(),
+    _qattention_kernel[(programs,)](
+        q, k, v, bias, out, heads, s_q, s_kv, units, *q.stride(), *k.stride(), *v.stride(),
         *mask_strides, *out.stride(), float(factor), float(v_factor),
         float(out_inv_scale or 1.0), D=d, HAS_MASK=mask is not None, OUT_MODE=out_mode,
         STEPS=P_STEPS, BLOCK_M=block_m, BLOCK_N=key_tile(s_kv), RECIPROCAL=reciprocal,
-        EVEN_KEYS=s_kv == key_tile(s_kv), MASK_ROW=mask_strides[2] == 0, num_warps=warps,
-        num_stages=1, enable_fp_fusion=False, **launch(out.device))
+        EVEN_KEYS=s_kv == key_tile(s_kv), MASK_ROW=mask_strides[2] == 0,
+        PERSISTENT=bool(per_sm), INTERPRETED_UNITS=interpreted, num_warps=warps,
+        num_stages=2 if per_sm else 1, enable_fp_fusion=False, **options,
+        **launch(out.device))
     return out

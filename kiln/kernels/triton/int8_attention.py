@@ -21,12 +21,18 @@ from kiln.ops.fused import to_bhsd
 from kiln.ops.qattention import score_factor, softmax_scale, value_factor
 from kiln.ops.quantized import inverse_scale
 
-# (BLOCK_M, warps, probabilities by the reciprocal of the row sum instead of a division)
+# (BLOCK_M, warps, probabilities by the reciprocal of the row sum instead of a division[,
+# programs an SM])
 # 32w4-recip: at more than 128 keys (ViT-B/16's 197 take a tile of 256) 64w4 holds 255
 # registers a thread, two programs an SM; 32 rows hold 166, three (compiled for sm_90a)
+# -pN: persistent, at most N programs an SM walking the blocks with the next one's loads
+# issued ahead: BERT-base at batch 32 has 384 blocks of 128 rows, 1.45 rounds of two
+# programs on each of 132 SMs, each program's loads, products and store in sequence
 ATTENTION_CONFIGS = {"64w4": (64, 4, False), "128w4": (128, 4, False),
                      "128w8": (128, 8, False), "64w4-recip": (64, 4, True),
-                     "128w8-recip": (128, 8, True), "32w4-recip": (32, 4, True)}
+                     "128w8-recip": (128, 8, True), "32w4-recip": (32, 4, True),
+                     "128w8-recip-p1": (128, 8, True, 1), "128w8-recip-p2": (128, 8, True, 2),
+                     "64w4-recip-p4": (64, 4, True, 4)}
 HEAD_DIMS = (32, 64, 128)  # the whole head dim is one tile of the kernel
 MAX_KEYS = 256  # so are all the keys of a head: its scores stay in registers
 _LAYOUTS = ("bhsd", "bshd", "bhds")
@@ -96,7 +102,7 @@ class _TritonAttention(Tactic):
         dtype = torch.int8 if out_scale else _OUT_FLOATS[attrs.get("out_dtype", "fp32")]
         scales = (attrs.get("q_scale", 1.0), attrs.get("k_scale", 1.0), attrs.get("scale"))
         v_factor = value_factor(attrs.get("v_scale", 1.0))
-        block_m, warps, reciprocal = self.config
+        block_m, warps, reciprocal, per_sm = (*self.config, 0)[:4]
         kernels = attention_kernels()
 
         def run(q, k, v, mask=None):
@@ -109,7 +115,7 @@ class _TritonAttention(Tactic):
             kernels.int8_attention(q, k, v, mask, out.transpose(1, 2) if bshd_out else out,
                                    factor=factor, v_factor=v_factor,
                                    out_inv_scale=out_inv_scale, block_m=block_m, warps=warps,
-                                   reciprocal=reciprocal)
+                                   reciprocal=reciprocal, per_sm=per_sm)
             return out
 
         return run
