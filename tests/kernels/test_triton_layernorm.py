@@ -38,7 +38,8 @@ CASES = [  # (shape, axis, residual layout)
 @pytest.mark.parametrize("shape, axis, layout", CASES, ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("affine", [True, False])
-def test_matches_reference(shape, axis, layout, dtype, affine):
+@pytest.mark.parametrize("config", [None, (1, 1), (4, 1)], ids=str)  # (rows, warps)
+def test_matches_reference(shape, axis, layout, dtype, affine, config):
     seed = hash((shape, axis, layout, affine)) % 2**31
     x = _random((1, *shape[1:]) if layout == "wider" else shape, dtype, seed)
     lead = axis if axis >= 0 else len(shape) + axis
@@ -52,7 +53,7 @@ def test_matches_reference(shape, axis, layout, dtype, affine):
     scale = _random(shape[lead:], dtype, seed + 2) if affine else None
     shift = _random(shape[lead:], dtype, seed + 3) if affine else None
     y, total, q = add_layer_norm(x, residual, scale, shift, axis, 1e-5,
-                                 want_sum=residual is not None)
+                                 want_sum=residual is not None, config=config)
     assert q is None
     want_y, want_sum = layer_norm(x, residual, scale, shift, axis=axis, epsilon=1e-5,
                                   num_outputs=2)
@@ -71,7 +72,8 @@ FP8_OUT = pytest.mark.skipif(DEVICE == "cpu", reason="the Triton interpreter's f
                                             pytest.param("fp8e4m3", 0, marks=FP8_OUT)])
 @pytest.mark.parametrize("want_y", [True, False])
 @pytest.mark.parametrize("shape", [(3, 5, 40), (2, 1030)], ids=str)
-def test_quantized_output_is_the_quantize_step_of_y(to, zero_point, want_y, shape):
+@pytest.mark.parametrize("config", [None, (4, 1)], ids=str)  # 15 rows: the last program's 4th
+def test_quantized_output_is_the_quantize_step_of_y(to, zero_point, want_y, shape, config):
     """The third output (fuse_layernorm_quantize) holds y as stored quantized, byte for byte
     as kiln's reference computes it, with or without y written."""
     from kiln.ops.quantized import inverse_scale
@@ -83,12 +85,13 @@ def test_quantized_output_is_the_quantize_step_of_y(to, zero_point, want_y, shap
     step = 0.031 if to != "fp8e4m3" else 0.01
     attrs = {"quantize_scale": step, "quantize_zero_point": zero_point, "quantize_to": to}
     y, total, q = add_layer_norm(x, residual, scale, None, -1, 1e-5, want_sum=True,
-                                 quantize=attrs, want_y=want_y)
+                                 quantize=attrs, want_y=want_y, config=config)
     want_y_, want_sum, want_q = layer_norm(x, residual, scale, None, epsilon=1e-5,
                                            num_outputs=3, **attrs)
     torch.testing.assert_close(total, want_sum, atol=0, rtol=0)
     assert (y is not None) == want_y and q.dtype == want_q.dtype
-    stored = add_layer_norm(x, residual, scale, None, -1, 1e-5, want_sum=False)[0]
+    stored = add_layer_norm(x, residual, scale, None, -1, 1e-5, want_sum=False,
+                            config=config)[0]
     torch.testing.assert_close(stored.float(), want_y_.float(), atol=4e-3, rtol=4e-3)
     if want_y:
         assert torch.equal(y, stored)
@@ -104,3 +107,20 @@ def test_rows_view_reads_strides_and_refuses_split_rows():
     assert rows_view(t, 2) == (4, 6, 32, 128)
     assert rows_view(torch.empty(2, 3, 5, 8), 3) == (6, 5, 40, 8)  # leading dims merged
     assert rows_view(torch.empty(8, 4).t(), 1) is None            # a row that is not contiguous
+
+
+@pytest.mark.parametrize("shape,offered", [((8, 128, 768), True), ((8, 128, 4096), False),
+                                           (("batch", 128, 768), True),
+                                           ((8, 128, "width"), False), (None, False)])
+def test_one_warp_tactics_take_static_short_rows(shape, offered, monkeypatch):
+    """The one-warp-a-row tactics hold a row in one warp's registers: offered only where the
+    normalized size is known and at most SHORT_ROW."""
+    from kiln.kernels import LayerSpec, Target, get_tactic
+
+    monkeypatch.setenv("KILN_TRITON_ON_CPU", "1")
+    spec = LayerSpec("ln", "LayerNorm", "kiln", 1, ["x", "r"], ["y"], {"axis": -1},
+                     precision="fp16", input_shapes=[shape, shape])
+    target = Target(torch.device(DEVICE), "fp16")
+    assert get_tactic("layernorm-triton").supports(spec, target)
+    for name in ("layernorm-triton-w1", "layernorm-triton-rows4-w1"):
+        assert get_tactic(name).supports(spec, target) == offered

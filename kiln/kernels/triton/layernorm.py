@@ -34,16 +34,29 @@ if AVAILABLE:
 
     @triton.jit
     def _add_layer_norm(x, res, w, b, y, total, q, d1, n, eps, q_inv_scale, q_zp,
-                        x_s0, x_s1, r_s0, r_s1,
+                        x_s0, x_s1, r_s0, r_s1, R,
                         HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                         STORE_SUM: tl.constexpr, STORE_Y: tl.constexpr, Q_MODE: tl.constexpr,
-                        BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+                        BLOCK: tl.constexpr, ROWS: tl.constexpr = 1,
+                        PDL: tl.constexpr = False):
+        """ROWS rows a program, each normalized on its own as by a program of one (the
+        same arithmetic): their loads are independent, so a program has ROWS rows' loads
+        in flight at once."""
         wait_for_inputs(PDL)
-        row = tl.program_id(0).to(tl.int64)
+        for r in tl.static_range(ROWS):
+            _norm_row(tl.program_id(0).to(tl.int64) * ROWS + r, x, res, w, b, y, total, q, d1,
+                      n, eps, q_inv_scale, q_zp, x_s0, x_s1, r_s0, r_s1, R, HAS_RES, HAS_W,
+                      HAS_B, STORE_SUM, STORE_Y, Q_MODE, BLOCK)
+
+    @triton.jit
+    def _norm_row(row, x, res, w, b, y, total, q, d1, n, eps, q_inv_scale, q_zp,
+                  x_s0, x_s1, r_s0, r_s1, R, HAS_RES: tl.constexpr, HAS_W: tl.constexpr,
+                  HAS_B: tl.constexpr, STORE_SUM: tl.constexpr, STORE_Y: tl.constexpr,
+                  Q_MODE: tl.constexpr, BLOCK: tl.constexpr):
         i0 = row // d1
         i1 = row % d1
         cols = tl.arange(0, BLOCK)
-        mask = cols < n
+        mask = (cols < n) & (row < R)
         v = tl.load(x + i0 * x_s0 + i1 * x_s1 + cols, mask=mask, other=0.0)
         if HAS_RES:
             v = v + tl.load(res + i0 * r_s0 + i1 * r_s1 + cols, mask=mask, other=0.0)
@@ -91,8 +104,10 @@ def rows_view(t: torch.Tensor, lead: int) -> tuple[int, int, int, int] | None:
 
 def add_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
                    bias: torch.Tensor | None, axis: int, eps: float, want_sum: bool,
-                   quantize: dict | None = None, want_y: bool = True) -> tuple:
-    """(y, sum or None, y quantized or None); `quantize`: the keywords of quantize_attrs."""
+                   quantize: dict | None = None, want_y: bool = True,
+                   config: tuple[int, int] | None = None) -> tuple:
+    """(y, sum or None, y quantized or None); `quantize`: the keywords of quantize_attrs;
+    config: (rows a program, warps), by default one row and 4 or 8 warps by its length."""
     lead = axis if axis >= 0 else x.dim() + axis
     if residual is not None and residual.shape != x.shape:
         # the sum broadcasts either way (fuse_layernorm takes an Add whose operands it
@@ -111,17 +126,17 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch
     total = torch.empty(x.shape, dtype=x.dtype, device=x.device) if want_sum else y
     q_mode = OUT_MODES[quantize.get("quantize_to", "int8")] if quantize else 0
     q = torch.empty(x.shape, dtype=_OUT_TORCH[q_mode], device=x.device) if q_mode else y
+    rows, warps = config or (1, 4 if n <= 2048 else 8)
     if x.numel():
-        _add_layer_norm[(d0 * d1,)](
+        _add_layer_norm[(triton.cdiv(d0 * d1, rows),)](
             x, residual if residual is not None else x, weight if weight is not None else x,
             bias if bias is not None else x, y, total, _bytes(q), d1, n, eps,
             inverse_scale(quantize["quantize_scale"]) if quantize else 1.0,
             int(quantize.get("quantize_zero_point", 0)) if quantize else 0,
-            x_s0, x_s1, r_s0, r_s1,
+            x_s0, x_s1, r_s0, r_s1, d0 * d1,
             HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None,
             STORE_SUM=want_sum, STORE_Y=want_y, Q_MODE=q_mode,
-            BLOCK=triton.next_power_of_2(n), num_warps=4 if n <= 2048 else 8,
-            **launch(x.device))
+            BLOCK=triton.next_power_of_2(n), ROWS=rows, num_warps=warps, **launch(x.device))
     return (y if want_y else None), (total if want_sum else None), (q if q_mode else None)
 
 
@@ -130,6 +145,7 @@ class LayerNormTriton(Tactic):
     name = "layernorm-triton"
     ops = (("kiln", "LayerNorm"),)
     priority = 5
+    config: tuple[int, int] | None = None  # (rows a program, warps); None: add_layer_norm's
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
         return usable_on(target.device.type) and layer.precision in ("fp16", "fp32")
@@ -151,7 +167,31 @@ class LayerNormTriton(Tactic):
                 return layer_norm(x, residual, scale, shift, axis=axis, epsilon=eps,
                                   num_outputs=count, **(quantize or {}))
             y, total, q = add_layer_norm(x, residual, scale, shift, axis, eps, want_sum,
-                                         quantize, want_y=outputs[0] is not None)
+                                         quantize, want_y=outputs[0] is not None,
+                                         config=self.config)
             return (y, total, q)[:count] if count > 1 else y
 
         return run
+
+
+# One warp a row: its sums are shuffles within the warp, with no barrier between one row's
+# statistics and the next row's loads, and 32 one-warp programs fit an SM, so BERT-base's
+# 4096 rows at batch 32 are all in flight at once (one row of 4 warps a program: 16 an SM).
+# For rows of at most SHORT_ROW elements (32 registers a thread per 1024).
+SHORT_ROW = 2048
+LAYERNORM_CONFIGS = {"w1": (1, 1), "rows2-w1": (2, 1), "rows4-w1": (4, 1)}
+
+
+class _ShortRowLayerNorm(LayerNormTriton):
+    def supports(self, layer: LayerSpec, target: Target) -> bool:
+        shape = layer.input_shapes[0] if layer.input_shapes else None
+        axis = layer.attrs.get("axis", -1)
+        if not shape or not all(isinstance(d, int) for d in shape[axis:]):
+            return False
+        return super().supports(layer, target) and math.prod(shape[axis:]) <= SHORT_ROW
+
+
+for _key, _config in LAYERNORM_CONFIGS.items():
+    register_tactic(type(f"LayerNormTriton_{_key.replace('-', '_')}", (_ShortRowLayerNorm,),
+                         {"name": f"layernorm-triton-{_key}", "config": _config,
+                          "priority": 6}))
