@@ -174,6 +174,8 @@ def _spec(q_shape: tuple, k_shape: tuple, v_shape: tuple, attrs: dict,
     ("int8-triton-attention-128w8-recip-p2", ("bhsd", "bhds", "bhsd"), "blocked", "fp16",
      "bhsd"),
     ("int8-triton-attention-64w4-recip-p4", ("bshd", "bshd", "bshd"), "bool", "int8",
+     "bshd"),
+    ("int8-triton-attention-128w8-recip-early-v", ("bshd", "bshd", "bshd"), "pad", "int8",
      "bshd")])
 def test_tactic_matches_the_reference(name, layouts, kind, output, out_layout, monkeypatch):
     """Bound through the registry as an engine binds it: inputs in the layer's layouts (a

@@ -69,7 +69,7 @@ def _qattention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, H, SQ, SKV, UNITS
                        BLOCK_N: tl.constexpr, RECIPROCAL: tl.constexpr = False,
                        EVEN_KEYS: tl.constexpr = False, MASK_ROW: tl.constexpr = False,
                        PERSISTENT: tl.constexpr = False, INTERPRETED_UNITS: tl.constexpr = 0,
-                       PDL: tl.constexpr = False):
+                       EARLY_V: tl.constexpr = False, PDL: tl.constexpr = False):
     """UNITS: (batch * head, BLOCK_M query rows) blocks, one a program, or with PERSISTENT
     every num_programs-th from the program's own, in a loop whose loads the pipeliner
     issues a block ahead (num_stages 2), so that the next block's q, k and v arrive during
@@ -86,20 +86,20 @@ def _qattention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, H, SQ, SKV, UNITS
                               sqh, sqs, sqd, skb, skh, sks, skd, svb, svh, svs, svd, smb, smh,
                               sms, smn, sob, soh, sos, sod, factor, v_factor, out_inv_scale,
                               D, HAS_MASK, OUT_MODE, STEPS, BLOCK_M, BLOCK_N, RECIPROCAL,
-                              EVEN_KEYS, MASK_ROW)
+                              EVEN_KEYS, MASK_ROW, EARLY_V)
     elif PERSISTENT:
         for unit in tl.range(tl.program_id(0), UNITS, tl.num_programs(0)):
             _attend_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, unit, H, SQ, SKV, sqb, sqh,
                           sqs, sqd, skb, skh, sks, skd, svb, svh, svs, svd, smb, smh, sms,
                           smn, sob, soh, sos, sod, factor, v_factor, out_inv_scale, D,
                           HAS_MASK, OUT_MODE, STEPS, BLOCK_M, BLOCK_N, RECIPROCAL, EVEN_KEYS,
-                          MASK_ROW)
+                          MASK_ROW, EARLY_V)
     else:
         _attend_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, tl.program_id(0), H, SQ, SKV,
                       sqb, sqh, sqs, sqd, skb, skh, sks, skd, svb, svh, svs, svd, smb, smh,
                       sms, smn, sob, soh, sos, sod, factor, v_factor, out_inv_scale, D,
                       HAS_MASK, OUT_MODE, STEPS, BLOCK_M, BLOCK_N, RECIPROCAL, EVEN_KEYS,
-                      MASK_ROW)
+                      MASK_ROW, EARLY_V)
 
 
 @triton.jit
@@ -109,8 +109,10 @@ def _attend_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, unit, H, SQ, SKV,
                   out_inv_scale, D: tl.constexpr, HAS_MASK: tl.constexpr,
                   OUT_MODE: tl.constexpr, STEPS: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr, RECIPROCAL: tl.constexpr, EVEN_KEYS: tl.constexpr,
-                  MASK_ROW: tl.constexpr):
-    """The attention of one block of query rows of one head."""
+                  MASK_ROW: tl.constexpr, EARLY_V: tl.constexpr):
+    """The attention of one block of query rows of one head. EARLY_V: v's copy issued with
+    q's and k's, before the scores, rather than after the softmax (its transpose into
+    shared memory then waits before the first product, and holds 8 KiB more)."""
     # the query blocks of one head are neighbours, so they share K and V in L2
     blocks_m = tl.cdiv(SQ, BLOCK_M)
     bh = unit // blocks_m
@@ -125,10 +127,9 @@ def _attend_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, unit, H, SQ, SKV,
                 mask=row_ok[:, None], other=0)
     kt = tl.load(k_ptr + b * skb + h * skh + rd[:, None] * skd + rn[None, :] * sks,
                  mask=key_ok[None, :], other=0)  # [D, BLOCK_N]
-    # v's copy issued before the scores are computed: its latency is hidden behind the
-    # first product and the softmax rather than exposed after them
-    v = tl.load(v_ptr + b * svb + h * svh + rn[:, None] * svs + rd[None, :] * svd,
-                mask=key_ok[:, None], other=0)
+    if EARLY_V:
+        v = tl.load(v_ptr + b * svb + h * svh + rn[:, None] * svs + rd[None, :] * svd,
+                    mask=key_ok[:, None], other=0)
     # |acc| <= D * 128 * 128 <= 2**21: converted without the slow instruction
     s = _small_int_float(tl.dot(q, kt)) * factor
     if HAS_MASK and MASK_ROW:
@@ -140,6 +141,9 @@ def _attend_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, unit, H, SQ, SKV,
     if not EVEN_KEYS:
         s = tl.where(key_ok[None, :], s, float("-inf"))
     pq = _probability_steps(s, STEPS, RECIPROCAL)
+    if not EARLY_V:
+        v = tl.load(v_ptr + b * svb + h * svh + rn[:, None] * svs + rd[None, :] * svd,
+                    mask=key_ok[:, None], other=0)
     o = tl.dot(pq, v).to(tl.float32) * v_factor
     if OUT_MODE == 3:
         out = _saturated_steps(o * out_inv_scale, 0, 3, False)
@@ -200,14 +204,16 @@ def _mask_args(mask: torch.Tensor | None, shape: tuple[int, int, int, int],
 def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    mask: torch.Tensor | None, out: torch.Tensor, *, factor: float,
                    v_factor: float, out_inv_scale: float | None, block_m: int,
-                   warps: int, reciprocal: bool = False, per_sm: int = 0) -> torch.Tensor:
+                   warps: int, reciprocal: bool = False, per_sm: int = 0,
+                   early_v: bool = False) -> torch.Tensor:
     """q [B, H, Sq, D], k and v [B, H, Skv, D] (int8, any strides), mask broadcastable to
     [B, H, Sq, Skv] (additive float or bool, or None); writes out, a [B, H, Sq, D] view of
     any strides: int8 requantized with out_inv_scale, or float32/float16/bfloat16.
     reciprocal: the probabilities as exponentials times the reciprocal of their sum
     rather than divided by it (a step of 1/127 moves in rare rows, as the tests bound).
     per_sm: 0 for a program per block of query rows; else at most per_sm programs an SM,
-    each walking its share of the blocks with the next block's loads issued ahead."""
+    each walking its share of the blocks with the next block's loads issued ahead.
+    early_v: v loaded with q and k (_attend_block's EARLY_V)."""
     batch, heads, s_q, d = q.shape
     s_kv = k.shape[2]
     check_shapes(d, s_kv)
@@ -231,7 +237,8 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         float(out_inv_scale or 1.0), D=d, HAS_MASK=mask is not None, OUT_MODE=out_mode,
         STEPS=P_STEPS, BLOCK_M=block_m, BLOCK_N=key_tile(s_kv), RECIPROCAL=reciprocal,
         EVEN_KEYS=s_kv == key_tile(s_kv), MASK_ROW=mask_strides[2] == 0,
-        PERSISTENT=bool(per_sm), INTERPRETED_UNITS=interpreted, num_warps=warps,
+        PERSISTENT=bool(per_sm), INTERPRETED_UNITS=interpreted, EARLY_V=early_v,
+        num_warps=warps,
         num_stages=2 if per_sm else 1, enable_fp_fusion=False, **options,
         **launch(out.device))
     return out

@@ -22,7 +22,10 @@ from kiln.ops.qattention import score_factor, softmax_scale, value_factor
 from kiln.ops.quantized import inverse_scale
 
 # (BLOCK_M, warps, probabilities by the reciprocal of the row sum instead of a division[,
-# programs an SM])
+# programs an SM (0: a program a block)[, v loaded with q and k]]). On the H100 at
+# BERT-base b32 the persistent tiles timed 0.015-0.016 ms against 128w8-recip's 0.013
+# (bench/RESULTS.md); -early-v, v's copy issued before the scores, is timed beside the
+# late load since one run with it early gave 0.152 ms for the 12 layers against 0.143
 # 32w4-recip: at more than 128 keys (ViT-B/16's 197 take a tile of 256) 64w4 holds 255
 # registers a thread, two programs an SM; 32 rows hold 166, three (compiled for sm_90a)
 # -pN: persistent, at most N programs an SM walking the blocks with the next one's loads
@@ -32,7 +35,8 @@ ATTENTION_CONFIGS = {"64w4": (64, 4, False), "128w4": (128, 4, False),
                      "128w8": (128, 8, False), "64w4-recip": (64, 4, True),
                      "128w8-recip": (128, 8, True), "32w4-recip": (32, 4, True),
                      "128w8-recip-p1": (128, 8, True, 1), "128w8-recip-p2": (128, 8, True, 2),
-                     "64w4-recip-p4": (64, 4, True, 4)}
+                     "64w4-recip-p4": (64, 4, True, 4),
+                     "128w8-recip-early-v": (128, 8, True, 0, True)}
 HEAD_DIMS = (32, 64, 128)  # the whole head dim is one tile of the kernel
 MAX_KEYS = 256  # so are all the keys of a head: its scores stay in registers
 _LAYOUTS = ("bhsd", "bshd", "bhds")
@@ -102,7 +106,7 @@ class _TritonAttention(Tactic):
         dtype = torch.int8 if out_scale else _OUT_FLOATS[attrs.get("out_dtype", "fp32")]
         scales = (attrs.get("q_scale", 1.0), attrs.get("k_scale", 1.0), attrs.get("scale"))
         v_factor = value_factor(attrs.get("v_scale", 1.0))
-        block_m, warps, reciprocal, per_sm = (*self.config, 0)[:4]
+        block_m, warps, reciprocal, per_sm, early_v = (*self.config, 0, False)[:5]
         kernels = attention_kernels()
 
         def run(q, k, v, mask=None):
@@ -115,7 +119,7 @@ class _TritonAttention(Tactic):
             kernels.int8_attention(q, k, v, mask, out.transpose(1, 2) if bshd_out else out,
                                    factor=factor, v_factor=v_factor,
                                    out_inv_scale=out_inv_scale, block_m=block_m, warps=warps,
-                                   reciprocal=reciprocal, per_sm=per_sm)
+                                   reciprocal=reciprocal, per_sm=per_sm, early_v=early_v)
             return out
 
         return run
