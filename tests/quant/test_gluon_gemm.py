@@ -38,6 +38,8 @@ def _epi(out_scale: float, activation: str, out_dtype: str = "fp16", **extra) ->
     (200, 512, 208, 0.0, "GeluTanh", "g5"),  # the second part's columns mostly past N
     (130, 384, 112, 0.05, "", "g5"),  # the second part wholly past N (its zero fill)
     (4100, 256, 2304, 0.05, "GeluTanh", "g5p"),  # 33 x 12 tiles, persistent
+    (2100, 320, 1024, 0.05, "GeluTanh", "g4k64p"),  # K steps of 64, the last one short
+    (700, 384, 400, 0.0, "Relu", "g5k64p"),
 ], ids=str)
 def test_gluon_gemm_matches_the_reference(case):
     m, k, n, out_scale, act, tile = case
