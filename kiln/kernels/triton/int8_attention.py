@@ -24,8 +24,9 @@ from kiln.ops.quantized import inverse_scale
 # (BLOCK_M, warps, probabilities by the reciprocal of the row sum instead of a division[,
 # programs an SM (0: a program a block)[, v loaded with q and k]]). On the H100 at
 # BERT-base b32 the persistent tiles timed 0.015-0.016 ms against 128w8-recip's 0.013
-# (bench/RESULTS.md); -early-v, v's copy issued before the scores, is timed beside the
-# late load since one run with it early gave 0.152 ms for the 12 layers against 0.143
+# (bench/RESULTS.md); -early-v, v's copy issued before the scores, timed 0.013 against
+# the late copy's 0.011 (its transpose into shared memory then waits before the first
+# product): both stay tactics, since which wins may change with the key length
 # 32w4-recip: at more than 128 keys (ViT-B/16's 197 take a tile of 256) 64w4 holds 255
 # registers a thread, two programs an SM; 32 rows hold 166, three (compiled for sm_90a)
 # -pN: persistent, at most N programs an SM walking the blocks with the next one's loads
