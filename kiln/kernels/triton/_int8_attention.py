@@ -238,7 +238,6 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         STEPS=P_STEPS, BLOCK_M=block_m, BLOCK_N=key_tile(s_kv), RECIPROCAL=reciprocal,
         EVEN_KEYS=s_kv == key_tile(s_kv), MASK_ROW=mask_strides[2] == 0,
         PERSISTENT=bool(per_sm), INTERPRETED_UNITS=interpreted, EARLY_V=early_v,
-        num_warps=warps,
-        num_stages=2 if per_sm else 1, enable_fp_fusion=False, **options,
+        num_warps=warps, num_stages=2 if per_sm else 1, enable_fp_fusion=False, **options,
         **launch(out.device))
     return out

@@ -37,12 +37,13 @@ if AVAILABLE:
         idx = tl.load(ids + r, mask=row_ok, other=0).to(tl.int64)
         idx = tl.where(idx < 0, idx + V, idx)
         found = row_ok & (idx >= 0) & (idx < V)
+        col_ok = (e < E)[None, :]
         scale = tl.load(scales + idx, mask=found, other=0.0).to(tl.float32)
-        mask = found[:, None] & (e < E)[None, :]
-        q = tl.load(table + idx[:, None] * E + e[None, :], mask=mask, other=0)
+        q = tl.load(table + idx[:, None] * E + e[None, :], mask=found[:, None] & col_ok,
+                    other=0)
         y = q.to(tl.float32) * scale[:, None]
         tl.store(out + r[:, None] * E + e[None, :], y.to(out.dtype.element_ty),
-                 mask=row_ok[:, None] & (e < E)[None, :])
+                 mask=row_ok[:, None] & col_ok)
 
 
 def gather_dequantize(table: torch.Tensor, scales: torch.Tensor,

@@ -22,16 +22,16 @@ from kiln.ops.qattention import score_factor, softmax_scale, value_factor
 from kiln.ops.quantized import inverse_scale
 
 # (BLOCK_M, warps, probabilities by the reciprocal of the row sum instead of a division[,
-# programs an SM (0: a program a block)[, v loaded with q and k]]). On the H100 at
-# BERT-base b32 the persistent tiles timed 0.015-0.016 ms against 128w8-recip's 0.013
-# (bench/RESULTS.md); -early-v, v's copy issued before the scores, timed 0.013 against
-# the late copy's 0.011 (its transpose into shared memory then waits before the first
-# product): both stay tactics, since which wins may change with the key length
+# programs an SM (0: a program a block)[, v loaded with q and k]]).
 # 32w4-recip: at more than 128 keys (ViT-B/16's 197 take a tile of 256) 64w4 holds 255
-# registers a thread, two programs an SM; 32 rows hold 166, three (compiled for sm_90a)
+# registers a thread, two programs an SM; 32 rows hold 166, three (compiled for sm_90a).
 # -pN: persistent, at most N programs an SM walking the blocks with the next one's loads
 # issued ahead: BERT-base at batch 32 has 384 blocks of 128 rows, 1.45 rounds of two
-# programs on each of 132 SMs, each program's loads, products and store in sequence
+# programs on each of 132 SMs, each program's loads, products and store in sequence.
+# -early-v: v's copy issued before the scores instead of after the softmax.
+# On the H100 at BERT-base b32 the persistent tiles timed 0.014-0.016 ms and -early-v 0.013
+# against 128w8-recip's 0.011 (bench/RESULTS.md, seventeenth session): both stay tactics,
+# since which wins may change with the batch and the key length.
 ATTENTION_CONFIGS = {"64w4": (64, 4, False), "128w4": (128, 4, False),
                      "128w8": (128, 8, False), "64w4-recip": (64, 4, True),
                      "128w8-recip": (128, 8, True), "32w4-recip": (32, 4, True),

@@ -1,6 +1,7 @@
 """QGemm tactics over the Gluon INT8 GEMM (kiln/kernels/triton/_int8_gluon.py), whose K loop
 keeps an MMA in flight: offered to the tuner on Hopper GPUs (compute capability 9.x),
-where they ran first on 2026-12-07 and took 33 of BERT-base's 48 GEMMs by timing.
+where they ran first on 2026-12-07 and, with the 128 x 192 tiles, took all 48 of
+BERT-base's GEMMs by timing (bench/RESULTS.md, seventeenth session).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from kiln.kernels.triton.int8 import _tma_ready, _TritonGemm, epilogue_attrs
 # programs an SM, so that one's epilogue runs beside the other's K loop; g3p, g4p and g6p
 # are one program an SM (_qgemm_gluon_persistent_kernel). Offered as tactics: the tiles
 # that won a layer of BERT-base or ViT-B/16 on the H100 (bench/RESULTS.md, 2026-12-07,
-# sixteenth session). The 64-row g6/g6p, meant for grids that 128-row tiles fill badly
-# (BERT's N = 768 GEMMs: 1.45 rounds of 128 x 128 tiles over 132 SMs, 2.9 of 64 x 128),
-# lost there (FC2 0.025 / 0.021 ms against g3's 0.019): kept for bench/int8_kernels.py.
+# sixteenth and seventeenth sessions). The 64-row g6/g6p, meant for grids that 128-row
+# tiles fill badly (BERT's N = 768 GEMMs: 1.45 rounds of 128 x 128 tiles over 132 SMs,
+# 2.9 of 64 x 128), lost there (FC2 0.025 / 0.021 ms against g3's 0.019): kept for
+# bench/int8_kernels.py.
 # g5/g5p: 128 x 192 tiles (two MMAs, 128 + 64 columns) for the same grids: BERT's N = 768
-# GEMMs make 128 of them (one round of 132 SMs) and its QKV (N = 2304) 384 (2.9 rounds).
+# GEMMs make 128 of them (one round of 132 SMs) and its QKV (N = 2304) 384 (2.9 rounds);
+# g5 won FC2 and the out-projections, g5k64 (K steps of 64) QKV.
 GLUON_CONFIGS = {"g3": (128, 128, 128, 8, 3), "g4": (128, 256, 128, 8, 3),
                  "g4k64": (128, 256, 64, 8, 4), "g3k64": (128, 128, 64, 8, 4),
                  "g6": (64, 128, 128, 4, 4), "g3p": (128, 128, 128, 8, 3, True),
