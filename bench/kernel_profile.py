@@ -10,6 +10,7 @@ kernels grouped by name with their share of the device time, beside eager PyTorc
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -41,6 +42,55 @@ def kernel_table(fn, runs: int, label: str, top: int) -> None:
         share = 100 * e.device_time_total / total
         print(f"  {e.device_time_total / runs / 1000:8.3f} ms {share:5.1f}%"
               f"  x{e.count // runs:4d}  {e.key[:110]}")
+
+
+def timeline(fn, runs: int = 5, top: int = 14, split_us: float = 30.0) -> list[str]:
+    """The engine's kernels as they ran inside its CUDA graph, run by run (runs end where
+    the device idles longer than `split_us`): span, time in kernels and the gaps between
+    them, the kernels by name with their real in-engine durations, and the largest gaps
+    with the kernels on either side. The per-layer profile replays each layer alone
+    (inputs and weights hot in L2); this says where an engine's extra time goes."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            fn()
+            torch.cuda.synchronize()
+    kernels = sorted(((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                      if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda k: k[0])
+    return timeline_lines(kernels, runs, top, split_us)
+
+
+def timeline_lines(kernels: list[tuple[float, float, str]], runs: int, top: int,
+                   split_us: float) -> list[str]:
+    """timeline()'s table from (start us, end us, name) sorted by start."""
+    groups: list[list[tuple]] = []
+    for k in kernels:
+        if not groups or k[0] - max(e[1] for e in groups[-1][-4:]) > split_us:
+            groups.append([])
+        groups[-1].append(k)
+    groups = groups[-runs:]
+    span = sum(g[-1][1] - g[0][0] for g in groups) / len(groups) / 1000
+    busy = sum(e - s for g in groups for s, e, _ in g) / len(groups) / 1000
+    count = sum(len(g) for g in groups) / len(groups)
+    lines = [f"{span:.3f} ms span, {busy:.3f} ms in {count:.0f} kernels, gaps "
+             f"{span - busy:.3f} ms ({1000 * (span - busy) / max(count - 1, 1):.2f} us each)"]
+    by_name: dict[str, list[float]] = {}
+    gaps: dict[tuple[str, str], list[float]] = {}
+    for g in groups:
+        for (_, e0, n0), (s1, _, n1) in itertools.pairwise(g):
+            gaps.setdefault((n0[:50], n1[:50]), []).append(s1 - e0)
+        for s, e, n in g:
+            by_name.setdefault(n[:90], []).append(e - s)
+    runs_seen = len(groups)
+    for name, times in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        lines.append(f"  {sum(times) / runs_seen / 1000:7.3f} ms x{len(times) // runs_seen:3d}"
+                     f"  {name}")
+    for (a, b), times in sorted(gaps.items(), key=lambda kv: -sum(kv[1]))[:8]:
+        lines.append(f"  gap {sum(times) / runs_seen / 1000:6.3f} ms x{len(times) // runs_seen:3d}"
+                     f"  {a} -> {b}")
+    return lines
 
 
 def overheads(context: ExecutionContext, feeds: dict) -> None:

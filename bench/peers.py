@@ -38,6 +38,7 @@ from kiln.runtime import ExecutionContext
 from kiln.runtime.profile import profile_layers
 
 PROFILE = False
+TRACE = False  # --trace: each engine's kernels as they ran in its CUDA graph, with the gaps
 PDL_AB = False  # --pdl-ab: each engine also timed with programmatic dependent launch off
 ROUNDS = 1  # --rounds: kiln engines timed again in alternating rounds
 
@@ -357,6 +358,14 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
         if PROFILE:
             _print_profile(label, case, profile_layers(context, feeds, replayed=True))
             _print_tuning(label, engine, case)
+        if TRACE and device == "cuda":
+            from kernel_profile import timeline
+
+            try:
+                lines = timeline(lambda c=context: c.run(feeds))
+            except Exception as error:  # a profiler that cannot trace here: say so, go on
+                lines = [f"no trace ({type(error).__name__}: {error})"]
+            print(f"  trace {case.model} b{case.batch} {label}: " + "\n".join(lines), flush=True)
         if context.graphs is not None and context.graphs.failures:
             case.notes.append(f"{label}: CUDA graph capture failed: "
                               f"{next(iter(context.graphs.failures.values()))[:200]}")
@@ -539,14 +548,17 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny models (works on CPU)")
     parser.add_argument("--profile", action="store_true",
                         help="print per-layer profiles (every layer in the --out JSON)")
+    parser.add_argument("--trace", action="store_true",
+                        help="print each engine's kernels as they ran in its CUDA graph, "
+                        "with the gaps between them")
     parser.add_argument("--pdl-ab", action="store_true",
                         help="also time each engine with programmatic dependent launch off")
     parser.add_argument("--rounds", type=int, default=1,
                         help="on the GPU, time kiln's engines again in this many alternating "
                         "rounds and report each one's median")
     args = parser.parse_args()
-    global PROFILE, PDL_AB, ROUNDS
-    PROFILE, PDL_AB, ROUNDS = args.profile, args.pdl_ab, args.rounds
+    global PROFILE, PDL_AB, ROUNDS, TRACE
+    PROFILE, PDL_AB, ROUNDS, TRACE = args.profile, args.pdl_ab, args.rounds, args.trace
     device = "cuda" if torch.cuda.is_available() else "cpu"
     models = ["tiny_cnn", "tiny_bert"] if args.smoke else args.models.split(",")
     peers = set(args.peers.split(","))

@@ -32,9 +32,8 @@ GLUON_CONFIGS = {"g3": (128, 128, 128, 8, 3), "g4": (128, 256, 128, 8, 3),
                  "g5": (128, 192, 128, 8, 3), "g5p": (128, 192, 128, 8, 3, True),
                  "g5k64": (128, 192, 64, 8, 4), "g4k64p": (128, 256, 64, 8, 4, True),
                  "g5k64p": (128, 192, 64, 8, 4, True)}
-# g4k64p and g5k64p (FC1's K = 768 in steps of 64, as g5k64 won QKV) compiled for sm_90a
-# but not yet run on a GPU: benchmark tiles until their GPU test and timing have run
-GLUON_TILES = ("g3", "g4", "g3p", "g4p", "g5", "g5p", "g5k64")
+# g4k64p and g5k64p: FC1's K = 768 in steps of 64, as g5k64 won QKV
+GLUON_TILES = ("g3", "g4", "g3p", "g4p", "g5", "g5p", "g5k64", "g4k64p", "g5k64p")
 
 
 def gluon_kernels():
