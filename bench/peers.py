@@ -359,9 +359,10 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
             _print_profile(label, case, profile_layers(context, feeds, replayed=True))
             _print_tuning(label, engine, case)
         if TRACE and device == "cuda":
-            from kernel_profile import timeline
+            from kernel_profile import overheads, timeline
 
             try:
+                overheads(context, feeds)  # a run against a bare replay of its graph
                 lines = timeline(lambda c=context: c.run(feeds))
             except Exception as error:  # a profiler that cannot trace here: say so, go on
                 lines = [f"no trace ({type(error).__name__}: {error})"]
