@@ -115,6 +115,24 @@ def _from_formula(graph: Graph, div: Node, shapes: _Shapes) -> bool:
     return _replace(graph, x, scale, bias, rank - 1, rank, eps, chain, out, shapes)
 
 
+def _residual_operands(add: Node, shapes: _Shapes) -> tuple[Value, Value] | None:
+    """(x, residual) of a residual Add: two activations of one shape, or an activation and
+    a constant table that broadcasts onto it (BERT's position embeddings, [1, S, E]
+    beside [B, S, E]; every LayerNorm tactic broadcasts it as the Add did)."""
+    a, b = add.inputs[0], add.inputs[1]
+    if a is None or b is None or (a.is_const and b.is_const):
+        return None
+    if not a.is_const and not b.is_const:
+        return (a, b) if shapes.same(a, b) else None
+    x, c = (b, a) if a.is_const else (a, b)
+    if x.shape is None or not 0 < c.const.ndim <= len(x.shape) \
+            or c.const.size <= c.const.shape[-1]:
+        return None  # a vector along the row is a bias, which the producer's epilogue takes
+    dims = zip(reversed(c.const.shape), reversed(x.shape))
+    fits = all(n == 1 or n == d for n, d in dims) and c.const.shape[-1] == x.shape[-1]
+    return (x, c) if fits else None
+
+
 def _is_square_of(node: Node, d: Value) -> bool:
     if node.op_type == "Pow":
         return node.inputs[0] is d and scalar(node.inputs[1]) == 2.0
@@ -134,12 +152,11 @@ def _replace(graph: Graph, x: Value, scale: Value | None, bias: Value | None, ax
     residual = None
     add = producer(x, "Add")
     summed: Value | None = None
-    if add is not None and axis == rank - 1 and add.inputs[0] is not None and \
-            add.inputs[1] is not None and shapes.same(add.inputs[0], add.inputs[1]) and \
-            not add.inputs[0].is_const and not add.inputs[1].is_const:
+    operands = _residual_operands(add, shapes) if add is not None and axis == rank - 1 else None
+    if operands is not None:
         summed = x
         chain = [add, *chain]
-        x, residual = add.inputs[0], add.inputs[1]
+        x, residual = operands
     extra_readers = (summed is not None and any(
         n not in chain for n in summed.consumers)) or (summed is not None and any(
             summed is v for v in graph.outputs))

@@ -28,6 +28,7 @@ CASES = [  # (shape, axis, residual layout)
     ((4, 6, 32), -1, "same"),
     ((4, 6, 32), -1, "permuted"),     # MHA's output: a [1, 0, 2] view of [6, 4, 32]
     ((3, 5, 40), -1, "broadcast"),    # a [40] residual (a bias)
+    ((3, 5, 40), -1, "table"),        # a [1, 5, 40] residual (BERT's position rows)
     ((3, 5, 40), -1, "wider"),        # x broadcasts: a [1, 5, 40] x beside a full residual
     ((2, 3, 4, 10), 2, "same"),       # two normalized dims
     ((7, 100), -1, None),
@@ -50,6 +51,8 @@ def test_matches_reference(shape, axis, layout, dtype, affine, config):
         residual = _random((shape[1], shape[0], *shape[2:]), dtype, seed + 1).transpose(0, 1)
     elif layout == "broadcast":
         residual = _random(shape[lead:], dtype, seed + 1)
+    elif layout == "table":
+        residual = _random((1, *shape[1:]), dtype, seed + 1)
     scale = _random(shape[lead:], dtype, seed + 2) if affine else None
     shift = _random(shape[lead:], dtype, seed + 3) if affine else None
     y, total, q = add_layer_norm(x, residual, scale, shift, axis, 1e-5,

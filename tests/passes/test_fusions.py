@@ -311,3 +311,32 @@ def test_residual_add_joins_the_layernorm_when_its_dims_are_not_proven_equal():
     counts = optimized_counts_and_check(model.SerializeToString(), feeds)
     assert counts == Counter({"LayerNorm": 1})
 
+
+
+class Embeddings(nn.Module):
+    """BERT's embeddings: word rows, plus token-type and position rows whose ids are
+    constants, then LayerNorm."""
+
+    def __init__(self, vocab: int = 50, width: int = 24, positions: int = 16) -> None:
+        super().__init__()
+        self.word, self.token = nn.Embedding(vocab, width), nn.Embedding(2, width)
+        self.position = nn.Embedding(positions, width)
+        self.norm = nn.LayerNorm(width)
+        self.register_buffer("position_ids", torch.arange(positions)[None])
+
+    def forward(self, ids):
+        seq = ids.shape[1]
+        token = self.token(torch.zeros_like(self.position_ids[:, :seq]))
+        return self.norm(self.word(ids) + token + self.position(self.position_ids[:, :seq]))
+
+
+def test_embedding_sum_becomes_the_layernorms_residual():
+    """The token-type and position rows fold to constants, combine into one table
+    (combine_constant_addends) and join the LayerNorm as a broadcast residual: the word
+    rows' Gather and one LayerNorm remain, no Add."""
+    model = export(Embeddings(), (torch.randint(0, 50, (2, 16)),), ["ids"],
+                   {"ids": {0: "batch"}}, 17)
+    rng = np.random.default_rng(11)
+    feeds = [{"ids": rng.integers(0, 50, (b, 16)).astype(np.int64)} for b in (1, 3)]
+    counts = optimized_counts_and_check(model, feeds, atol=1e-5)
+    assert counts["LayerNorm"] == 1 and counts["Gather"] == 1 and "Add" not in counts
