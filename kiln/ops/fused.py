@@ -88,14 +88,28 @@ def fused_gemm(a, w, bias=None, *, trans_b: int = 0, activation: str = "",
 @register("LayerNorm", 1, domain=KILN_DOMAIN)
 def layer_norm(x, residual=None, scale=None, bias=None, *, axis: int = -1,
                epsilon: float = 1e-5, quantize_scale: float = 0.0,
-               quantize_zero_point: int = 0, quantize_to: str = "int8", num_outputs: int = 1):
+               quantize_zero_point: int = 0, quantize_to: str = "int8", num_outputs: int = 1,
+               out_dtype: int | None = None):
+    """out_dtype: y's type (ONNX's number) where it is not the input's: an FP16 engine's
+    last LayerNorm writes the model's float32 output itself (kiln/build/precision.py)."""
     summed = x if residual is None else x + residual
     dims = summed.shape[axis if axis >= 0 else summed.dim() + axis:]
     work = summed.float() if summed.dtype in (torch.float16, torch.bfloat16) else summed
     y = F.layer_norm(work, dims, None if scale is None else scale.to(work.dtype),
-                     None if bias is None else bias.to(work.dtype), epsilon).to(summed.dtype)
+                     None if bias is None else bias.to(work.dtype), epsilon).to(
+                         output_dtype(out_dtype, summed.dtype))
     return layer_norm_outputs(y, summed, num_outputs, quantize_scale, quantize_zero_point,
                               quantize_to)
+
+
+def output_dtype(out_dtype: int | None, default: torch.dtype) -> torch.dtype:
+    """A LayerNorm's y type: the out_dtype attribute's, else its input's."""
+    if out_dtype is None:
+        return default
+    from kiln.ir import DType
+    from kiln.ops.tensors import torch_dtype
+
+    return torch_dtype(DType(out_dtype))
 
 
 def layer_norm_outputs(y: torch.Tensor, summed: torch.Tensor, num_outputs: int,

@@ -471,3 +471,31 @@ def test_lookup_in_a_weight_table_reads_fp16_weights() -> None:
     w16 = _node(graph, "proj").inputs[1].const.astype(np.float64)
     want = table.astype(np.float16).astype(np.float64)[ids] @ w16
     np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("also_read", [False, True])
+def test_last_layernorm_writes_the_float32_output_itself(also_read) -> None:
+    """An FP16 engine ending in a LayerNorm has it write the model's float32 output (no
+    Cast after it); where another layer reads its result too, the Cast stays."""
+    rng = np.random.default_rng(RNG_SEED)
+    width = 24
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+             helper.make_node("Add", ["m", "x"], ["s"], name="residual"),
+             helper.make_node("LayerNormalization", ["s", "g", "b"], ["y"], name="ln")]
+    outputs = [_out("y")]
+    if also_read:
+        nodes.append(helper.make_node("Relu", ["y"], ["r"], name="relu"))
+        outputs.append(_out("r"))
+    model = _model(nodes, [_in("x", ["N", "S", width])], outputs,
+                   [("w", _weights(rng, width, width)), ("g", _weights(rng, width) + 1),
+                    ("b", _weights(rng, width))])
+    config = BuilderConfig(precision="fp16", device="cpu")
+    engine = build_engine(model, config)
+    layers = engine.plan["graph"]["layers"]
+    reformats = [layer["name"] for layer in layers if layer["precision"] == "reformat"]
+    assert reformats[0].startswith("reformat_x") and len(reformats) == 1 + also_read, reformats
+    for shape in [(2, 5, width), (3, 1, width)]:
+        got, ref = _run_both(model, {"x": rng.standard_normal(shape).astype(np.float32)}, config)
+        for name in ref:
+            assert got[name].dtype == np.float32
+            np.testing.assert_allclose(got[name], ref[name], atol=1e-2, rtol=1e-2)

@@ -127,3 +127,18 @@ def test_one_warp_tactics_take_static_short_rows(shape, offered, monkeypatch):
     assert get_tactic("layernorm-triton").supports(spec, target)
     for name in ("layernorm-triton-w1", "layernorm-triton-rows4-w1"):
         assert get_tactic(name).supports(spec, target) == offered
+
+
+@pytest.mark.parametrize("shape, config", [((3, 5, 40), None), ((2, 1030), (2, 1))], ids=str)
+def test_float32_y_from_float16_inputs(shape, config):
+    """out_dtype: an FP16 engine's last LayerNorm writes float32 (rounded once, from the
+    float32 result) with the sum still in float16."""
+    x, residual = _random(shape, torch.float16, 7), _random(shape, torch.float16, 8)
+    scale, shift = _random(shape[-1:], torch.float16, 9), _random(shape[-1:], torch.float16, 10)
+    y, total, _ = add_layer_norm(x, residual, scale, shift, -1, 1e-5, want_sum=True,
+                                 config=config, y_dtype=torch.float32)
+    want_y, want_sum = layer_norm(x, residual, scale, shift, axis=-1, epsilon=1e-5,
+                                  num_outputs=2, out_dtype=1)
+    assert y.dtype == want_y.dtype == torch.float32 and total.dtype == torch.float16
+    torch.testing.assert_close(y, want_y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(total, want_sum, atol=0, rtol=0)

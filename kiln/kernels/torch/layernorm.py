@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
-from kiln.ops.fused import layer_norm_outputs
+from kiln.ops.fused import layer_norm_outputs, output_dtype
 
 
 def quantize_attrs(attrs: dict) -> dict[str, Any]:
@@ -36,12 +36,14 @@ class LayerNormTorch(Tactic):
         eps = layer.attrs.get("epsilon", 1e-5)
         outputs = partial(layer_norm_outputs, num_outputs=len(layer.outputs),
                           **quantize_attrs(layer.attrs))
+        out_dtype = layer.attrs.get("out_dtype")
 
         def run(x, residual=None, scale=None, bias=None):
             summed = x if residual is None else x + residual
             dims = summed.shape[axis if axis >= 0 else summed.dim() + axis:]
             weight = None if scale is None else scale.to(summed.dtype)
             shift = None if bias is None else bias.to(summed.dtype)
-            return outputs(F.layer_norm(summed, dims, weight, shift, eps), summed)
+            y = F.layer_norm(summed, dims, weight, shift, eps)
+            return outputs(y.to(output_dtype(out_dtype, y.dtype)), summed)
 
         return run

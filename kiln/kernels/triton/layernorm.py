@@ -21,6 +21,7 @@ import torch
 from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
 from kiln.kernels.torch.layernorm import quantize_attrs
 from kiln.kernels.triton import AVAILABLE, usable_on
+from kiln.ops.fused import output_dtype
 from kiln.ops.quantized import inverse_scale
 
 MAX_ROW = 8192  # one row lives in registers
@@ -105,9 +106,11 @@ def rows_view(t: torch.Tensor, lead: int) -> tuple[int, int, int, int] | None:
 def add_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
                    bias: torch.Tensor | None, axis: int, eps: float, want_sum: bool,
                    quantize: dict | None = None, want_y: bool = True,
-                   config: tuple[int, int] | None = None) -> tuple:
+                   config: tuple[int, int] | None = None,
+                   y_dtype: torch.dtype | None = None) -> tuple:
     """(y, sum or None, y quantized or None); `quantize`: the keywords of quantize_attrs;
-    config: (rows a program, warps), by default one row and 4 or 8 warps by its length."""
+    config: (rows a program, warps), by default one row and 4 or 8 warps by its length;
+    y_dtype: y's type where it is not x's."""
     lead = axis if axis >= 0 else x.dim() + axis
     if residual is not None and residual.shape != x.shape:
         # the sum broadcasts either way (fuse_layernorm takes an Add whose operands it
@@ -122,7 +125,7 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch
         views = [rows_view(t, lead) for t in (x, residual) if t is not None]
     (d0, d1, x_s0, x_s1), (_, _, r_s0, r_s1) = views[0], views[-1]
     # unread y: a one-element stand-in that tells the kernel y's type
-    y = torch.empty(x.shape if want_y else (1,), dtype=x.dtype, device=x.device)
+    y = torch.empty(x.shape if want_y else (1,), dtype=y_dtype or x.dtype, device=x.device)
     total = torch.empty(x.shape, dtype=x.dtype, device=x.device) if want_sum else y
     q_mode = OUT_MODES[quantize.get("quantize_to", "int8")] if quantize else 0
     q = torch.empty(x.shape, dtype=_OUT_TORCH[q_mode], device=x.device) if q_mode else y
@@ -158,6 +161,7 @@ class LayerNormTriton(Tactic):
         quantize = quantize_attrs(layer.attrs) if outputs[2] is not None else None
         want_sum = outputs[1] is not None
         count = len(layer.outputs)
+        out_dtype = layer.attrs.get("out_dtype")
 
         def run(x, residual=None, scale=None, shift=None):
             lead = axis if axis >= 0 else x.dim() + axis
@@ -165,10 +169,11 @@ class LayerNormTriton(Tactic):
                 from kiln.ops.fused import layer_norm
 
                 return layer_norm(x, residual, scale, shift, axis=axis, epsilon=eps,
-                                  num_outputs=count, **(quantize or {}))
+                                  num_outputs=count, out_dtype=out_dtype, **(quantize or {}))
             y, total, q = add_layer_norm(x, residual, scale, shift, axis, eps, want_sum,
                                          quantize, want_y=outputs[0] is not None,
-                                         config=self.config)
+                                         config=self.config,
+                                         y_dtype=output_dtype(out_dtype, x.dtype))
             return (y, total, q)[:count] if count > 1 else y
 
         return run
