@@ -10,8 +10,8 @@ kernels grouped by name with their share of the device time, beside eager PyTorc
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -44,12 +44,14 @@ def kernel_table(fn, runs: int, label: str, top: int) -> None:
               f"  x{e.count // runs:4d}  {e.key[:110]}")
 
 
-def timeline(fn, runs: int = 5, top: int = 14, split_us: float = 30.0) -> list[str]:
-    """The engine's kernels as they ran inside its CUDA graph, run by run (runs end where
-    the device idles longer than `split_us`): span, time in kernels and the gaps between
-    them, the kernels by name with their real in-engine durations, and the largest gaps
-    with the kernels on either side. The per-layer profile replays each layer alone
-    (inputs and weights hot in L2); this says where an engine's extra time goes."""
+def timeline(fn, runs: int = 5, top: int = 14, pause_s: float = 0.002) -> list[str]:
+    """The engine's kernels as they ran inside its CUDA graph, run by run (a pause between
+    runs tells them apart): span, time with a kernel running and the idle gaps, the kernels
+    by name with their in-engine durations, and the largest gaps with the kernels on either
+    side. The per-layer profile replays each layer alone (inputs and weights hot in L2);
+    this says where an engine's extra time goes. Kernels launched with programmatic
+    dependent launch start early and wait, so their durations overlap the kernel before:
+    busy time is the union of the intervals."""
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
@@ -57,38 +59,46 @@ def timeline(fn, runs: int = 5, top: int = 14, split_us: float = 30.0) -> list[s
         for _ in range(runs):
             fn()
             torch.cuda.synchronize()
+            time.sleep(pause_s)
     kernels = sorted(((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
                       if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda k: k[0])
-    return timeline_lines(kernels, runs, top, split_us)
+    return timeline_lines(kernels, top, split_us=pause_s * 1e6 / 2)
 
 
-def timeline_lines(kernels: list[tuple[float, float, str]], runs: int, top: int,
+def timeline_lines(kernels: list[tuple[float, float, str]], top: int,
                    split_us: float) -> list[str]:
-    """timeline()'s table from (start us, end us, name) sorted by start."""
+    """timeline()'s table from (start us, end us, name) sorted by start; a run ends where
+    the device idles longer than split_us."""
     groups: list[list[tuple]] = []
+    end = float("-inf")
     for k in kernels:
-        if not groups or k[0] - max(e[1] for e in groups[-1][-4:]) > split_us:
+        if k[0] - end > split_us:
             groups.append([])
         groups[-1].append(k)
-    groups = groups[-runs:]
-    span = sum(g[-1][1] - g[0][0] for g in groups) / len(groups) / 1000
-    busy = sum(e - s for g in groups for s, e, _ in g) / len(groups) / 1000
-    count = sum(len(g) for g in groups) / len(groups)
-    lines = [f"{span:.3f} ms span, {busy:.3f} ms in {count:.0f} kernels, gaps "
-             f"{span - busy:.3f} ms ({1000 * (span - busy) / max(count - 1, 1):.2f} us each)"]
+        end = max(end, k[1])
+    runs = len(groups)
+    span = busy = 0.0
     by_name: dict[str, list[float]] = {}
     gaps: dict[tuple[str, str], list[float]] = {}
     for g in groups:
-        for (_, e0, n0), (s1, _, n1) in itertools.pairwise(g):
-            gaps.setdefault((n0[:50], n1[:50]), []).append(s1 - e0)
+        span += max(e for _, e, _ in g) - g[0][0]
+        reach = g[0][0]
+        previous = g[0][2]
         for s, e, n in g:
+            busy += max(0.0, e - max(s, reach))
+            if s > reach:
+                gaps.setdefault((previous[:50], n[:50]), []).append(s - reach)
+            if e > reach:
+                reach, previous = e, n
             by_name.setdefault(n[:90], []).append(e - s)
-    runs_seen = len(groups)
+    count = len(kernels) / runs
+    lines = [f"{span / runs / 1000:.3f} ms span, {busy / runs / 1000:.3f} ms with a kernel "
+             f"running, {count:.0f} kernels, idle {(span - busy) / runs / 1000:.3f} ms "
+             f"(mean of {runs} runs)"]
     for name, times in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]:
-        lines.append(f"  {sum(times) / runs_seen / 1000:7.3f} ms x{len(times) // runs_seen:3d}"
-                     f"  {name}")
+        lines.append(f"  {sum(times) / runs / 1000:7.3f} ms x{len(times) / runs:5.1f}  {name}")
     for (a, b), times in sorted(gaps.items(), key=lambda kv: -sum(kv[1]))[:8]:
-        lines.append(f"  gap {sum(times) / runs_seen / 1000:6.3f} ms x{len(times) // runs_seen:3d}"
+        lines.append(f"  idle {sum(times) / runs / 1000:6.3f} ms x{len(times) / runs:5.1f}"
                      f"  {a} -> {b}")
     return lines
 

@@ -29,6 +29,8 @@ log = logging.getLogger("kiln.build")
 ROUNDS = 3
 ROUND_MS = 2.0  # each round runs the layer for about this long
 GRAPH_CALLS = 20  # calls captured in one timing graph (their outputs share its pool)
+CONTENDER_MARGIN = 1.08  # tactics this close to the fastest are timed again
+RETIMES = 2
 
 
 @dataclass
@@ -70,6 +72,7 @@ def tune(layers: list[LayerSpec], shapes: dict[str, list[int]], target: Target, 
                   for i, n in enumerate(spec.inputs)]
         signature = layer_signature(spec, inputs, dtypes, orders)
         times: dict[str, float] = {}
+        timed_now = {}
         args = None
         for tactic in options:
             key = cache.key(device, signature, tactic.name)
@@ -79,21 +82,43 @@ def tune(layers: list[LayerSpec], shapes: dict[str, list[int]], target: Target, 
                                                                      orders)
                 try:
                     ms = _measure(tactic, spec, target, args)
+                    timed_now[tactic.name] = (tactic, key)
                 except Exception as exc:  # a tactic that cannot run here is not chosen
                     ms = None
                     report.skip(tactic.name, spec.name, exc)
                 report.timed += 1
-                if ms is not None:
-                    cache.put(key, ms)
             else:
                 report.cached += 1
             if ms is not None:
                 times[tactic.name] = ms
+        _retime_contenders(times, timed_now, spec, target, args)
+        for name, (_, key) in timed_now.items():
+            cache.put(key, times[name])
         if times:
             report.timings[spec.name] = times
             report.choices[spec.name] = min(times, key=times.get)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _retime_contenders(times: dict[str, float], timed_now: dict[str, tuple[Any, str]],
+                       spec: LayerSpec, target: Target, args: list[Any] | None) -> None:
+    """Times the tactics within CONTENDER_MARGIN of the fastest again, RETIMES times in
+    turn, keeping each one's best: one timing of a 20 us kernel moves by a few percent
+    with the clock, about what separates the best tiles, and a tactic that drew a fast
+    moment would win every build it was timed in (each timing is cached)."""
+    if not times or args is None or target.device.type != "cuda":
+        return  # the host clock's noise is the machine's, not the tactic's: once is enough
+    best = min(times.values())
+    close = [n for n in times if n in timed_now and times[n] <= best * CONTENDER_MARGIN]
+    if len(close) < 2:
+        return
+    for _ in range(RETIMES):
+        for name in close:
+            try:
+                times[name] = min(times[name], _measure(timed_now[name][0], spec, target, args))
+            except Exception:  # ran once already: a second failure keeps the first time
+                continue
 
 
 def _input_shapes(spec: LayerSpec, shapes: dict[str, list[int]]) -> list[Any] | None:
@@ -127,7 +152,11 @@ def _random_inputs(spec: LayerSpec, shapes: list[Any], device: torch.device,
         stored = [shape[d] for d in order] if order else shape
         if dtype.is_floating_point:
             tensor = torch.randn(stored, generator=generator).to(dtype)
-        else:
+        elif dtype in (torch.int8, torch.uint8):  # quantized activations: all zeros would
+            info = torch.iinfo(dtype)  # let the tensor cores idle, and clock up, as no
+            tensor = torch.randint(info.min, info.max + 1, stored, generator=generator,
+                                   dtype=dtype)  # real input does
+        else:  # indices and shapes: zeros are in range for any table
             tensor = torch.zeros(stored, dtype=dtype)
         if order:  # the same permuted view the engine hands this layer
             tensor = tensor.to(device).permute(inverse_order(order))

@@ -41,7 +41,7 @@ class ExecutionContext:
         self._outputs = engine.outputs
         self._input_facts = input_facts(engine)  # checked on every run
         use_graphs = self.device.type == "cuda" if cuda_graph is None else cuda_graph
-        self.graphs = GraphRunner(self.program, self.device) if (
+        self.graphs = GraphRunner(self.program, self.device, flags=self._backend_flags) if (
             use_graphs and self.device.type == "cuda") else None
         # TF32 only where the engine's precision already allows rounding below fp32
         self._tf32 = engine.precision != "fp32"
@@ -56,11 +56,15 @@ class ExecutionContext:
         numpy_in = as_numpy if as_numpy is not None else not any(
             isinstance(v, torch.Tensor) for v in inputs.values())
         feeds = {name: _to_device(value, self.device) for name, value in inputs.items()}
-        with torch.inference_mode(), self._backend_flags():
+        # a replay needs no backend flags (its kernels are chosen): setting cuDNN's five
+        # flags and back costs more host time than the replay's launch, and the GPU waits
+        # for it
+        with torch.inference_mode():
             try:
                 results = self.graphs.run(feeds) if self.graphs is not None else None
                 if results is None:
-                    results = self.program.run(feeds)
+                    with self._backend_flags():
+                        results = self.program.run(feeds)
             except StepError as exc:
                 raise RuntimeError(
                     f"engine failed in layer {exc.step_path}: {exc.cause}") from exc.cause

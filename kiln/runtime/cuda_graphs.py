@@ -9,6 +9,7 @@ values) is remembered as such for that shape and runs eagerly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from collections import OrderedDict
@@ -129,6 +130,10 @@ class GraphRunner:
 
     def _capture(self, key: Key, feeds: dict[str, torch.Tensor]) -> Captured | None:
         static = {n: t.clone() for n, t in feeds.items()}
+        with self.flags() if self.flags is not None else contextlib.nullcontext():
+            return self._capture_with_flags(key, static)
+
+    def _capture_with_flags(self, key: Key, static: dict[str, torch.Tensor]) -> Captured | None:
         try:
             stream = self.stream = self.stream or torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))

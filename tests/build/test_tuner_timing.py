@@ -123,3 +123,42 @@ def test_build_verbose_names_skipped_tactics(tmp_path, monkeypatch, capsys):
     shown = " ".join(capsys.readouterr().out.split())
     assert "3 tactic timings raised and were skipped (first: refusing-for-test on " \
            "conv0_fused: RuntimeError: refused for the test)" in shown
+
+
+def test_contenders_are_timed_again_and_keep_their_best(monkeypatch):
+    """On CUDA, tactics within the margin of the fastest are timed RETIMES more times in
+    turn and keep their best; a far slower one and one read from the timing cache are not
+    timed again."""
+    from kiln.build import tuner
+    from kiln.kernels.registry import Target
+
+    script = {"a": [1.02, 1.01], "b": [0.90, 0.95], "cached": [0.5, 0.5], "slow": [0.1, 0.1]}
+    calls = []
+
+    def measure(tactic, spec, target, args):
+        calls.append(tactic)
+        return script[tactic].pop(0)
+
+    monkeypatch.setattr(tuner, "_measure", measure)
+    times = {"a": 1.0, "b": 1.05, "cached": 1.03, "slow": 1.5}
+    timed_now = {name: (name, f"key-{name}") for name in ("a", "b", "slow")}
+    tuner._retime_contenders(times, timed_now, None, Target(torch.device("cuda")), [])
+    assert times == {"a": 1.0, "b": 0.90, "cached": 1.03, "slow": 1.5}
+    assert sorted(calls) == ["a", "a", "b", "b"]
+    calls.clear()
+    tuner._retime_contenders(times, timed_now, None, Target(torch.device("cpu")), [])
+    assert calls == []  # the host clock: timed once
+
+
+def test_quantized_activations_are_random_for_timing():
+    """int8 inputs of a layer being timed are spread over the whole range (all zeros would
+    let the tensor cores idle and clock up), index inputs stay zeros (always in range)."""
+    from types import SimpleNamespace
+
+    from kiln.build.tuner import _random_inputs
+
+    spec = SimpleNamespace(constant_inputs={}, input_dtypes=["int8", "uint8", "int64"])
+    q, u, ids = _random_inputs(spec, [[64, 32], [64, 32], [8]], torch.device("cpu"), [])
+    assert q.dtype == torch.int8 and q.min() < -100 and q.max() > 100 and q.float().std() > 50
+    assert u.dtype == torch.uint8 and u.max() > 200
+    assert ids.dtype == torch.int64 and not ids.any()
