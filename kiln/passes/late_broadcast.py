@@ -3,14 +3,20 @@
     m = And(x, all true)               ->   m = Expand(x, shape)   (x where shapes agree)
     w = Where(Expand(x, s), a, b)      ->   w = Expand(Where(x, a, b), s)
     y = Attention(q, k, v, Expand(m))  ->   y = Attention(q, k, v, m)
+    t = Gather(table, ids)             ->   t = Expand(Gather(table, ids[:1]), shape)
+    s = Add(x, Expand(c, shape))       ->   s = Add(x, c)   (x already of the sum's shape)
 
 Hugging Face's encoder masks are a padding row per sequence, [B, 1, 1, S], And-ed with
 an all-true [1, 1, S, 1] table into [B, 1, S, S]: written once, then read whole by every
 attention layer (a 32 KB tile per head for BERT-base's S = 128, more than its INT8 q, k
 and v together). Kept as rows, the mask's ops touch S values a sequence and attention
 kernels load one row for all of a head's queries; every attention tactic broadcasts a
-mask as the reference's addition does. The rewrites are exact: Expand commutes with
-element-wise ops whose other operands are constants.
+mask as the reference's addition does. BERT's token-type rows are the same shape: a
+constant table at ids that are one row repeated over the batch (zeros), a [B, S, E]
+result too large to fold (12 MiB at batch 32) that is one [1, S, E] row broadcast, which
+folds, and joins the position rows (combine_constant_addends) as the LayerNorm's
+residual. The rewrites are exact: Expand commutes with element-wise ops whose other
+operands are constants, and a broadcasting op broadcasts what an Expand would have.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from kiln.passes.pipeline import PassContext, register_pass
 
 _IDENTITY = {"And": True, "Or": False}  # x And true = x, x Or false = x
 _SINKS = {"Where", "Cast", "Not"}  # element-wise ops an Expand moves below
+# broadcasting ops that read an operand's Expand as they read the operand itself
+_BROADCASTING = {"Add", "Sub", "Mul", "Div", "And", "Or", "Where", "Equal", "Less",
+                 "Greater", "Max", "Min"}
 
 
 @register_pass("simplify", priority=62)  # after gather_to_slice has made the mask a row
@@ -35,8 +44,12 @@ def late_broadcast(graph: Graph, ctx: PassContext) -> bool:
                 continue
             if node.op_type in _IDENTITY:
                 changed += _drop_identity_operand(g, node)
-            elif node.op_type in _SINKS:
+            if node.graph is g and node.op_type in _SINKS:
                 changed += _sink_expand(g, node)
+            if node.graph is g and node.op_type in _BROADCASTING:
+                changed += _drop_operand_expand(g, node)
+            if node.graph is g and node.op_type == "Gather":
+                changed += _repeated_rows(g, node)
     ctx.count("late_broadcast", changed)
     return changed > 0
 
@@ -105,6 +118,49 @@ def _sink_expand(graph: Graph, node: Node) -> int:
     result = Value(graph.fresh_name(f"{out.name}_rows"), out.dtype, tuple(small))
     node.set_outputs([result])
     _expand_as(graph, node, result, shape, out=out)
+    return 1
+
+
+def _drop_operand_expand(graph: Graph, node: Node) -> int:
+    """op(Expand(c, s), y) -> op(c, y) where the op's result keeps its shape."""
+    shape = node.outputs[0].static_shape
+    if shape is None:
+        return 0
+    for index, value in enumerate(node.inputs):
+        source = _expanded(value)
+        if source is None or source.static_shape is None:
+            continue
+        shapes = [source.static_shape if i == index else (v.static_shape if v else ())
+                  for i, v in enumerate(node.inputs)]
+        if any(s is None for s in shapes) or np.broadcast_shapes(*shapes) != shape:
+            continue
+        node.set_input(index, source)
+        if not value.consumers and value not in graph.outputs:
+            graph.remove_node(value.producer)
+        return 1
+    return 0
+
+
+def _repeated_rows(graph: Graph, node: Node) -> int:
+    """Gather(table, ids) of constants, where ids repeat along some axes: the gather at
+    one slice of them, expanded (the small gather folds)."""
+    table, ids = (const(v) for v in node.inputs)
+    shape = node.outputs[0].static_shape
+    if table is None or ids is None or ids.ndim == 0 or shape is None:
+        return 0
+    small = ids
+    for axis in range(ids.ndim):
+        if small.shape[axis] > 1 and np.all(small == small.take([0], axis=axis)):
+            small = small.take([0], axis=axis)
+    if small.shape == ids.shape:
+        return 0
+    node.set_input(1, graph.constant(small, f"{node.name}_ids"))
+    axis = node.attrs.get("axis", 0) % table.ndim
+    out = node.outputs[0]
+    rows = Value(graph.fresh_name(f"{out.name}_rows"), out.dtype,
+                 table.shape[:axis] + small.shape + table.shape[axis + 1:])
+    node.set_outputs([rows])
+    _expand_as(graph, node, rows, shape, out=out)
     return 1
 
 

@@ -95,3 +95,32 @@ def test_attention_reads_the_padding_mask_as_rows():
     for feed in feeds:
         np.testing.assert_allclose(run_graph(graph, feed)["y"], run_graph(before, feed)["y"],
                                    atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ids, gathered", [
+    ("0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0", (1, 1)),   # token types: all zeros
+    ("0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3", (1, 4)),   # positions, repeated per row
+    ("0, 1, 2, 3, 1, 2, 3, 0, 2, 3, 0, 1", (3, 4)),   # rows differ: a real gather
+])
+def test_repeated_rows_of_a_constant_table_fold_to_one_broadcast_row(ids, gathered):
+    """A constant table gathered at constant ids that repeat along the batch is one row
+    broadcast: the gather at one row folds, and the Add broadcasts it without an Expand."""
+    rng = np.random.default_rng(9)
+    values = ", ".join(f"{v:.4f}" for v in rng.standard_normal(4 * 5))
+    graph, before = copy_graph(HEADER + f"""
+    g (float[3,4,5] x) => (float[3,4,5] y) {{
+      table = Constant <value = float[4,5] {{{values}}}> ()
+      ids = Constant <value = int64[3,4] {{{ids}}}> ()
+      rows = Gather <axis = 0> (table, ids)
+      y = Add(x, rows)
+    }}""")
+    from kiln.passes.fold_constants import fold_constants
+
+    apply(graph, late_broadcast)
+    gather = next(n for n in graph.nodes if n.op_type == "Gather")
+    assert gather.inputs[1].const.shape == gathered
+    apply(graph, fold_constants, late_broadcast, eliminate_dead)
+    assert ops(graph) == ["Add"]
+    if gathered != (3, 4):
+        assert graph.nodes[0].inputs[1].const.shape == (1, *gathered[1:], 5)
+    assert_same_results(before, graph, [random_feeds(before, {}, seed) for seed in (10, 11)])
