@@ -31,6 +31,9 @@ ROUND_MS = 2.0  # each round runs the layer for about this long
 GRAPH_CALLS = 20  # calls captured in one timing graph (their outputs share its pool)
 CONTENDER_MARGIN = 1.08  # tactics this close to the fastest are timed again
 RETIMES = 2
+# from this --builderOptimizationLevel on (BERT-base INT8 built in 101 s with it against
+# 75 without on the H100, and picked no faster GEMMs: bench/RESULTS.md, eighteenth session)
+RETIME_LEVEL = 4
 
 
 @dataclass
@@ -91,7 +94,8 @@ def tune(layers: list[LayerSpec], shapes: dict[str, list[int]], target: Target, 
                 report.cached += 1
             if ms is not None:
                 times[tactic.name] = ms
-        _retime_contenders(times, timed_now, spec, target, args)
+        if level >= RETIME_LEVEL:
+            _retime_contenders(times, timed_now, spec, target, args)
         for name, (_, key) in timed_now.items():
             cache.put(key, times[name])
         if times:
