@@ -127,8 +127,8 @@ def test_build_verbose_names_skipped_tactics(tmp_path, monkeypatch, capsys):
 
 def test_contenders_are_timed_again_and_keep_their_best(monkeypatch):
     """On CUDA (at optimization level 4 and 5), tactics within the margin of the fastest
-    are timed RETIMES more times in turn and keep their best; a far slower one and one read from the timing cache are not
-    timed again."""
+    are timed RETIMES more times in turn and keep their best; a far slower one and one
+    read from the timing cache are not timed again."""
     from kiln.build import tuner
     from kiln.kernels.registry import Target
 
