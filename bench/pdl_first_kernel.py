@@ -17,6 +17,7 @@ import os
 import statistics
 
 import torch
+from peers import cuda_time
 
 from kiln.kernels.triton.gather_dequantize import gather_dequantize
 
@@ -39,18 +40,6 @@ def capture(pdl: bool, torch_first: bool, table, scales, ids):
     return graph
 
 
-def timed(fn, runs: int = 50) -> float:
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def main() -> None:
     g = torch.Generator(device="cuda").manual_seed(0)
     table = torch.randint(-127, 128, (30522, 768), dtype=torch.int8, device="cuda",
@@ -64,8 +53,9 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {k: {"bare": [], "copy": []} for k in graphs}
     for _ in range(5):
         for name, graph in graphs.items():
-            results[name]["bare"].append(timed(graph.replay))
-            results[name]["copy"].append(timed(lambda gr=graph: (ids.copy_(feed), gr.replay())))
+            results[name]["bare"].append(cuda_time(graph.replay, warmup=5, runs=50))
+            results[name]["copy"].append(cuda_time(lambda gr=graph: (ids.copy_(feed), gr.replay()),
+                                                   warmup=5, runs=50))
     print(f"{'graph':30s} {'bare ms':>9s} {'copy+replay':>12s} {'extra us':>9s}")
     for name, r in results.items():
         bare, copy = statistics.median(r["bare"]), statistics.median(r["copy"])

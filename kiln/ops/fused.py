@@ -102,8 +102,9 @@ def layer_norm(x, residual=None, scale=None, bias=None, *, axis: int = -1,
                               quantize_to)
 
 
-def output_dtype(out_dtype: int | None, default: torch.dtype) -> torch.dtype:
-    """A LayerNorm's y type: the out_dtype attribute's, else its input's."""
+def output_dtype(out_dtype: int | None, default: torch.dtype | None) -> torch.dtype | None:
+    """A LayerNorm's y type: the out_dtype attribute's, else `default` (its input's, or
+    None for a tactic that resolves it once when it binds)."""
     if out_dtype is None:
         return default
     from kiln.ir import DType

@@ -119,7 +119,8 @@ class GraphRunner:
             return None
         captured = self.graphs.get(key)
         if captured is None:
-            captured = self._capture(key, feeds)
+            with self.flags() if self.flags is not None else contextlib.nullcontext():
+                captured = self._capture(key, feeds)
             if captured is None:
                 return None
         self.graphs.move_to_end(key)
@@ -130,10 +131,6 @@ class GraphRunner:
 
     def _capture(self, key: Key, feeds: dict[str, torch.Tensor]) -> Captured | None:
         static = {n: t.clone() for n, t in feeds.items()}
-        with self.flags() if self.flags is not None else contextlib.nullcontext():
-            return self._capture_with_flags(key, static)
-
-    def _capture_with_flags(self, key: Key, static: dict[str, torch.Tensor]) -> Captured | None:
         try:
             stream = self.stream = self.stream or torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))

@@ -36,7 +36,7 @@ class LayerNormTorch(Tactic):
         eps = layer.attrs.get("epsilon", 1e-5)
         outputs = partial(layer_norm_outputs, num_outputs=len(layer.outputs),
                           **quantize_attrs(layer.attrs))
-        out_dtype = layer.attrs.get("out_dtype")
+        y_type = output_dtype(layer.attrs.get("out_dtype"), None)
 
         def run(x, residual=None, scale=None, bias=None):
             summed = x if residual is None else x + residual
@@ -44,6 +44,6 @@ class LayerNormTorch(Tactic):
             weight = None if scale is None else scale.to(summed.dtype)
             shift = None if bias is None else bias.to(summed.dtype)
             y = F.layer_norm(summed, dims, weight, shift, eps)
-            return outputs(y.to(output_dtype(out_dtype, y.dtype)), summed)
+            return outputs(y if y_type is None else y.to(y_type), summed)
 
         return run

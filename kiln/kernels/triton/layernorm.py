@@ -162,6 +162,7 @@ class LayerNormTriton(Tactic):
         want_sum = outputs[1] is not None
         count = len(layer.outputs)
         out_dtype = layer.attrs.get("out_dtype")
+        y_type = output_dtype(out_dtype, None)
 
         def run(x, residual=None, scale=None, shift=None):
             lead = axis if axis >= 0 else x.dim() + axis
@@ -172,8 +173,7 @@ class LayerNormTriton(Tactic):
                                   num_outputs=count, out_dtype=out_dtype, **(quantize or {}))
             y, total, q = add_layer_norm(x, residual, scale, shift, axis, eps, want_sum,
                                          quantize, want_y=outputs[0] is not None,
-                                         config=self.config,
-                                         y_dtype=output_dtype(out_dtype, x.dtype))
+                                         config=self.config, y_dtype=y_type)
             return (y, total, q)[:count] if count > 1 else y
 
         return run
