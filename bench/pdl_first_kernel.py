@@ -4,10 +4,9 @@ static buffers, then replays it; the INT8 BERT engine (first kernel a Triton gat
 PDL) ran 0.12 ms longer than its bare replay where the FP16 one (first kernel torch's)
 ran 0.06 longer (bench/RESULTS.md, eighteenth session).
 
-Captures a chain of the gather-dequantize kernel four ways (PDL on every kernel; PDL off;
-PDL on after a first torch kernel; PDL on all but the first, as kiln captures now) and
-times, per graph, a bare replay and a copy into the static input followed by a replay, in
-alternating rounds; prints each one's extra time.
+Captures a chain of the gather-dequantize kernel three ways (PDL on every kernel; PDL off;
+PDL on after a first torch kernel) and times, per graph, a bare replay and a copy into the
+static input followed by a replay, in alternating rounds; prints each one's extra time.
 
     PYTHONPATH=. python bench/pdl_first_kernel.py
 """
@@ -20,24 +19,20 @@ import statistics
 import torch
 from peers import cuda_time
 
-from kiln.kernels import graph_start
 from kiln.kernels.triton.gather_dequantize import gather_dequantize
 
 CHAIN = 30
 
 
-def capture(pdl: bool, torch_first: bool, table, scales, ids, first_plain: bool = False):
-    # "all": PDL on the graph's first kernel too, as before kiln.kernels.graph_start
-    os.environ["KILN_PDL"] = ("1" if first_plain else "all") if pdl else "0"
+def capture(pdl: bool, torch_first: bool, table, scales, ids):
+    os.environ["KILN_PDL"] = "1" if pdl else "0"
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         for _ in range(2):
-            with graph_start.capturing():  # compiles the first kernel's variant too
-                gather_dequantize(table, scales, ids)
-                gather_dequantize(table, scales, ids)
+            gather_dequantize(table, scales, ids)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream), graph_start.capturing():
+    with torch.cuda.graph(graph, stream=stream):
         x = ids + 0 if torch_first else ids
         for _ in range(CHAIN):
             gather_dequantize(table, scales, x)

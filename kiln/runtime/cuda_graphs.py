@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from kiln.kernels import graph_start
 from kiln.ops.program import Program
 from kiln.runtime.bind import captured_host_buffers
 
@@ -136,14 +135,13 @@ class GraphRunner:
             stream = self.stream = self.stream or torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
-                for _ in range(2):  # warm-up: cuDNN autotuning, lazy allocations, and
-                    with graph_start.capturing():  # the kernels the capture will launch
-                        self.program.run(static)
+                for _ in range(2):  # warm-up: cuDNN autotuning, lazy allocations
+                    self.program.run(static)
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             buffers = captured_host_buffers()
             buffers.clear()
-            with rng_restored_on_failure(self.device), graph_start.capturing(), \
+            with rng_restored_on_failure(self.device), \
                     torch.cuda.graph(graph, stream=stream), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. "graph is empty" for host-only engines
                 outputs = self.program.run(static)

@@ -8,8 +8,7 @@ overlaps the earlier kernel's tail. Each such kernel waits before it touches glo
 at all, so the order of reads and writes is the stream's: what it saves is only the
 scheduling gap. It then lets the next kernel launch (griddepcontrol.launch_dependents),
 which takes effect once all its programs have started. Off in Triton's interpreter, below
-compute capability 9, and with KILN_PDL=0. The first kernel of a captured graph launches
-without it (kiln.kernels.graph_start says why) unless KILN_PDL=all.
+compute capability 9, and with KILN_PDL=0.
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ from typing import Any
 import torch
 import triton
 import triton.language as tl
-
-from kiln.kernels import graph_start
 
 
 def enabled(device: torch.device) -> bool:
@@ -37,9 +34,7 @@ def _capable(index: int | None) -> bool:
 
 def launch(device: torch.device) -> dict[str, Any]:
     """The kernel's PDL flag and, where on, the launch option that goes with it."""
-    if not enabled(device) or (graph_start.take() and os.environ.get("KILN_PDL") != "all"):
-        return {"PDL": False}
-    return {"PDL": True, "launch_pdl": True}
+    return {"PDL": True, "launch_pdl": True} if enabled(device) else {"PDL": False}
 
 
 @triton.jit
