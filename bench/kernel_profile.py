@@ -10,6 +10,7 @@ kernels grouped by name with their share of the device time, beside eager PyTorc
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -104,7 +105,9 @@ def timeline_lines(kernels: list[tuple[float, float, str]], top: int,
 
 
 def overheads(context: ExecutionContext, feeds: dict) -> None:
-    """A run's latency against a bare replay of its CUDA graph: the host's share."""
+    """A run's latency against a bare replay of its CUDA graph, and the parts between:
+    the inputs' copies before it (as copies and as kernels), the outputs' clone after it,
+    and the host's time for a run and for a replay."""
     from peers import cuda_time
 
     with torch.inference_mode():
@@ -113,13 +116,43 @@ def overheads(context: ExecutionContext, feeds: dict) -> None:
         captured = [g for g in (graphs.graphs.values() if graphs else []) if g is not None]
         line = f"\nkiln run {run_ms:.3f} ms"
         if captured:
-            replay_ms = cuda_time(captured[-1].graph.replay)
-            line += f", bare graph replay {replay_ms:.3f} ms"
+            line += ", " + ", ".join(f"{name} {cuda_time(fn):.3f} ms"
+                                     for name, fn in _graph_parts(captured[-1], feeds).items())
+            line += (f"; host: run {_host_ms(lambda: context.run(feeds)):.3f} ms, replay "
+                     f"{_host_ms(captured[-1].graph.replay):.3f} ms")
         else:
             line += f", no CUDA graph ({graphs.failures if graphs else 'off'})"
         eager = ExecutionContext(context.engine, cuda_graph=False)
         line += f", eager layers {cuda_time(lambda: eager.run(feeds)):.3f} ms"
     print(line)
+
+
+def _graph_parts(captured, feeds: dict) -> dict:
+    def copies():
+        for name, value in feeds.items():
+            captured.inputs[name].copy_(value, non_blocking=True)
+
+    def kernel_copies():  # an elementwise kernel instead of cudaMemcpyAsync
+        for name, value in feeds.items():
+            torch.mul(value, 1, out=captured.inputs[name])
+
+    replay = captured.graph.replay
+    return {"bare graph replay": replay,
+            "copies + replay": lambda: (copies(), replay()),
+            "kernel copies + replay": lambda: (kernel_copies(), replay()),
+            "replay + clone": lambda: (replay(), [t.clone() for t in captured.outputs])}
+
+
+def _host_ms(fn, runs: int = 50) -> float:
+    """The host's time for one call issued to an idle GPU (median)."""
+    times = []
+    for _ in range(runs):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    torch.cuda.synchronize()
+    return statistics.median(times)
 
 
 def main() -> None:
