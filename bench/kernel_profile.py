@@ -120,7 +120,8 @@ def overheads(context: ExecutionContext, feeds: dict) -> None:
             line += ", " + ", ".join(f"{name} {cuda_time(fn):.3f} ms"
                                      for name, fn in _graph_parts(captured[-1], feeds).items())
             line += (f"; host: run {_host_ms(lambda: context.run(feeds)):.3f} ms, replay "
-                     f"{_host_ms(captured[-1].graph.replay):.3f} ms")
+                     f"{_host_ms(captured[-1].graph.replay):.3f} ms; start-up "
+                     f"{startup_ms(captured[-1].graph):.3f} ms")
         else:
             line += f", no CUDA graph ({graphs.failures if graphs else 'off'})"
         eager = ExecutionContext(context.engine, cuda_graph=False)
@@ -142,6 +143,19 @@ def _graph_parts(captured, feeds: dict) -> dict:
             "copies + replay": lambda: (copies(), replay()),
             "one multi-tensor copy + replay": lambda: (one_copy(), replay()),
             "replay + clone": lambda: (replay(), [t.clone() for t in captured.outputs])}
+
+
+def startup_ms(graph: torch.cuda.CUDAGraph, batch: int = 10) -> float:
+    """A replay's latency less its share of `batch` replays issued back to back (whose
+    launches overlap the replays before them): the time from the start event to the
+    graph's first kernel, and from its last kernel to the end event."""
+    from peers import cuda_time
+
+    def back_to_back():
+        for _ in range(batch):
+            graph.replay()
+
+    return cuda_time(graph.replay) - cuda_time(back_to_back, warmup=2, runs=20) / batch
 
 
 def _host_ms(fn, runs: int = 50) -> float:

@@ -409,8 +409,13 @@ def _pdl_ab(engine, feeds: dict, label: str, rounds: int = 5) -> str:
         for flag, context in contexts.items():
             times[flag].append(cuda_time(lambda c=context: c.run(feeds), warmup=5))
     off, on = (statistics.median(times[f]) for f in ("0", "1"))
+    from kernel_profile import startup_ms
+
+    startup = {f: startup_ms(next(g for g in c.graphs.graphs.values() if g).graph)
+               for f, c in contexts.items()}
     return (f"{label} programmatic dependent launch: off {off:.3f} ms, on {on:.3f} ms "
-            f"({off / on:.3f}x; median of {rounds} alternating rounds of 100 runs)")
+            f"({off / on:.3f}x; median of {rounds} alternating rounds of 100 runs); a "
+            f"replay's start-up: off {startup['0']:.3f} ms, on {startup['1']:.3f} ms")
 
 
 def _note_precision_choice(label: str, engine, case: Case) -> None:
