@@ -5,7 +5,8 @@ not the cause.
 
 Captures graphs of 24 kernels of one kind each (torch adds; kiln's gather-dequantize;
 its LayerNorm; its Gluon INT8 GEMM, plain and persistent, whose arguments are TMA
-descriptors), small enough that launch costs show, and prints per graph: its kernels' time
+descriptors), small enough that launch costs show, then 90 of one kind and 90 of all
+kinds in turn (the INT8 engine's size and mixture), and prints per graph: its kernels' time
 back to back, a replay's start-up (one replay less its share of ten back to back), and a
 copy-then-replay's time less a bare replay's.
 
@@ -47,16 +48,18 @@ def kinds(rows: int = 512, width: int = 768) -> dict:
     }
 
 
-def capture(kernel) -> torch.cuda.CUDAGraph:
+def capture(kernels: list, length: int = CHAIN) -> torch.cuda.CUDAGraph:
+    """A graph of `length` kernels, taking `kernels` in turn."""
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         for _ in range(2):
-            kernel()
+            for kernel in kernels:
+                kernel()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=stream):
-        for _ in range(CHAIN):
-            kernel()
+        for i in range(length):
+            kernels[i % len(kernels)]()
     return graph
 
 
@@ -65,9 +68,14 @@ def main() -> None:
     dst = src.clone()
     print(f"{'graph of ' + str(CHAIN):22s} {'replay ms':>9s} {'start-up ms':>12s} "
           f"{'copy first, extra ms':>21s}")
-    for name, kernel in kinds().items():
+    each = kinds()
+    graphs = {name: ([kernel], CHAIN) for name, kernel in each.items()}
+    # the engine's size and mixture: 90 kernels, the kinds in turn
+    graphs["layernorm x90"] = ([each["layernorm"]], 90)
+    graphs["all kinds in turn x90"] = (list(each.values()), 90)
+    for name, (kernels, length) in graphs.items():
         try:
-            graph = capture(kernel)
+            graph = capture(kernels, length)
         except Exception as error:  # a kernel this GPU cannot run: say so, go on
             print(f"{name:22s} not captured: {type(error).__name__}: {error}"[:160])
             continue
