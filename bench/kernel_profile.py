@@ -107,8 +107,8 @@ def timeline_lines(kernels: list[tuple[float, float, str]], top: int,
 def overheads(context: ExecutionContext, feeds: dict) -> None:
     """A run's latency against a bare replay of its CUDA graph, and the parts between:
     the inputs' copies before it (one cudaMemcpyAsync each, or one multi-tensor kernel),
-    the outputs' clone after it,
-    and the host's time for a run and for a replay."""
+    the outputs' clone after it, the host's time for a run and for a replay, and the
+    replay's start-up."""
     from peers import cuda_time
 
     with torch.inference_mode():
