@@ -20,8 +20,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from kiln.ir import DType
 from kiln.ops.conv import conv
 from kiln.ops.registry import KILN_DOMAIN, register
+from kiln.ops.tensors import torch_dtype
 
 ACTIVATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "": lambda x, p: x,
@@ -105,12 +107,7 @@ def layer_norm(x, residual=None, scale=None, bias=None, *, axis: int = -1,
 def output_dtype(out_dtype: int | None, default: torch.dtype | None) -> torch.dtype | None:
     """A LayerNorm's y type: the out_dtype attribute's, else `default` (its input's, or
     None for a tactic that resolves it once when it binds)."""
-    if out_dtype is None:
-        return default
-    from kiln.ir import DType
-    from kiln.ops.tensors import torch_dtype
-
-    return torch_dtype(DType(out_dtype))
+    return default if out_dtype is None else torch_dtype(DType(out_dtype))
 
 
 def layer_norm_outputs(y: torch.Tensor, summed: torch.Tensor, num_outputs: int,

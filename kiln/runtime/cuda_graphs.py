@@ -95,6 +95,13 @@ class Captured:
     outputs: list[torch.Tensor]
     pinned: list[torch.Tensor]  # host buffers the graph copies from
 
+    def load(self, feeds: Mapping[str, torch.Tensor]) -> None:
+        """Copies feeds into the graph's inputs by one multi-tensor kernel, one host call
+        where a copy_ per input would be a cudaMemcpyAsync each: the GPU waits for every
+        host call before the replay's."""
+        torch._foreach_copy_([self.inputs[n] for n in feeds], list(feeds.values()),
+                             non_blocking=True)
+
 
 def _key(feeds: Mapping[str, Any]) -> Key | None:
     """Names, shapes and types of feeds that are all CUDA tensors; None for others."""
@@ -139,10 +146,7 @@ class GraphRunner:
 
     def _replay(self, key: Key, captured: Captured, feeds: Mapping[str, Any]) -> list[Any]:
         self.graphs.move_to_end(key)
-        # one multi-tensor kernel for all inputs: the GPU waits for every host call before
-        # the replay's, and each copy_ is one (cudaMemcpyAsync)
-        torch._foreach_copy_([captured.inputs[n] for n in feeds], list(feeds.values()),
-                             non_blocking=True)
+        captured.load(feeds)
         captured.graph.replay()
         return [t.clone() for t in captured.outputs]
 

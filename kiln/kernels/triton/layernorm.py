@@ -21,7 +21,7 @@ import torch
 from kiln.kernels.registry import LayerSpec, Tactic, Target, register_tactic
 from kiln.kernels.torch.layernorm import quantize_attrs
 from kiln.kernels.triton import AVAILABLE, usable_on
-from kiln.ops.fused import output_dtype
+from kiln.ops.fused import layer_norm, output_dtype
 from kiln.ops.quantized import inverse_scale
 
 MAX_ROW = 8192  # one row lives in registers
@@ -167,8 +167,6 @@ class LayerNormTriton(Tactic):
         def run(x, residual=None, scale=None, shift=None):
             lead = axis if axis >= 0 else x.dim() + axis
             if math.prod(x.shape[lead:]) > MAX_ROW or not x.is_floating_point():
-                from kiln.ops.fused import layer_norm
-
                 return layer_norm(x, residual, scale, shift, axis=axis, epsilon=eps,
                                   num_outputs=count, out_dtype=out_dtype, **(quantize or {}))
             y, total, q = add_layer_norm(x, residual, scale, shift, axis, eps, want_sum,
