@@ -125,8 +125,11 @@ def _check(got: torch.Tensor, want: torch.Tensor, v: torch.Tensor) -> None:
     assert float((diff > 0).float().mean()) <= MAX_DIFFERING
 
 
+@pytest.mark.parametrize("exp2", [False, True], ids=["base-e", "base-2"])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_kernel_matches_the_reference(case):
+def test_kernel_matches_the_reference(case, exp2):
+    """The base-2 softmax (exp2) rounds its scores, exponentials and steps differently
+    from the reference's float32 ops, each within an ulp: held to the same bounds."""
     b, h, s_q, s_kv, d, layout, kind, output, out_layout = case
     rng = np.random.default_rng(b * 1000 + h * 100 + s_q + s_kv + d)
     q, k, v = _qkv(rng, b, h, s_q, s_kv, d, layout)
@@ -142,7 +145,7 @@ def test_kernel_matches_the_reference(case):
         factor=score_factor(Q_SCALE, K_SCALE, softmax_scale(None, d)),
         v_factor=value_factor(V_SCALE),
         out_inv_scale=inverse_scale(OUT_SCALE) if output == "int8" else None,
-        block_m=32, warps=4)
+        block_m=32, warps=4, exp2=exp2)
     assert got.data_ptr() == out.data_ptr()
     _check(out, want, v)
     if kind == "blocked":  # rows the mask blocks entirely: exactly zero
@@ -176,6 +179,10 @@ def _spec(q_shape: tuple, k_shape: tuple, v_shape: tuple, attrs: dict,
     ("int8-triton-attention-64w4-recip-p4", ("bshd", "bshd", "bshd"), "bool", "int8",
      "bshd"),
     ("int8-triton-attention-128w8-recip-early-v", ("bshd", "bshd", "bshd"), "pad", "int8",
+     "bshd"),
+    ("int8-triton-attention-128w8-exp2", ("bshd", "bshd", "bshd"), "pad", "int8", "bshd"),
+    ("int8-triton-attention-64w4-exp2", ("bhsd", "bhds", "bhsd"), "blocked", "fp16", "bhsd"),
+    ("int8-triton-attention-32w4-exp2", ("bshd", "bshd", "bshd"), "random", "fp32",
      "bshd")])
 def test_tactic_matches_the_reference(name, layouts, kind, output, out_layout, monkeypatch):
     """Bound through the registry as an engine binds it: inputs in the layer's layouts (a

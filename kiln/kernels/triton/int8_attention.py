@@ -11,7 +11,7 @@ straight into the layer's out_layout.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -21,8 +21,18 @@ from kiln.ops.fused import to_bhsd
 from kiln.ops.qattention import score_factor, softmax_scale, value_factor
 from kiln.ops.quantized import inverse_scale
 
-# (BLOCK_M, warps, probabilities by the reciprocal of the row sum instead of a division[,
-# programs an SM (0: a program a block)[, v loaded with q and k]]).
+
+class AttentionConfig(NamedTuple):
+    """A tactic's tile and variant of the kernel (kiln/kernels/triton/_int8_attention.py)."""
+
+    block_m: int  # query rows a program
+    warps: int
+    reciprocal: bool = False  # probabilities by the reciprocal of the row sum
+    per_sm: int = 0  # persistent: at most this many programs an SM (0: a program a block)
+    early_v: bool = False  # v loaded with q and k
+    exp2: bool = False  # the softmax in base 2, fused score product (EXP2)
+
+
 # 32w4-recip: at more than 128 keys (ViT-B/16's 197 take a tile of 256) 64w4 holds 255
 # registers a thread, two programs an SM; 32 rows hold 166, three (compiled for sm_90a).
 # -pN: persistent, at most N programs an SM walking the blocks with the next one's loads
@@ -32,12 +42,21 @@ from kiln.ops.quantized import inverse_scale
 # On the H100 at BERT-base b32 the persistent tiles timed 0.014-0.016 ms and -early-v 0.013
 # against 128w8-recip's 0.011 (bench/RESULTS.md, seventeenth session): both stay tactics,
 # since which wins may change with the batch and the key length.
-ATTENTION_CONFIGS = {"64w4": (64, 4, False), "128w4": (128, 4, False),
-                     "128w8": (128, 8, False), "64w4-recip": (64, 4, True),
-                     "128w8-recip": (128, 8, True), "32w4-recip": (32, 4, True),
-                     "128w8-recip-p1": (128, 8, True, 1), "128w8-recip-p2": (128, 8, True, 2),
-                     "64w4-recip-p4": (64, 4, True, 4),
-                     "128w8-recip-early-v": (128, 8, True, 0, True)}
+# -exp2: the kernel issues its instructions at the SM's rate (compiled for sm_90a, 1888 a
+# thread at 128w8-recip for BERT-base's 128 keys, 64 of them per score), and the base-2
+# softmax takes 1512 (ex2 without ptxas' subnormal range fix-up, no product by log2(e), one
+# product for the reciprocal and the 127 steps, the score's product and mask one fma).
+ATTENTION_CONFIGS = {
+    "64w4": AttentionConfig(64, 4), "128w4": AttentionConfig(128, 4),
+    "128w8": AttentionConfig(128, 8), "64w4-recip": AttentionConfig(64, 4, True),
+    "128w8-recip": AttentionConfig(128, 8, True), "32w4-recip": AttentionConfig(32, 4, True),
+    "128w8-recip-p1": AttentionConfig(128, 8, True, 1),
+    "128w8-recip-p2": AttentionConfig(128, 8, True, 2),
+    "64w4-recip-p4": AttentionConfig(64, 4, True, 4),
+    "128w8-recip-early-v": AttentionConfig(128, 8, True, 0, True),
+    "128w8-exp2": AttentionConfig(128, 8, exp2=True),
+    "64w4-exp2": AttentionConfig(64, 4, exp2=True),
+    "32w4-exp2": AttentionConfig(32, 4, exp2=True)}
 HEAD_DIMS = (32, 64, 128)  # the whole head dim is one tile of the kernel
 MAX_KEYS = 256  # so are all the keys of a head: its scores stay in registers
 _LAYOUTS = ("bhsd", "bshd", "bhds")
@@ -88,7 +107,7 @@ def _outputs_supported(attrs: dict) -> bool:
 
 class _TritonAttention(Tactic):
     ops = (("kiln", "QAttention"),)
-    config: tuple = ()
+    config: AttentionConfig
 
     def supports(self, layer: LayerSpec, target: Target) -> bool:
         types = layer.input_dtypes
@@ -107,8 +126,7 @@ class _TritonAttention(Tactic):
         dtype = torch.int8 if out_scale else _OUT_FLOATS[attrs.get("out_dtype", "fp32")]
         scales = (attrs.get("q_scale", 1.0), attrs.get("k_scale", 1.0), attrs.get("scale"))
         v_factor = value_factor(attrs.get("v_scale", 1.0))
-        block_m, warps, reciprocal, per_sm, early_v = (*self.config, 0, False)[:5]
-        kernels = attention_kernels()
+        config, kernels = self.config, attention_kernels()
 
         def run(q, k, v, mask=None):
             q, k, v = (to_bhsd(t, layout) for t, layout in zip((q, k, v), layouts))
@@ -119,8 +137,7 @@ class _TritonAttention(Tactic):
             out = torch.empty(shape, dtype=dtype, device=q.device)
             kernels.int8_attention(q, k, v, mask, out.transpose(1, 2) if bshd_out else out,
                                    factor=factor, v_factor=v_factor,
-                                   out_inv_scale=out_inv_scale, block_m=block_m, warps=warps,
-                                   reciprocal=reciprocal, per_sm=per_sm, early_v=early_v)
+                                   out_inv_scale=out_inv_scale, **config._asdict())
             return out
 
         return run
