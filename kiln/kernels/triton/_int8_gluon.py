@@ -77,14 +77,15 @@ def mma_layout(block_n: int, warps: int) -> gl.NVMMADistributedLayout:
 
 
 @gluon.jit
-def _gelu_tanh(y, FAST_TANH: gl.constexpr):
+def _gelu_tanh(y, FAST_TANH: gl.constexpr, scale):
+    """scale * GELU(y), tanh form: the scale in the half that multiplies both terms."""
     u = y * (0.7978845608028654 + 0.035677408136300125 * y * y)
     if FAST_TANH:
         t = gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [u],
                                       dtype=gl.float32, is_pure=True, pack=1)
     else:
         t = 2.0 / (1.0 + gl.exp(-2.0 * u)) - 1.0
-    h = 0.5 * y
+    h = (0.5 * scale) * y
     return h + h * t
 
 
@@ -104,8 +105,8 @@ def _qgemm_gluon_kernel(a_desc, w_desc, w1_desc, out_desc, out1_desc, scales_ptr
                         out_inv_scale, N: gl.constexpr, K: gl.constexpr,
                         BLOCK_N: gl.constexpr, HAS_BIAS: gl.constexpr, ACT: gl.constexpr,
                         OUT_MODE: gl.constexpr, FAST_TANH: gl.constexpr,
-                        STAGES: gl.constexpr, LAYOUT: gl.constexpr, LAYOUT1: gl.constexpr,
-                        PDL: gl.constexpr):
+                        LOW_CLAMP: gl.constexpr, STAGES: gl.constexpr, LAYOUT: gl.constexpr,
+                        LAYOUT1: gl.constexpr, VEC: gl.constexpr, PDL: gl.constexpr):
     """BLOCK_N: the tile's columns; w1_desc, out1_desc: its second column part after the
     first w_desc.block_type.shape[0] (column_parts), or None."""
     _wait_for_inputs(PDL)
@@ -117,14 +118,18 @@ def _qgemm_gluon_kernel(a_desc, w_desc, w1_desc, out_desc, out1_desc, scales_ptr
     a_ring, w_ring, w1_ring, ready = _rings(a_desc, w_desc, w1_desc, STAGES)
     _start_ring(STEPS, pid, 1, a_desc, w_desc, w1_desc, a_ring, w_ring, w1_ring, ready,
                 TILES_N, BLOCK_N, STEPS, STAGES)
+    factors = _tile_factors(scales_ptr, bias_ptr, pid, TILES_N, BLOCK_N, w_desc, w1_desc, N,
+                            HAS_BIAS, VEC)
     acc, acc1, _ = _tile_product(0, STEPS, pid, 1, a_desc, w_desc, w1_desc, a_ring, w_ring,
                                  w1_ring, ready, LAYOUT, LAYOUT1, TILES_N, BLOCK_N, STEPS,
                                  STAGES)
     for j in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(j))
     out_smem, out1_smem = _out_buffers(out_desc, out1_desc)
+    fac_smem = _factor_buffer(w_desc)
+    _stage_factors(factors, fac_smem, w1_desc, out_inv_scale, OUT_MODE == 3 and ACT != 6)
     _store_parts(acc, acc1, pid, TILES_N, BLOCK_N, out_desc, out1_desc, out_smem, out1_smem,
-                 scales_ptr, bias_ptr, out_inv_scale, N, HAS_BIAS, ACT, OUT_MODE, FAST_TANH,
+                 fac_smem, out_inv_scale, HAS_BIAS, ACT, OUT_MODE, FAST_TANH, LOW_CLAMP,
                  LAYOUT, LAYOUT1)
     tma.store_wait(pendings=0)
 
@@ -149,6 +154,15 @@ def _rings(a_desc, w_desc, w1_desc, STAGES: gl.constexpr):
 
 
 @gluon.jit
+def _factor_buffer(w_desc):
+    """Four rows of the first column part's width, end to end: a tile's factors
+    (_stage_factors)."""
+    BLOCK_N0: gl.constexpr = w_desc.block_type.shape[0]
+    return gl.allocate_shared_memory(gl.float32, [4 * BLOCK_N0],
+                                     gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+
+
+@gluon.jit
 def _out_buffers(out_desc, out1_desc):
     out_smem = gl.allocate_shared_memory(out_desc.dtype, out_desc.block_type.shape,
                                          out_desc.layout)
@@ -161,40 +175,95 @@ def _out_buffers(out_desc, out1_desc):
 
 
 @gluon.jit
+def _tile_factors(scales_ptr, bias_ptr, tile, TILES_N: gl.constexpr, BLOCK_N: gl.constexpr,
+                  w_desc, w1_desc, N: gl.constexpr, HAS_BIAS: gl.constexpr, VEC: gl.constexpr):
+    """The per-column factors and bias of tile `tile`'s one or two column parts, (scales,
+    bias, scales1, bias1), loaded a few values a thread (VEC) before its K loop: the
+    epilogue had loaded them in the accumulator's layout after it, one 4-byte load a
+    column per thread each with its 64-bit address, the loads' latency in full view."""
+    BLOCK_N0: gl.constexpr = w_desc.block_type.shape[0]
+    off_n = (tile % TILES_N) * BLOCK_N
+    sc, bi = _column_vectors(scales_ptr, bias_ptr, off_n, BLOCK_N0, N, HAS_BIAS, VEC)
+    if w1_desc is None:
+        sc1, bi1 = sc, bi
+    else:
+        BLOCK_N1: gl.constexpr = w1_desc.block_type.shape[0]
+        sc1, bi1 = _column_vectors(scales_ptr, bias_ptr, off_n + BLOCK_N0, BLOCK_N1, N,
+                                   HAS_BIAS, VEC)
+    return sc, bi, sc1, bi1
+
+
+@gluon.jit
+def _column_vectors(scales_ptr, bias_ptr, off_n, BLOCK: gl.constexpr, N: gl.constexpr,
+                    HAS_BIAS: gl.constexpr, VEC: gl.constexpr):
+    rn = off_n + gl.arange(0, BLOCK, layout=VEC)
+    sc = gl.load(scales_ptr + rn, mask=rn < N, other=0.0)
+    bi = gl.load(bias_ptr + rn, mask=rn < N, other=0.0) if HAS_BIAS else sc
+    return sc, bi
+
+
+@gluon.jit
+def _stage_factors(factors, fac_smem, w1_desc, out_inv_scale, FOLD: gl.constexpr):
+    """The tile's factors (_tile_factors) into shared memory, rows scales, bias, scales1,
+    bias1, for the epilogue to read in the accumulator's layout: converted there at once
+    they held 30-50 more registers a thread than the per-column loads (compiled for
+    sm_90a); read from shared memory each comes as it is used. Called after the K loop:
+    the loads had that long to arrive; the first barrier keeps the previous tile's
+    epilogue reads before these writes. FOLD: the output step folded into the factors and
+    bias (an int8 output with no activation or ReLU), one product an element fewer."""
+    BLOCK_N0: gl.constexpr = fac_smem.shape[0] // 4
+    gl.thread_barrier()
+    for i in gl.static_range(2):
+        fac_smem.slice(i * BLOCK_N0, BLOCK_N0).store(
+            factors[i] * out_inv_scale if FOLD else factors[i])
+    if w1_desc is not None:
+        BLOCK_N1: gl.constexpr = w1_desc.block_type.shape[0]
+        for i in gl.static_range(2, 4):
+            fac_smem.slice(i * BLOCK_N0, BLOCK_N1).store(
+                factors[i] * out_inv_scale if FOLD else factors[i])
+    gl.thread_barrier()
+
+
+@gluon.jit
 def _store_parts(acc, acc1, tile, TILES_N: gl.constexpr, BLOCK_N: gl.constexpr, out_desc,
-                 out1_desc, out_smem, out1_smem, scales_ptr, bias_ptr, out_inv_scale,
-                 N: gl.constexpr, HAS_BIAS: gl.constexpr, ACT: gl.constexpr, OUT_MODE: gl.constexpr,
-                 FAST_TANH: gl.constexpr, LAYOUT: gl.constexpr, LAYOUT1: gl.constexpr):
-    """The epilogue of tile `tile`, part by part (_store_tile)."""
+                 out1_desc, out_smem, out1_smem, fac_smem, out_inv_scale,
+                 HAS_BIAS: gl.constexpr, ACT: gl.constexpr, OUT_MODE: gl.constexpr,
+                 FAST_TANH: gl.constexpr, LOW_CLAMP: gl.constexpr, LAYOUT: gl.constexpr,
+                 LAYOUT1: gl.constexpr):
+    """The epilogue of tile `tile`, part by part (_store_tile), with its factors staged in
+    fac_smem (_stage_factors)."""
     BLOCK_M: gl.constexpr = out_desc.block_type.shape[0]
     BLOCK_N0: gl.constexpr = out_desc.block_type.shape[1]
     off_m = (tile // TILES_N) * BLOCK_M
     off_n = (tile % TILES_N) * BLOCK_N
-    _store_tile(acc, off_m, off_n, out_desc, out_smem, scales_ptr, bias_ptr, out_inv_scale, N,
-                HAS_BIAS, ACT, OUT_MODE, FAST_TANH, LAYOUT)
+    _store_tile(acc, off_m, off_n, out_desc, out_smem, fac_smem.slice(0, BLOCK_N0),
+                fac_smem.slice(BLOCK_N0, BLOCK_N0), out_inv_scale, HAS_BIAS, ACT, OUT_MODE,
+                FAST_TANH, LOW_CLAMP, LAYOUT)
     if out1_desc is not None:
-        _store_tile(acc1, off_m, off_n + BLOCK_N0, out1_desc, out1_smem, scales_ptr, bias_ptr,
-                    out_inv_scale, N, HAS_BIAS, ACT, OUT_MODE, FAST_TANH, LAYOUT1)
+        BLOCK_N1: gl.constexpr = out1_desc.block_type.shape[1]
+        _store_tile(acc1, off_m, off_n + BLOCK_N0, out1_desc, out1_smem,
+                    fac_smem.slice(2 * BLOCK_N0, BLOCK_N1), fac_smem.slice(3 * BLOCK_N0, BLOCK_N1),
+                    out_inv_scale, HAS_BIAS, ACT, OUT_MODE, FAST_TANH, LOW_CLAMP, LAYOUT1)
 
 
 @gluon.jit
-def _store_tile(acc, off_m, off_n, out_desc, out_smem, scales_ptr, bias_ptr, out_inv_scale,
-                N: gl.constexpr, HAS_BIAS: gl.constexpr, ACT: gl.constexpr,
-                OUT_MODE: gl.constexpr, FAST_TANH: gl.constexpr, LAYOUT: gl.constexpr):
+def _store_tile(acc, off_m, off_n, out_desc, out_smem, sc_smem, bi_smem, out_inv_scale,
+                HAS_BIAS: gl.constexpr, ACT: gl.constexpr, OUT_MODE: gl.constexpr,
+                FAST_TANH: gl.constexpr, LOW_CLAMP: gl.constexpr, LAYOUT: gl.constexpr):
     """The epilogue of one tile (or column part), written to out_smem and from there by TMA
-    (not waited for: the caller waits before out_smem is written again)."""
-    BLOCK_N: gl.constexpr = out_desc.block_type.shape[1]
-    rn = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, LAYOUT))
-    scales = gl.load(scales_ptr + rn, mask=rn < N, other=0.0)
-    y = acc.to(gl.float32) * gl.expand_dims(scales, 0)
+    (not waited for: the caller waits before out_smem is written again). sc_smem, bi_smem:
+    its columns' factors and bias in shared memory."""
+    columns: gl.constexpr = gl.SliceLayout(0, LAYOUT)
+    y = acc.to(gl.float32) * gl.expand_dims(sc_smem.load(columns), 0)
     if HAS_BIAS:
-        y = y + gl.expand_dims(gl.load(bias_ptr + rn, mask=rn < N, other=0.0), 0)
+        y = y + gl.expand_dims(bi_smem.load(columns), 0)
     if ACT == 1:
         y = gl.maximum(y, 0.0)
     elif ACT == 6:
-        y = _gelu_tanh(y, FAST_TANH)
-    if OUT_MODE == 3:  # saturated, then rounded half to even by adding 1.5 * 2**23
-        q = gl.minimum(gl.maximum(y * out_inv_scale, -128.0), 127.0)
+        y = _gelu_tanh(y, FAST_TANH, out_inv_scale if OUT_MODE == 3 else 1.0)
+    if OUT_MODE == 3:  # y in output steps (_stage_factors, _gelu_tanh): saturated, then
+        # rounded half to even by adding 1.5 * 2**23
+        q = gl.minimum(gl.maximum(y, -128.0) if LOW_CLAMP else y, 127.0)
         out = ((q + 12582912.0).to(gl.int32, bitcast=True) - 0x4B400000).to(gl.int8)
     else:
         out = y.to(gl.float16)
@@ -293,9 +362,10 @@ def _qgemm_gluon_persistent_kernel(a_desc, w_desc, w1_desc, out_desc, out1_desc,
                                    bias_ptr, out_inv_scale, M, N: gl.constexpr,
                                    K: gl.constexpr, BLOCK_N: gl.constexpr, HAS_BIAS: gl.constexpr,
                                    ACT: gl.constexpr, OUT_MODE: gl.constexpr,
-                                   FAST_TANH: gl.constexpr, STAGES: gl.constexpr,
+                                   FAST_TANH: gl.constexpr, LOW_CLAMP: gl.constexpr,
+                                   STAGES: gl.constexpr,
                                    LAYOUT: gl.constexpr, LAYOUT1: gl.constexpr,
-                                   PDL: gl.constexpr):
+                                   VEC: gl.constexpr, PDL: gl.constexpr):
     """_qgemm_gluon_kernel as one program an SM (at most), each walking every programs-th
     tile (a run-time count, so that no tile count compiles a kernel of its own), its K
     steps numbered across its tiles: the copies run STAGES - 1 steps ahead over tile
@@ -313,17 +383,21 @@ def _qgemm_gluon_persistent_kernel(a_desc, w_desc, w1_desc, out_desc, out1_desc,
 
     a_ring, w_ring, w1_ring, ready = _rings(a_desc, w_desc, w1_desc, STAGES)
     out_smem, out1_smem = _out_buffers(out_desc, out1_desc)
+    fac_smem = _factor_buffer(w_desc)
     _start_ring(total, pid, programs, a_desc, w_desc, w1_desc, a_ring, w_ring, w1_ring, ready,
                 TILES_N, BLOCK_N, STEPS, STAGES)
     step = 0
     for t in range(my_tiles):
+        factors = _tile_factors(scales_ptr, bias_ptr, pid + t * programs, TILES_N, BLOCK_N,
+                                w_desc, w1_desc, N, HAS_BIAS, VEC)
         acc, acc1, step = _tile_product(step, total, pid, programs, a_desc, w_desc, w1_desc,
                                         a_ring, w_ring, w1_ring, ready, LAYOUT, LAYOUT1,
                                         TILES_N, BLOCK_N, STEPS, STAGES)
+        _stage_factors(factors, fac_smem, w1_desc, out_inv_scale, OUT_MODE == 3 and ACT != 6)
         tma.store_wait(pendings=0)  # the previous tile's stores have read out_smem
-        _store_parts(acc, acc1, pid + t * programs, TILES_N, BLOCK_N, out_desc, out1_desc, out_smem,
-                     out1_smem, scales_ptr, bias_ptr, out_inv_scale, N, HAS_BIAS, ACT,
-                     OUT_MODE, FAST_TANH, LAYOUT, LAYOUT1)
+        _store_parts(acc, acc1, pid + t * programs, TILES_N, BLOCK_N, out_desc, out1_desc,
+                     out_smem, out1_smem, fac_smem, out_inv_scale, HAS_BIAS, ACT, OUT_MODE,
+                     FAST_TANH, LOW_CLAMP, LAYOUT, LAYOUT1)
     tma.store_wait(pendings=0)
     for j in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(j))
@@ -338,6 +412,17 @@ def supported(epi: dict, n: int, k: int) -> bool:
     return (out_mode in _OUT and not epi.get("out_zero_point") and k % 32 == 0
             and (n * size) % 16 == 0 and not epi.get("residual_scale")
             and epi.get("activation", "") in ("", "Relu", "GeluTanh"))
+
+
+# The tanh-form GELU is -0.170 at its least (y = -0.75); 0.2 leaves room for the tanh
+# instruction's error. Above it no int8 output needs the clamp at -128 (a ReLU's none).
+GELU_LEAST = 0.2
+
+
+def low_clamp(act: int, out_inv_scale: float) -> bool:
+    """Whether an int8 output of this activation and inverse step can fall below -128."""
+    return not (act == ACTIVATIONS["Relu"]
+                or (act == ACTIVATIONS["GeluTanh"] and GELU_LEAST * out_inv_scale < 128))
 
 
 def qgemm_gluon(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
@@ -365,9 +450,10 @@ def qgemm_gluon(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
             descriptor(out, [block_m, n0], out_gl),
             descriptor(out, [block_m, n1], out_gl) if n1 else None, scales,
             bias if bias is not None else scales, float(epi.get("out_inv_scale", 1.0)))
-    meta = dict(N=n, K=k, BLOCK_N=block_n, HAS_BIAS=bias is not None,
-                ACT=ACTIVATIONS[epi.get("activation", "")], OUT_MODE=out_mode,
-                FAST_TANH=bool(epi.get("fast_tanh")), STAGES=stages, **_layouts(block_n, warps),
+    act, inv = ACTIVATIONS[epi.get("activation", "")], float(epi.get("out_inv_scale", 1.0))
+    meta = dict(N=n, K=k, BLOCK_N=block_n, HAS_BIAS=bias is not None, ACT=act,
+                OUT_MODE=out_mode, FAST_TANH=bool(epi.get("fast_tanh")),
+                LOW_CLAMP=low_clamp(act, inv), STAGES=stages, **_layouts(block_n, warps),
                 num_warps=warps, **_pdl.launch(a.device))
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     if len(config) > 5 and config[5]:
@@ -380,9 +466,10 @@ def qgemm_gluon(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor,
 
 def _layouts(block_n: int, warps: int) -> dict:
     """LAYOUT and LAYOUT1, the accumulators' layouts of the tile's column parts (LAYOUT1 is
-    LAYOUT's where there is no second part)."""
+    LAYOUT's where there is no second part), and VEC, the column factors' as loaded."""
     n0, n1 = column_parts(block_n)
-    return {"LAYOUT": mma_layout(n0, warps), "LAYOUT1": mma_layout(n1 or n0, warps)}
+    return {"LAYOUT": mma_layout(n0, warps), "LAYOUT1": mma_layout(n1 or n0, warps),
+            "VEC": gl.BlockedLayout([1], [32], [warps], [0])}
 
 
 def compile_for_hopper_offline(config: tuple, const: dict, fast_tanh: bool = False):
@@ -408,6 +495,7 @@ def compile_for_hopper_offline(config: tuple, const: dict, fast_tanh: bool = Fal
            "out_desc": desc([block_m, n0], out_gl, out_t),
            "scales_ptr": "*fp32", "bias_ptr": "*fp32", "out_inv_scale": "fp32"}
     constants = {**const, "BLOCK_N": block_n, "FAST_TANH": fast_tanh, "STAGES": stages,
+                 "LOW_CLAMP": low_clamp(const["ACT"], 64.0),  # BERT's FC1 output step: 1/64
                  **_layouts(block_n, warps), "PDL": True}
     if n1:
         sig.update(w1_desc=desc([n1, block_k], gl.int8, "i8"),
