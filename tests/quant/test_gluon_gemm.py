@@ -56,6 +56,18 @@ def test_gluon_gemm_matches_the_reference(case):
     close(got, want)
 
 
+def test_gelu_needs_no_clamp_below_its_least_value():
+    """low_clamp drops the clamp at -128 for GELU outputs only where the tanh form's least
+    value, with room for the tanh instruction's error, stays above it in output steps."""
+    y = torch.linspace(-8, 8, 200001, dtype=torch.float64)
+    gelu = 0.5 * y * (1 + torch.tanh(0.7978845608028654 * (y + 0.044715 * y ** 3)))
+    assert float(gelu.min()) > -gluon_gemm.GELU_LEAST * (1 - 2 ** -10)
+    act = gluon_gemm.ACTIVATIONS
+    assert not gluon_gemm.low_clamp(act["GeluTanh"], 64.0)  # BERT FC1's step, 1/64
+    assert gluon_gemm.low_clamp(act["GeluTanh"], 1000.0)  # -0.17 * 1000 < -128
+    assert gluon_gemm.low_clamp(act[""], 1.0) and not gluon_gemm.low_clamp(act["Relu"], 1e6)
+
+
 @pytest.mark.parametrize("epi,n,k,taken", [
     (_epi(0.05, "Relu"), 64, 128, True), (_epi(0.0, "GeluTanh"), 24, 96, True),
     (_epi(0.05, "Sigmoid"), 64, 128, False),  # an activation it does not compute

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(not sm90.tools_present(),
 
 FC1 = (3072, 768, "GeluTanh", "int8")  # BERT-base's, as its INT8 engine runs them
 FC2 = (768, 3072, "", "fp16")
+QKV = (2304, 768, "", "int8")
 _PROBE = """
 import json, sys
 from kiln.kernels.triton import _sm90 as sm90
@@ -76,3 +77,15 @@ def test_gluon_192_column_tile_is_two_mmas_per_step(tile):
     assert costs["ptx"].count("wgmma.commit_group") == 2
     assert "m64n128k32.s32.s8.s8" in costs["ptx"] and "m64n64k32.s32.s8.s8" in costs["ptx"]
     assert costs["stack"] == 0 and costs["global stores"] == 0
+
+
+@pytest.mark.parametrize("tile,layer,regs", [("g4p", FC1, 255), ("g5k64", QKV, 128),
+                                             ("g5", FC2, 128)], ids=["fc1", "qkv", "fc2"])
+def test_gluon_epilogue_reads_its_factors_from_shared_memory(tile, layer, regs):
+    """The column factors and bias come before the K loop and wait in shared memory, so
+    the epilogue issues no global load; staged there rather than converted into the
+    accumulator's layout at once, a 128 x 192 tile keeps to 128 registers a thread (two
+    programs an SM)."""
+    costs = compiled(tile, layer, fast_tanh=True)
+    assert costs["global loads"] == 0
+    assert costs["regs"] <= regs and costs["stack"] == 0

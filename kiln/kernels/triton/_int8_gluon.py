@@ -15,8 +15,9 @@ The epilogue is QGemm's for the layers BERT-like encoders have: per-column facto
 bias, no activation, ReLU or the tanh-form GELU (by the tanh instruction with FAST_TANH),
 then an int8 output requantized with zero point 0 (OUT_MODE 3) or a float16 one (1),
 written by TMA. Its arithmetic is the reference's order (kiln/ops/quantized.epilogue:
-factors, bias, activation, then the output step), where the Triton epilogue folds the
-output step into the factors first: the two may round an element a step apart.
+factors, bias, activation, then the output step) except that the output step is folded
+into the factors and bias (no activation, ReLU) or into GELU's half, as the Triton
+epilogue folds it: either may round an element a step away from the reference.
 """
 
 from __future__ import annotations

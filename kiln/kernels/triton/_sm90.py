@@ -59,8 +59,8 @@ def sass(compiled: Any) -> list[str]:
 
 
 def static_costs(compiled: Any) -> dict[str, int]:
-    """Registers, stack bytes, and the epilogue's instruction, spill-store and global-store
-    counts (after the last MMA)."""
+    """Registers, stack bytes, and the epilogue's instruction, spill-store, global-store
+    and global-load counts (after the last MMA)."""
     usage = _read_cubin(compiled, "cuobjdump", "--dump-resource-usage")
     regs, stack = (int(v) for v in re.search(r"REG:(\d+) STACK:(\d+)", usage).groups())
     lines = sass(compiled)
@@ -69,7 +69,8 @@ def static_costs(compiled: Any) -> dict[str, int]:
     return {"regs": regs, "stack": stack, "epilogue": len(epilogue),
             "spill stores": sum(line.startswith("STL") or " STL" in line for line in epilogue),
             "global stores": sum(line.startswith("STG") or " STG" in line
-                                 for line in epilogue)}
+                                 for line in epilogue),
+            "global loads": sum(line.startswith("LDG") or " LDG" in line for line in epilogue)}
 
 
 def mma_groups_in_flight(compiled: Any) -> list[int]:
