@@ -128,7 +128,7 @@ def _qgemm_gluon_kernel(a_desc, w_desc, w1_desc, out_desc, out1_desc, scales_ptr
         mbarrier.invalidate(ready.index(j))
     out_smem, out1_smem = _out_buffers(out_desc, out1_desc)
     fac_smem = _factor_buffer(w_desc)
-    _stage_factors(factors, fac_smem, w1_desc, out_inv_scale, OUT_MODE == 3 and ACT != 6)
+    _stage_factors(factors, fac_smem, w1_desc, out_inv_scale, OUT_MODE, ACT)
     _store_parts(acc, acc1, pid, TILES_N, BLOCK_N, out_desc, out1_desc, out_smem, out1_smem,
                  fac_smem, out_inv_scale, HAS_BIAS, ACT, OUT_MODE, FAST_TANH, LOW_CLAMP,
                  LAYOUT, LAYOUT1)
@@ -197,6 +197,7 @@ def _tile_factors(scales_ptr, bias_ptr, tile, TILES_N: gl.constexpr, BLOCK_N: gl
 @gluon.jit
 def _column_vectors(scales_ptr, bias_ptr, off_n, BLOCK: gl.constexpr, N: gl.constexpr,
                     HAS_BIAS: gl.constexpr, VEC: gl.constexpr):
+    """BLOCK columns' factors and bias from off_n (zeros past N), in layout VEC."""
     rn = off_n + gl.arange(0, BLOCK, layout=VEC)
     sc = gl.load(scales_ptr + rn, mask=rn < N, other=0.0)
     bi = gl.load(bias_ptr + rn, mask=rn < N, other=0.0) if HAS_BIAS else sc
@@ -204,15 +205,17 @@ def _column_vectors(scales_ptr, bias_ptr, off_n, BLOCK: gl.constexpr, N: gl.cons
 
 
 @gluon.jit
-def _stage_factors(factors, fac_smem, w1_desc, out_inv_scale, FOLD: gl.constexpr):
+def _stage_factors(factors, fac_smem, w1_desc, out_inv_scale, OUT_MODE: gl.constexpr,
+                   ACT: gl.constexpr):
     """The tile's factors (_tile_factors) into shared memory, rows scales, bias, scales1,
     bias1, for the epilogue to read in the accumulator's layout: converted there at once
     they held 30-50 more registers a thread than the per-column loads (compiled for
     sm_90a); read from shared memory each comes as it is used. Called after the K loop:
     the loads had that long to arrive; the first barrier keeps the previous tile's
-    epilogue reads before these writes. FOLD: the output step folded into the factors and
-    bias (an int8 output with no activation or ReLU), one product an element fewer."""
+    epilogue reads before these writes. An int8 output with no activation or ReLU gets the
+    output step folded into the factors and bias: one product an element fewer."""
     BLOCK_N0: gl.constexpr = fac_smem.shape[0] // 4
+    FOLD: gl.constexpr = OUT_MODE == 3 and ACT != 6
     gl.thread_barrier()
     for i in gl.static_range(2):
         fac_smem.slice(i * BLOCK_N0, BLOCK_N0).store(
@@ -394,7 +397,7 @@ def _qgemm_gluon_persistent_kernel(a_desc, w_desc, w1_desc, out_desc, out1_desc,
         acc, acc1, step = _tile_product(step, total, pid, programs, a_desc, w_desc, w1_desc,
                                         a_ring, w_ring, w1_ring, ready, LAYOUT, LAYOUT1,
                                         TILES_N, BLOCK_N, STEPS, STAGES)
-        _stage_factors(factors, fac_smem, w1_desc, out_inv_scale, OUT_MODE == 3 and ACT != 6)
+        _stage_factors(factors, fac_smem, w1_desc, out_inv_scale, OUT_MODE, ACT)
         tma.store_wait(pendings=0)  # the previous tile's stores have read out_smem
         _store_parts(acc, acc1, pid + t * programs, TILES_N, BLOCK_N, out_desc, out1_desc,
                      out_smem, out1_smem, fac_smem, out_inv_scale, HAS_BIAS, ACT, OUT_MODE,
