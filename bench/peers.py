@@ -369,7 +369,7 @@ def kiln_peers(onnx_bytes: bytes, inputs: tuple, names: list[str], device: str,
         gc.collect()
     if kept:
         _alternate(kept, feeds, case)
-        if TRACE:  # after the rounds: a process CUDA's profiler has traced launches slower
+        if TRACE:  # after the rounds, so that the profiler cannot touch them
             for label, context in kept.items():
                 _trace(label, context, feeds, case)
     return outputs

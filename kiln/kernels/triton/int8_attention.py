@@ -129,7 +129,7 @@ class _TritonAttention(Tactic):
         dtype = torch.int8 if out_scale else _OUT_FLOATS[attrs.get("out_dtype", "fp32")]
         scales = (attrs.get("q_scale", 1.0), attrs.get("k_scale", 1.0), attrs.get("scale"))
         v_factor = value_factor(attrs.get("v_scale", 1.0))
-        config, kernels = self.config, attention_kernels()
+        options, kernels = self.config._asdict(), attention_kernels()  # once, not per run
 
         def run(q, k, v, mask=None):
             q, k, v = (to_bhsd(t, layout) for t, layout in zip((q, k, v), layouts))
@@ -140,7 +140,7 @@ class _TritonAttention(Tactic):
             out = torch.empty(shape, dtype=dtype, device=q.device)
             kernels.int8_attention(q, k, v, mask, out.transpose(1, 2) if bshd_out else out,
                                    factor=factor, v_factor=v_factor,
-                                   out_inv_scale=out_inv_scale, **config._asdict())
+                                   out_inv_scale=out_inv_scale, **options)
             return out
 
         return run
